@@ -1,0 +1,83 @@
+"""The backend interface: turn one attempt into one outcome, and nothing else.
+
+A backend never decides policy (retries, timeouts, fail-fast are the scheduler's); the
+scheduler never touches a pid. The scheduler runs each attempt as ``await backend.run(a)``
+inside an asyncio task, and stops it by cancelling that task: a backend must then really
+stop the work (kill the process group, replace the worker) before letting the
+cancellation through. A second cancellation while it is stopping means "kill at once".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from ..model import Task
+from ..results import ErrorInfo
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at running a task.
+
+    Attributes:
+        task: the task.
+        number: 1 for the first attempt, 2 for the first retry, ...
+        worker: the slot number (1-based) it holds, exported as ``PHALANX_WORKER``.
+        run_id: the run's id.
+        run_dir: a directory private to this run, for output and result files.
+    """
+
+    task: Task
+    number: int
+    worker: int
+    run_id: str
+    run_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt did.
+
+    Attributes:
+        ok: the attempt succeeded.
+        crashed: the process running it died of something phalanx did not do.
+        exit_code: a command's exit status.
+        signal: the signal that ended the process, if one did.
+        reason: why it failed, in words; None when ok.
+        error: the exception a callable raised.
+        value: what a callable returned.
+        data: structured data the task reported.
+        pid: the process that ran it, if any.
+    """
+
+    ok: bool
+    crashed: bool = False
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    error: ErrorInfo | None = None
+    value: Any = None
+    data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    pid: int | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+
+
+class Backend(Protocol):
+    """Runs attempts. One instance serves a whole run; ``aclose`` ends it."""
+
+    async def run(self, attempt: Attempt) -> Outcome:
+        """Run the attempt to its end and describe it. Cancellation must stop the work."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release everything the backend holds (workers, files); nothing may keep running."""
+        ...

@@ -1,0 +1,81 @@
+"""Events: the only way anything leaves the scheduler while a run is going.
+
+The scheduler publishes immutable event records; sinks (console, journal, JUnit, trace,
+progress bars, user callbacks) consume them. Adding an output touches no engine code.
+Times (`at`) are seconds since the run started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .results import CancelReason, RunReport, TaskResult
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    run_id: str
+    total: int
+    max_workers: int
+    started_at: float  # Unix time
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    task_id: str
+    attempt: int
+    worker: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRetrying:
+    """An attempt failed and another will run after ``delay`` seconds."""
+
+    task_id: str
+    attempt: int  # the attempt that failed
+    delay: float
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished:
+    result: TaskResult
+    at: float
+
+    @property
+    def task_id(self) -> str:
+        return self.result.task_id
+
+
+@dataclass(frozen=True, slots=True)
+class RunCancelling:
+    """The run stopped starting tasks (fail-fast, halt, or a signal)."""
+
+    reason: CancelReason
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    report: RunReport
+    at: float
+
+
+Event = RunStarted | TaskStarted | TaskRetrying | TaskFinished | RunCancelling | RunFinished
+
+
+class Sink(Protocol):
+    """Anything that consumes events: the plug-in point for every output.
+
+    ``handle`` runs on the scheduler's loop, so it must be quick and must not block;
+    a sink that writes files writes and flushes each record as it comes, so a crash
+    loses nothing already reported.
+    """
+
+    def handle(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...

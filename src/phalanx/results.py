@@ -1,0 +1,255 @@
+"""Results: what happened to each task (`TaskResult`) and to the run (`RunSummary`, `RunReport`).
+
+All immutable. A `TaskResult` is made once, when its task reaches its one terminal status;
+times are seconds since the run started (so a fake clock gives exact numbers).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class Status(enum.Enum):
+    """The terminal status of a task; each task ends in exactly one."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CRASHED = "crashed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def ok(self) -> bool:
+        return self is Status.SUCCEEDED
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class CancelReason(enum.IntEnum):
+    """Why a run stopped starting tasks. The order here matters: it is the severity."""
+
+    FAIL_FAST = 1
+    HALT = 2
+    INTERRUPT = 3  # SIGINT / Ctrl-C
+    TERMINATE = 4  # SIGTERM
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An exception as data: its type, message and the traceback where it was raised."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, error: BaseException) -> ErrorInfo:
+        import traceback
+
+        return cls(
+            type=type(error).__qualname__,
+            message=str(error),
+            traceback="".join(traceback.format_exception(error)),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What happened to one task.
+
+    Attributes:
+        task_id: the task.
+        status: its terminal status.
+        flaky: it succeeded, but only after at least one failed attempt.
+        attempts: how many attempts ran (0 for skipped or never-started tasks).
+        reason: why it did not succeed, in words (``exit code 2``, ``timed out after 5s``,
+            ``dependency 'black' failed``), or None.
+        exit_code: the command's exit status, if it exited.
+        signal: the signal that ended the command, if any.
+        error: the exception a callable raised, with its traceback.
+        value: what a callable returned.
+        data: structured data the task reported (``PHALANX_RESULT_FILE`` or a returned mapping).
+        start: when the first attempt started, in seconds since the run started.
+        end: when the task reached its terminal status, in seconds since the run started.
+        duration: the last attempt's running time in seconds.
+        busy_time: the running time of all attempts together.
+        worker: the slot number the last attempt ran in (``PHALANX_WORKER``).
+        pid: the process id of the last attempt, for commands and process workers.
+        blocked_by: for a skipped task, the task whose failure caused the skip.
+        stdout_tail, stderr_tail: the end of the last attempt's output.
+        stdout_path, stderr_path: files with its whole output (kept when a log dir is given).
+    """
+
+    task_id: str
+    status: Status
+    flaky: bool = False
+    attempts: int = 0
+    reason: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    error: ErrorInfo | None = None
+    value: Any = None
+    data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    start: float | None = None
+    end: float | None = None
+    duration: float = 0.0
+    busy_time: float = 0.0
+    worker: int | None = None
+    pid: int | None = None
+    blocked_by: str | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the task succeeded (flaky or not)."""
+        return self.status is Status.SUCCEEDED
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (the value is included only if JSON can hold it)."""
+        out: dict[str, Any] = {
+            "task_id": self.task_id,
+            "status": self.status.value,
+            "flaky": self.flaky,
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "error": None
+            if self.error is None
+            else {"type": self.error.type, "message": self.error.message, "traceback": self.error.traceback},
+            "data": dict(self.data),
+            "start": self.start,
+            "end": self.end,
+            "duration": self.duration,
+            "busy_time": self.busy_time,
+            "worker": self.worker,
+            "pid": self.pid,
+            "blocked_by": self.blocked_by,
+            "stdout_tail": self.stdout_tail,
+            "stderr_tail": self.stderr_tail,
+        }
+        if isinstance(self.value, str | int | float | bool | type(None) | list | dict):
+            out["value"] = self.value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What the whole run did, and how well it used its workers.
+
+    Attributes:
+        total: number of tasks.
+        counts: tasks by terminal status (every status present, zeros included).
+        flaky: succeeded tasks that needed a retry.
+        wall_time: seconds from the run's start to its end.
+        busy_time: seconds of task running time, all attempts added up.
+        max_workers: the slot capacity (``-j``).
+        achieved_parallelism: busy_time / wall_time (the sequential sum over wall time).
+        max_concurrency: the most attempts that ran at once.
+        critical_path: the ids on the longest chain of measured durations.
+        critical_path_time: its length in seconds.
+        lower_bound: max(critical_path_time, busy_time / max_workers): no schedule of these
+            durations on these workers could finish sooner.
+        slowest: the slowest tasks as (id, seconds), slowest first, at most five.
+        data_totals: the numeric fields of tasks' reported data, summed over tasks.
+        started_at: the run's start as a Unix timestamp.
+        cancelled_by: why the run stopped early, if it did.
+    """
+
+    total: int
+    counts: Mapping[Status, int]
+    flaky: int
+    wall_time: float
+    busy_time: float
+    max_workers: int
+    achieved_parallelism: float
+    max_concurrency: int
+    critical_path: tuple[str, ...]
+    critical_path_time: float
+    lower_bound: float
+    slowest: tuple[tuple[str, float], ...]
+    data_totals: Mapping[str, float]
+    started_at: float
+    cancelled_by: CancelReason | None = None
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster than running the tasks one after another."""
+        return self.achieved_parallelism
+
+    @property
+    def efficiency(self) -> float:
+        """lower_bound / wall_time: 1.0 means no schedule could have done better."""
+        return self.lower_bound / self.wall_time if self.wall_time > 0 else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "counts": {status.value: n for status, n in self.counts.items()},
+            "flaky": self.flaky,
+            "wall_time": self.wall_time,
+            "busy_time": self.busy_time,
+            "max_workers": self.max_workers,
+            "achieved_parallelism": self.achieved_parallelism,
+            "max_concurrency": self.max_concurrency,
+            "critical_path": list(self.critical_path),
+            "critical_path_time": self.critical_path_time,
+            "lower_bound": self.lower_bound,
+            "slowest": [list(item) for item in self.slowest],
+            "data_totals": dict(self.data_totals),
+            "started_at": self.started_at,
+            "cancelled_by": None if self.cancelled_by is None else self.cancelled_by.label,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """Every task's result, by id, in the graph's order, and the run's summary."""
+
+    results: Mapping[str, TaskResult]
+    summary: RunSummary
+
+    def __getitem__(self, task_id: str) -> TaskResult:
+        return self.results[task_id]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every task succeeded."""
+        return all(result.ok for result in self.results.values())
+
+    @property
+    def exit_code(self) -> int:
+        """The exit status `phalanx run` uses: 0 all succeeded, 1 some did not,
+        130 interrupted (SIGINT), 143 terminated (SIGTERM)."""
+        if self.summary.cancelled_by is CancelReason.INTERRUPT:
+            return 130
+        if self.summary.cancelled_by is CancelReason.TERMINATE:
+            return 143
+        return 0 if self.ok else 1
+
+    def by_status(self, status: Status) -> list[TaskResult]:
+        return [result for result in self.results.values() if result.status is status]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary.to_dict(),
+            "results": [result.to_dict() for result in self.results.values()],
+        }
