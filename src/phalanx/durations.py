@@ -63,7 +63,7 @@ def format_duration(seconds: float) -> str:
         return f"{seconds:.3f}s" if seconds < 1 else f"{seconds:.2f}s"
     if seconds < 60:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)

@@ -250,8 +250,8 @@ def _check_resources(task_id: str, resources: Mapping[str, float]) -> dict[str, 
 
 def is_coroutine_action(action: Action) -> bool:
     """Whether calling the action gives a coroutine (an ``async def`` function)."""
-    return inspect.iscoroutinefunction(action) or inspect.iscoroutinefunction(
-        getattr(action, "__call__", None)
+    return inspect.iscoroutinefunction(action) or (
+        callable(action) and inspect.iscoroutinefunction(type(action).__call__)
     )
 
 
@@ -383,7 +383,7 @@ def _find_cycle(tasks: Mapping[str, Task]) -> list[str] | None:
                 iterators.pop()
                 continue
             if colour[dep] == GREY:
-                return path[path.index(dep):] + [dep]
+                return [*path[path.index(dep):], dep]
             if colour[dep] == WHITE:
                 colour[dep] = GREY
                 path.append(dep)

@@ -1,0 +1,264 @@
+"""`phalanx.run`: the Python entry point to the engine.
+
+Turns what the caller has (a `Graph`, a list of `Task`s, or HuskyCat's mapping of names to
+callables plus a ``deps`` mapping) into a validated graph, picks a backend per task
+(commands → subprocesses, ``async def`` → the loop itself, other callables → threads),
+runs the `Scheduler`, and returns its `RunReport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+from .backends.base import Backend
+from .backends.inline import InlineBackend
+from .backends.threads import ThreadBackend
+from .durations import parse_duration
+from .errors import ConfigError
+from .events import Event, Sink, TaskFinished, TaskRetrying, TaskStarted
+from .model import Action, Graph, Task, is_coroutine_action
+from .ordering import CostModel, OrderingPolicy
+from .results import CancelReason, RunReport
+from .scheduler import Scheduler
+
+BackendName = Literal["auto", "threads", "inline"]
+TaskSource = Graph | Iterable[Task] | Mapping[str, Action | Task]
+
+
+def default_workers() -> int:
+    """What ``max_workers=None`` (and ``-j`` unset) means: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def build_graph(
+    tasks: TaskSource,
+    *,
+    deps: Mapping[str, Sequence[str]] | None = None,
+    timeout: float | str | None = None,
+) -> Graph:
+    """A graph from any accepted task source, with a default per-task timeout applied.
+
+    Raises:
+        ConfigError: ``deps`` given with a Graph or names a task that is not there.
+    """
+    default_timeout = None if timeout is None else parse_duration(timeout, what="timeout")
+    if isinstance(tasks, Graph) and deps is None and default_timeout is None:
+        return tasks
+    if isinstance(tasks, Mapping):
+        items: list[Task] = []
+        for name, action in tasks.items():
+            if isinstance(action, Task):
+                items.append(action if action.id == name else replace(action, id=name))
+            else:
+                items.append(Task(id=name, action=action))
+    else:
+        items = list(tasks)
+    if deps:
+        ids = {task.id for task in items}
+        for name in deps:
+            if name not in ids:
+                raise ConfigError(f"deps names {name!r}, which is not one of the tasks")
+        items = [
+            replace(task, deps=(*task.deps, *deps[task.id])) if task.id in deps else task for task in items
+        ]
+    if default_timeout is not None:
+        items = [task if task.timeout is not None else replace(task, timeout=default_timeout) for task in items]
+    return Graph(items)
+
+
+class _CallbackSink:
+    """Adapts ``on_event`` and HuskyCat's ``progress_callback(name, status)`` to the Sink protocol."""
+
+    def __init__(
+        self,
+        on_event: Callable[[Event], Any] | None,
+        progress_callback: Callable[[str, str], Any] | None,
+    ) -> None:
+        self._on_event = on_event
+        self._progress = progress_callback
+
+    def handle(self, event: Event) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+        if self._progress is not None:
+            if isinstance(event, TaskStarted):
+                self._progress(event.task_id, "running")
+            elif isinstance(event, TaskRetrying):
+                self._progress(event.task_id, "retrying")
+            elif isinstance(event, TaskFinished):
+                self._progress(event.task_id, event.result.status.value)
+
+    def close(self) -> None:
+        return None
+
+
+class _Backends:
+    """One instance of each backend a run needs, made on first use, closed at the end."""
+
+    def __init__(self, callables: BackendName, grace: float) -> None:
+        self._callables = callables
+        self._grace = grace
+        self._made: dict[str, Backend] = {}
+
+    def for_task(self, task: Task) -> Backend:
+        if task.is_command:
+            kind = "command"
+        elif self._callables == "inline" or is_coroutine_action(task.action):
+            kind = "inline"
+        else:
+            kind = "threads"
+        backend = self._made.get(kind)
+        if backend is None:
+            backend = self._made[kind] = self._make(kind)
+        return backend
+
+    def _make(self, kind: str) -> Backend:
+        if kind == "command":
+            from .backends.command import CommandBackend
+
+            return CommandBackend(grace=self._grace)
+        if kind == "inline":
+            return InlineBackend()
+        return ThreadBackend()
+
+    async def aclose(self) -> None:
+        for backend in self._made.values():
+            await backend.aclose()
+
+
+async def run_async(
+    tasks: TaskSource,
+    *,
+    deps: Mapping[str, Sequence[str]] | None = None,
+    max_workers: int | None = None,
+    resources: Mapping[str, float] | None = None,
+    fail_fast: bool = False,
+    timeout: float | str | None = None,
+    backend: BackendName = "auto",
+    grace: float = 2.0,
+    on_event: Callable[[Event], Any] | None = None,
+    progress_callback: Callable[[str, str], Any] | None = None,
+    sinks: Iterable[Sink] = (),
+    log_dir: str | Path | None = None,
+    policy: OrderingPolicy | None = None,
+    cost_model: CostModel | None = None,
+    seed: int | None = None,
+    handle_signals: bool = False,
+) -> RunReport:
+    """`run` for callers already inside an event loop. Same arguments, same result."""
+    graph = build_graph(tasks, deps=deps, timeout=timeout)
+    workers = default_workers() if max_workers is None else max_workers
+    all_sinks: list[Sink] = list(sinks)
+    if on_event is not None or progress_callback is not None:
+        all_sinks.append(_CallbackSink(on_event, progress_callback))
+    temporary = log_dir is None
+    run_dir = Path(tempfile.mkdtemp(prefix="phalanx-")) if log_dir is None else Path(log_dir)
+    backends = _Backends(backend, grace)
+    scheduler = Scheduler(
+        graph,
+        backend_for=backends.for_task,
+        max_workers=workers,
+        capacities=resources,
+        fail_fast=fail_fast,
+        policy=policy,
+        cost_model=cost_model,
+        sinks=all_sinks,
+        run_dir=run_dir,
+        rng=random.Random(seed),
+    )
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    if handle_signals:
+        for signum, reason in ((signal.SIGINT, CancelReason.INTERRUPT), (signal.SIGTERM, CancelReason.TERMINATE)):
+            loop.add_signal_handler(signum, scheduler.cancel, reason)
+            installed.append(signum)
+    try:
+        return await scheduler.run()
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        await backends.aclose()
+        for sink in all_sinks:
+            sink.close()
+        if temporary:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run(
+    tasks: TaskSource,
+    *,
+    deps: Mapping[str, Sequence[str]] | None = None,
+    max_workers: int | None = None,
+    resources: Mapping[str, float] | None = None,
+    fail_fast: bool = False,
+    timeout: float | str | None = None,
+    backend: BackendName = "auto",
+    grace: float = 2.0,
+    on_event: Callable[[Event], Any] | None = None,
+    progress_callback: Callable[[str, str], Any] | None = None,
+    sinks: Iterable[Sink] = (),
+    log_dir: str | Path | None = None,
+    policy: OrderingPolicy | None = None,
+    cost_model: CostModel | None = None,
+    seed: int | None = None,
+) -> RunReport:
+    """Run tasks in parallel, each the moment its dependencies have succeeded.
+
+    Args:
+        tasks: a `Graph`, an iterable of `Task`, or a mapping of names to actions
+            (callables, shell strings, argv lists) as in ``{"black": fn, "mypy": fn2}``.
+        deps: extra dependencies by name, ``{"mypy": ["black"]}``.
+        max_workers: how many tasks run at once (slots); default: the usable CPUs.
+        resources: named capacities beyond slots, ``{"db": 1}``.
+        fail_fast: on the first task that fails for good, cancel everything else.
+        timeout: a default per-attempt timeout for tasks that set none.
+        backend: where callables run: ``"auto"`` (coroutines on the loop, others in
+            threads), ``"threads"``, or ``"inline"`` (on the loop itself).
+        grace: seconds between SIGTERM and SIGKILL when a command is stopped.
+        on_event: called with every `Event` as it happens.
+        progress_callback: called as ``(task_id, status)`` with ``"running"``,
+            ``"retrying"`` and each terminal status.
+        sinks: more event consumers.
+        log_dir: keep output files there (default: a temporary directory removed at the end).
+        policy: how ready tasks are ordered (default: priority, critical path, submission).
+        cost_model: duration estimates (default: declared ``cost`` only).
+        seed: seeds retry jitter, for repeatable runs.
+
+    Returns:
+        The `RunReport`: every `TaskResult` by id and the `RunSummary`.
+
+    Raises:
+        PhalanxError: the tasks are invalid (cycle, unknown dependency, oversize resource, ...);
+            nothing has run.
+    """
+    return asyncio.run(
+        run_async(
+            tasks,
+            deps=deps,
+            max_workers=max_workers,
+            resources=resources,
+            fail_fast=fail_fast,
+            timeout=timeout,
+            backend=backend,
+            grace=grace,
+            on_event=on_event,
+            progress_callback=progress_callback,
+            sinks=sinks,
+            log_dir=log_dir,
+            policy=policy,
+            cost_model=cost_model,
+            seed=seed,
+        )
+    )
