@@ -179,9 +179,10 @@ async def run_async(
         rng=random.Random(seed),
     )
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     if handle_signals:
-        for signum, reason in ((signal.SIGINT, CancelReason.INTERRUPT), (signal.SIGTERM, CancelReason.TERMINATE)):
+        handled = ((signal.SIGINT, CancelReason.INTERRUPT), (signal.SIGTERM, CancelReason.TERMINATE))
+        for signum, reason in handled:
             loop.add_signal_handler(signum, scheduler.cancel, reason)
             installed.append(signum)
     try:

@@ -1,0 +1,5 @@
+"""``python -m phalanx``: the same as the ``phalanx`` command."""
+
+from .cli import main
+
+main()

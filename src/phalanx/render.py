@@ -1,0 +1,134 @@
+"""Text for people: the run summary, the plan, and the graph as text, Mermaid or DOT.
+
+Pure functions from data to strings, so they are snapshot-tested exactly.
+"""
+
+from __future__ import annotations
+
+from .durations import format_duration
+from .model import Graph
+from .plan import ExecutionPlan, levels_of
+from .results import RunReport, Status, TaskResult
+
+STATUS_LABELS = {
+    Status.SUCCEEDED: "PASS",
+    Status.FAILED: "FAIL",
+    Status.TIMED_OUT: "TIMEOUT",
+    Status.CRASHED: "CRASH",
+    Status.SKIPPED: "SKIP",
+    Status.CANCELLED: "CANCEL",
+}
+
+
+def task_line(result: TaskResult) -> str:
+    """One line per finished task: ``   PASS [ 0.512s] black``."""
+    label = "FLAKY" if result.flaky else STATUS_LABELS[result.status]
+    took = f"[{format_duration(result.duration):>8}]" if result.attempts else " " * 10
+    line = f"{label:>8} {took} {result.task_id}"
+    if result.flaky:
+        line += f"  (passed on attempt {result.attempts})"
+    elif result.reason and not result.ok:
+        line += f"  {result.reason}"
+    return line
+
+
+def _seconds(value: float, costs_known: bool = True) -> str:
+    return format_duration(value) if costs_known else f"{value:g} tasks"
+
+
+def summary_text(report: RunReport) -> str:
+    """The summary printed at the end of every run."""
+    s = report.summary
+    counts = [f"{s.counts[Status.SUCCEEDED]} succeeded" + (f" ({s.flaky} flaky)" if s.flaky else "")]
+    counts += [f"{n} {status.value.replace('_', ' ')}" for status, n in s.counts.items() if n and not status.ok]
+    head = f"Summary: {s.total} tasks in {format_duration(s.wall_time)}: " + ", ".join(counts)
+    if s.cancelled_by is not None:
+        head += f"  [stopped: {s.cancelled_by.label}]"
+    lines = [head]
+    lines.append(
+        f"  busy {format_duration(s.busy_time)} on {s.max_workers} workers: "
+        f"parallelism {s.achieved_parallelism:.2f}x (speedup over sequential), peak {s.max_concurrency} at once"
+    )
+    efficiency = f": {s.efficiency:.0%} of ideal" if s.wall_time > 0 else ""
+    lines.append(
+        f"  lower bound {format_duration(s.lower_bound)} = max(critical path {format_duration(s.critical_path_time)}, "
+        f"work/workers {format_duration(s.busy_time / s.max_workers)}){efficiency}"
+    )
+    if s.critical_path:
+        lines.append("  critical path: " + " -> ".join(s.critical_path))
+    if s.slowest:
+        lines.append("  slowest: " + ", ".join(f"{tid} {format_duration(t)}" for tid, t in s.slowest))
+    if s.data_totals:
+        lines.append("  totals: " + ", ".join(f"{k}={v:g}" for k, v in sorted(s.data_totals.items())))
+    for result in report.results.values():
+        if not result.ok:
+            lines.append(f"  {STATUS_LABELS[result.status].lower()}: {result.task_id}: {result.reason}")
+    return "\n".join(lines)
+
+
+def plan_text(plan: ExecutionPlan, graph: Graph) -> str:
+    """``phalanx plan``: levels, critical path, widest level, start order."""
+    unit = plan.costs_known
+    lines = [f"Plan: {len(graph)} tasks, {len(plan.levels)} levels, {plan.max_workers} workers"]
+    for index, level in enumerate(plan.levels):
+        lines.append(f"  level {index} ({len(level)}): " + ", ".join(level))
+    widest = plan.widest_level
+    if plan.levels:
+        lines.append(f"  widest level: {widest} ({len(plan.levels[widest])} tasks)")
+    lines.append(
+        f"  critical path ({_seconds(plan.critical_path_length, unit)}): " + " -> ".join(plan.critical_path)
+    )
+    lines.append(
+        f"  estimated: work {_seconds(plan.total_work, unit)}, makespan {_seconds(plan.estimated_makespan, unit)}, "
+        f"lower bound {_seconds(plan.lower_bound, unit)}, speedup {plan.speedup:.2f}x"
+    )
+    lines.append("  start order:")
+    width = len(str(len(plan.start_order)))
+    for position, tid in enumerate(plan.start_order, 1):
+        deps = graph[tid].deps
+        after = f"  (after {', '.join(deps)})" if deps else ""
+        lines.append(f"    {position:>{width}}. {tid}{after}")
+    return "\n".join(lines)
+
+
+def graph_text(graph: Graph) -> str:
+    """Each task under its level, with what it depends on."""
+    lines: list[str] = []
+    for index, level in enumerate(levels_of(graph)):
+        lines.append(f"level {index}")
+        for tid in level:
+            deps = graph[tid].deps
+            lines.append(f"  {tid}" + (f"  <- {', '.join(deps)}" if deps else ""))
+    return "\n".join(lines)
+
+
+def graph_mermaid(graph: Graph) -> str:
+    """A Mermaid flowchart: dependencies point at their dependents."""
+    node = {tid: f"t{i}" for i, tid in enumerate(graph.ids)}
+    lines = ["graph TD"]
+    for tid in graph.ids:
+        label = tid.replace('"', "#quot;")
+        lines.append(f'    {node[tid]}["{label}"]')
+    for task in graph:
+        for dep in task.deps:
+            lines.append(f"    {node[dep]} --> {node[task.id]}")
+    return "\n".join(lines)
+
+
+def _dot_id(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def graph_dot(graph: Graph) -> str:
+    """Graphviz DOT: dependencies point at their dependents."""
+    lines = ["digraph phalanx {", "    rankdir=LR;", "    node [shape=box];"]
+    for tid in graph.ids:
+        lines.append(f"    {_dot_id(tid)};")
+    for task in graph:
+        for dep in task.deps:
+            lines.append(f"    {_dot_id(dep)} -> {_dot_id(task.id)};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+GRAPH_FORMATS = {"text": graph_text, "mermaid": graph_mermaid, "dot": graph_dot}

@@ -1,0 +1,1 @@
+"""Sinks: one module per output, each consuming events through `events.Sink`."""

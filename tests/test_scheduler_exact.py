@@ -1,0 +1,247 @@
+"""Exact schedules on the fake clock: every time asserted here is a precise virtual time."""
+
+from __future__ import annotations
+
+from phalanx import RetryPolicy, Status, Task, TaskStarted
+from phalanx.ordering import SubmissionOrder
+from phalanx.plan import get_execution_plan
+from scheduling import Recorder, run_fake, work
+
+
+def test_a_task_starts_the_moment_its_own_dependencies_succeed() -> None:
+    # A (5 s) -> C and B (1 s) -> D (1 s) on 2 slots: D must not wait for A's "level".
+    report = run_fake(
+        [
+            Task("A", work(5)),
+            Task("B", work(1)),
+            Task("C", work(1), deps=["A"]),
+            Task("D", work(1), deps=["B"]),
+        ],
+        max_workers=2,
+    )
+    assert report["D"].start == 1.0
+    assert report["D"].end == 2.0
+    assert report["C"].end == 6.0
+    assert report.summary.wall_time == 6.0
+
+
+def test_higher_priority_starts_first() -> None:
+    recorder = Recorder()
+    run_fake(
+        [
+            Task("low", work(1), priority="low"),
+            Task("normal", work(1)),
+            Task("high", work(1), priority="high"),
+            Task("seven", work(1), priority=7),
+        ],
+        max_workers=1,
+        recorder=recorder,
+    )
+    assert [e.task_id for e in recorder.of(TaskStarted)] == ["high", "seven", "normal", "low"]
+
+
+def test_critical_path_head_starts_before_short_independent_task() -> None:
+    recorder = Recorder()
+    report = run_fake(
+        [
+            Task("short", work(1)),
+            Task("head", work(1)),
+            Task("tail", work(5), deps=["head"]),
+        ],
+        max_workers=1,
+        recorder=recorder,
+    )
+    # Without costs every task weighs 1: the chain's head (path 2) goes first, then the
+    # tie between "short" and "tail" (path 1 each) falls to submission order.
+    assert [e.task_id for e in recorder.of(TaskStarted)] == ["head", "short", "tail"]
+    assert report.summary.wall_time == 7.0
+
+
+def test_declared_costs_order_the_critical_path() -> None:
+    # Same depth, but the declared costs make "slow" the critical path.
+    recorder = Recorder()
+    run_fake(
+        [
+            Task("fast", work(1), cost=1),
+            Task("slow", work(4), cost=4),
+            Task("after-fast", work(1), deps=["fast"], cost=1),
+            Task("after-slow", work(1), deps=["slow"], cost=1),
+        ],
+        max_workers=1,
+        recorder=recorder,
+    )
+    assert [e.task_id for e in recorder.of(TaskStarted)][0] == "slow"
+
+
+def test_submission_order_policy_is_fifo() -> None:
+    from phalanx.fakeclock import run_virtual
+    from phalanx.runner import run_async
+
+    recorder = Recorder()
+    tasks = [Task("short", work(1)), Task("head", work(1)), Task("tail", work(5), deps=["head"])]
+    run_virtual(run_async(tasks, max_workers=1, backend="inline", sinks=[recorder], policy=SubmissionOrder()))
+    assert [e.task_id for e in recorder.of(TaskStarted)] == ["short", "head", "tail"]
+
+
+def test_wide_task_gets_its_reservation_and_short_tasks_backfill() -> None:
+    # 4 slots. Three high-priority 1-slot tasks run until t=2. The wide task needs all 4
+    # slots; long low-priority tasks must not take the free slot (they would delay it to
+    # t=10), but a short one that ends before t=2 may.
+    tasks = [Task(f"a{i}", work(2), priority="high", cost=2) for i in range(3)]
+    tasks.append(Task("wide", work(1), resources={"slots": 4}, cost=1))
+    tasks += [Task(f"long{i}", work(10), priority="low", cost=10) for i in range(4)]
+    tasks.append(Task("short", work(1), priority="low", cost=1))
+    report = run_fake(tasks, max_workers=4)
+    assert report["wide"].start == 2.0
+    assert report["short"].start == 0.0
+    assert all(report[f"long{i}"].start == 3.0 for i in range(4))
+
+
+def test_wide_task_is_not_starved_without_cost_estimates() -> None:
+    # With no estimates nothing may take what the blocked wide task still needs.
+    tasks = [Task(f"a{i}", work(2), priority="high") for i in range(3)]
+    tasks.append(Task("wide", work(1), resources={"slots": 4}))
+    tasks += [Task(f"b{i}", work(1), priority="low") for i in range(8)]
+    report = run_fake(tasks, max_workers=4)
+    assert report["wide"].start == 2.0
+    assert all(report[f"b{i}"].start >= 3.0 for i in range(8))
+
+
+def test_named_resources_limit_concurrency() -> None:
+    tasks = [Task(f"db{i}", work(1), resources={"db": 1}) for i in range(3)]
+    tasks.append(Task("free", work(1)))
+    report = run_fake(tasks, max_workers=4, resources={"db": 1})
+    assert sorted(report[f"db{i}"].start or 0 for i in range(3)) == [0.0, 1.0, 2.0]
+    assert report["free"].start == 0.0
+
+
+def test_a_task_in_backoff_holds_no_slot_and_fail_then_pass_is_flaky() -> None:
+    retry = RetryPolicy(count=1, backoff="constant", initial=5)
+    report = run_fake(
+        [Task("flaky", work(1, fail_attempts=[1]), retry=retry), Task("other", work(2))],
+        max_workers=1,
+    )
+    assert report["other"].start == 1.0  # ran while "flaky" waited out its backoff
+    flaky = report["flaky"]
+    assert flaky.status is Status.SUCCEEDED and flaky.flaky and flaky.attempts == 2
+    assert flaky.end == 7.0  # retried at 1 + 5 = 6, took 1
+    assert report.summary.flaky == 1
+    assert report.ok and report.exit_code == 0
+
+
+def test_retries_exhausted_fail_with_the_last_reason() -> None:
+    recorder = Recorder()
+    report = run_fake(
+        [Task("bad", work(1, fail_attempts=[1, 2, 3]), retry=RetryPolicy(count=2))], max_workers=1, recorder=recorder
+    )
+    assert report["bad"].status is Status.FAILED
+    assert report["bad"].attempts == 3
+    assert report["bad"].reason == "RuntimeError: attempt 3 failed"
+    assert report.exit_code == 1
+
+
+def test_exponential_backoff_doubles_up_to_max() -> None:
+    policy = RetryPolicy(count=5, backoff="exponential", initial=1, max=5)
+    assert [policy.delay(n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
+
+
+def test_timeout_on_fake_clock() -> None:
+    report = run_fake([Task("slow", work(10), timeout="2s"), Task("after", work(1), deps=["slow"])], max_workers=1)
+    assert report["slow"].status is Status.TIMED_OUT
+    assert report["slow"].end == 2.0
+    assert report["slow"].reason == "timed out after 2.00s"
+    assert report["after"].status is Status.SKIPPED
+    assert report["after"].reason == "dependency 'slow' timed out"
+
+
+def test_keep_going_skips_only_transitive_dependents_naming_the_failure() -> None:
+    report = run_fake(
+        [
+            Task("black", work(1, fail_attempts=[1])),
+            Task("mypy", work(1), deps=["black"]),
+            Task("report", work(1), deps=["mypy"]),
+            Task("ruff", work(3)),
+        ],
+        max_workers=2,
+    )
+    assert report["black"].status is Status.FAILED
+    assert report["mypy"].status is Status.SKIPPED
+    assert report["mypy"].reason == "dependency 'black' failed"
+    assert report["report"].reason == "dependency 'mypy' was skipped ('black' failed)"
+    assert report["report"].blocked_by == "black"
+    assert report["ruff"].status is Status.SUCCEEDED
+
+
+def test_fail_fast_cancels_running_and_ready_tasks() -> None:
+    recorder = Recorder()
+    report = run_fake(
+        [
+            Task("fails", work(1, fail_attempts=[1])),
+            Task("long", work(10)),
+            Task("queued", work(1)),
+            Task("after-long", work(1), deps=["long"]),
+        ],
+        max_workers=2,
+        fail_fast=True,
+        recorder=recorder,
+    )
+    assert report["fails"].status is Status.FAILED
+    assert report["long"].status is Status.CANCELLED and report["long"].end == 1.0
+    assert report["queued"].status is Status.CANCELLED
+    assert report["after-long"].status is Status.SKIPPED
+    assert report.summary.cancelled_by is not None
+    assert report.summary.wall_time == 1.0
+    assert [e.task_id for e in recorder.of(TaskStarted)] == ["long", "fails"] or [
+        e.task_id for e in recorder.of(TaskStarted)
+    ] == ["fails", "long"]
+
+
+def test_result_data_numbers_are_summed() -> None:
+    report = run_fake(
+        [
+            Task("a", work(1, returns={"tests": 10, "failures": 1, "name": "x"})),
+            Task("b", work(1, returns={"tests": 5, "failures": 0, "ok": True})),
+        ],
+        max_workers=2,
+    )
+    assert dict(report.summary.data_totals) == {"tests": 15, "failures": 1}
+
+
+def test_summary_statistics() -> None:
+    report = run_fake(
+        [Task("a", work(4)), Task("b", work(2)), Task("c", work(2), deps=["b"])], max_workers=2
+    )
+    summary = report.summary
+    assert summary.wall_time == 4.0
+    assert summary.busy_time == 8.0
+    assert summary.achieved_parallelism == 2.0
+    assert summary.lower_bound == 4.0
+    assert summary.max_concurrency == 2
+    assert summary.slowest[0] == ("a", 4.0)
+
+
+def test_plan_start_order_matches_the_scheduler() -> None:
+    plan = get_execution_plan(
+        [Task("short", "true", cost=1), Task("head", "true", cost=1), Task("tail", "true", deps=["head"], cost=5)],
+        max_workers=1,
+    )
+    assert plan.start_order == ("head", "tail", "short")
+    assert plan.critical_path == ("head", "tail")
+    assert plan.critical_path_length == 6.0
+    assert plan.estimated_makespan == 7.0
+    assert plan.levels == (("short", "head"), ("tail",))
+
+
+def test_progress_callback_sees_huskycat_statuses() -> None:
+    import phalanx
+
+    seen: list[tuple[str, str]] = []
+    report = phalanx.run(
+        {"black": lambda: 1, "mypy": lambda: 2},
+        deps={"mypy": ["black"]},
+        max_workers=2,
+        progress_callback=lambda name, status: seen.append((name, status)),
+    )
+    assert report.ok
+    assert seen == [("black", "running"), ("black", "succeeded"), ("mypy", "running"), ("mypy", "succeeded")]
+    assert report["mypy"].value == 2
