@@ -68,21 +68,27 @@ from .ordering import (
 from .ordering import (
     SubmissionOrder as SubmissionOrder,
 )
+from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
 from .results import (
     CancelReason as CancelReason,
 )
+from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
 from .results import (
     ErrorInfo as ErrorInfo,
 )
+from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
 from .results import (
     RunReport as RunReport,
 )
+from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
 from .results import (
     RunSummary as RunSummary,
 )
+from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
 from .results import (
     Status as Status,
 )
+from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
 from .results import (
     TaskResult as TaskResult,
 )
@@ -101,6 +107,7 @@ __all__ = [
     "DuplicateTaskError",
     "DurationError",
     "ErrorInfo",
+    "ExecutionPlan",
     "Event",
     "Graph",
     "OrderingPolicy",
@@ -124,6 +131,7 @@ __all__ = [
     "UnknownDependencyError",
     "__version__",
     "default_workers",
+    "get_execution_plan",
     "run",
     "run_async",
 ]

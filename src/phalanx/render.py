@@ -62,7 +62,7 @@ def summary_text(report: RunReport) -> str:
         lines.append("  totals: " + ", ".join(f"{k}={v:g}" for k, v in sorted(s.data_totals.items())))
     for result in report.results.values():
         if not result.ok:
-            lines.append(f"  {STATUS_LABELS[result.status].lower()}: {result.task_id}: {result.reason}")
+            lines.append(f"  {result.status.value.replace('_', ' ')}: {result.task_id}: {result.reason}")
     return "\n".join(lines)
 
 

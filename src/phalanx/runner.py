@@ -186,7 +186,14 @@ async def run_async(
             loop.add_signal_handler(signum, scheduler.cancel, reason)
             installed.append(signum)
     try:
-        return await scheduler.run()
+        report = await scheduler.run()
+        if temporary:
+            # The output files go with the temporary run directory: keep only the tails.
+            results = {
+                tid: replace(result, stdout_path=None, stderr_path=None) for tid, result in report.results.items()
+            }
+            report = replace(report, results=results)
+        return report
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
@@ -232,7 +239,8 @@ def run(
         progress_callback: called as ``(task_id, status)`` with ``"running"``,
             ``"retrying"`` and each terminal status.
         sinks: more event consumers.
-        log_dir: keep output files there (default: a temporary directory removed at the end).
+        log_dir: keep output files there (default: a temporary directory removed at the end,
+            and results keep only the output's tail).
         policy: how ready tasks are ordered (default: priority, critical path, submission).
         cost_model: duration estimates (default: declared ``cost`` only).
         seed: seeds retry jitter, for repeatable runs.

@@ -1,0 +1,363 @@
+"""The command backend: run shell strings and argv lists as processes.
+
+Each attempt is one process, the leader of a new process group (``process_group=0``), so
+that stopping it reaches everything it started. Its output goes to two files in the run
+directory, never through pipes: memory stays bounded whatever it prints, and background
+processes that keep the files open cannot delay the end of the attempt (we wait for the
+leader to exit, not for end-of-file).
+
+Children are started with `subprocess.Popen` (vfork + exec, fast enough to call on the
+loop) rather than ``asyncio.create_subprocess_*``, whose child watchers and pipe
+transports cost far more than these jobs, and are reaped by one `ChildReaper` (a pidfd
+per child on Linux). The kill order everywhere is: the leader has exited but is not
+reaped yet, so its pid cannot be reused; ``killpg(SIGKILL)`` the group; only then reap.
+
+Stopping (the scheduler cancels ``run`` on timeout, fail-fast or Ctrl-C): SIGTERM to the
+group, up to ``grace`` seconds for the leader to exit, then SIGKILL to the group; a second
+cancellation during the grace period skips the rest of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..reaper import ChildReaper
+from .base import Attempt, Outcome
+
+_SHELL = "/bin/sh"
+
+#: The shell's exit statuses for "not found" and "found but cannot execute".
+_SHELL_NOT_FOUND = 127
+_SHELL_CANNOT_EXECUTE = 126
+
+#: The longest readable part of a task id kept in file names (names are limited to 255 bytes).
+_MAX_NAME = 80
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+#: The returncode we record when the exit status was lost (no real exit code is this).
+_STATUS_LOST = 1 << 16
+
+# Read-write: the same fd later gives the output's tail (fstat + pread), no reopening.
+_OUTPUT_FLAGS = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
+class CommandBackend:
+    """Runs command attempts (shell strings via ``/bin/sh -c``, argv tuples directly).
+
+    Args:
+        grace: seconds between SIGTERM and SIGKILL when an attempt is stopped.
+        tail_bytes: how much of the end of stdout and stderr goes into the outcome.
+        kill_leftovers: SIGKILL the attempt's process group once its leader exits, so
+            that background processes it started do not outlive it.
+    """
+
+    def __init__(self, *, grace: float = 2.0, tail_bytes: int = 4096, kill_leftovers: bool = True) -> None:
+        if grace < 0:
+            raise ValueError(f"grace must be >= 0, got {grace!r}")
+        if tail_bytes < 0:
+            raise ValueError(f"tail_bytes must be >= 0, got {tail_bytes!r}")
+        self._grace = grace
+        self._tail_bytes = tail_bytes
+        self._kill_leftovers = kill_leftovers
+        self._reaper = ChildReaper()
+        self._running: dict[int, subprocess.Popen[bytes]] = {}
+        self._run_dirs: dict[str, str] = {}  # as given -> absolute, once created
+        self._closing = False
+
+    def running_pids(self) -> list[int]:
+        """The process-group ids (= leader pids) of the attempts running now."""
+        return list(self._running)
+
+    async def run(self, attempt: Attempt) -> Outcome:
+        """Run the attempt's command to its end; cancellation stops its whole process group."""
+        task = attempt.task
+        action = task.action
+        if callable(action):
+            raise TypeError(f"the command backend runs commands, not callables (task {task.id!r})")
+        if self._closing:
+            raise RuntimeError("the command backend is closed")
+        argv = [_SHELL, "-c", action] if isinstance(action, str) else list(action)
+        try:
+            files = self._files(attempt)
+            # The run directory may be a kept log directory: a result file left by an
+            # earlier run must not pass for this attempt's data.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(files.result)
+            out_fd = os.open(files.stdout, _OUTPUT_FLAGS, 0o644)
+        except OSError as error:
+            return Outcome(ok=False, reason=f"cannot create the output files: {error}")
+        try:
+            err_fd = os.open(files.stderr, _OUTPUT_FLAGS, 0o644)
+        except OSError as error:
+            os.close(out_fd)
+            return Outcome(ok=False, reason=f"cannot create the output files: {error}")
+        try:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    process_group=0,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_fd,
+                    stderr=err_fd,
+                    close_fds=True,
+                    cwd=task.cwd,
+                    env=_environment(attempt, files.result),
+                )
+            except (OSError, ValueError) as error:
+                reason, exit_code = _start_failure(error, argv[0], task.cwd)
+                return Outcome(
+                    ok=False, exit_code=exit_code, reason=reason, stdout_path=files.stdout, stderr_path=files.stderr
+                )
+            self._running[proc.pid] = proc
+            try:
+                await self._wait(proc)
+            finally:
+                if proc.returncode is None:  # only if something unexpected went wrong
+                    self._kill_now(proc)
+                del self._running[proc.pid]
+            return self._outcome(proc, isinstance(action, str), files, out_fd, err_fd)
+        finally:
+            os.close(out_fd)
+            os.close(err_fd)
+
+    async def aclose(self) -> None:
+        """Stop every attempt still running (TERM, grace, KILL) and reap them all."""
+        self._closing = True
+        procs = list(self._running.values())
+        if procs:
+            # Each _stop survives cancellation, so a cancelled aclose still finishes them.
+            await asyncio.gather(*(self._stop(proc) for proc in procs))
+
+    async def _wait(self, proc: subprocess.Popen[bytes]) -> None:
+        """Wait for the attempt's leader to exit, then kill its leftovers and reap it."""
+        try:
+            await self._reaper.exited(proc.pid)
+        except asyncio.CancelledError:
+            await self._stop(proc)
+            raise
+        if self._kill_leftovers:
+            # Background processes (``server &``) would otherwise outlive their task,
+            # hold its resources and, with a kept log directory, keep writing its files.
+            self._killpg(proc, signal.SIGKILL)
+        self._reap(proc)
+
+    async def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """TERM the group, give the leader ``grace`` seconds, KILL the group, reap the leader.
+
+        Runs to the end whatever cancellations arrive meanwhile (none may leave a live
+        group or an unreaped pid behind); one that arrives during the grace period ends
+        it at once: it is the "second cancellation" that means "kill now".
+        """
+        self._killpg(proc, signal.SIGTERM)
+        # A task of its own: cancelling us must not cancel the wait itself.
+        leader = asyncio.ensure_future(self._reaper.exited(proc.pid))
+        with contextlib.suppress(asyncio.CancelledError):  # a second cancellation: kill now
+            await asyncio.wait((leader,), timeout=self._grace)
+        # Also reaches grandchildren that ignore SIGTERM or outlived the leader.
+        self._killpg(proc, signal.SIGKILL)
+        while not leader.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((leader,))
+        leader.result()
+        self._reap(proc)
+
+    def _killpg(self, proc: subprocess.Popen[bytes], sig: int) -> None:
+        # Once the leader is reaped its pid, which is also the group id, may be reused.
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+
+    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+        """Reap the exited leader unless a concurrent stop already did."""
+        if proc.returncode is not None:
+            return
+        try:
+            status = self._reaper.reap(proc.pid)
+        except ChildProcessError:
+            # Someone else waited for our child (a stray ``os.wait()``): the status is lost.
+            proc.returncode = _STATUS_LOST
+            return
+        # Setting returncode tells Popen the child is reaped: it never waits for it again.
+        proc.returncode = os.waitstatus_to_exitcode(status)
+
+    def _kill_now(self, proc: subprocess.Popen[bytes]) -> None:
+        """Last resort when waiting failed: SIGKILL the group and reap the leader, blocking."""
+        self._killpg(proc, signal.SIGKILL)
+        try:
+            _, status = os.waitpid(proc.pid, 0)  # SIGKILLed: this returns almost at once
+        except ChildProcessError:
+            proc.returncode = _STATUS_LOST
+        else:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+
+    def _files(self, attempt: Attempt) -> _Files:
+        """The attempt's output and result paths, in its run directory (created if missing)."""
+        key = str(attempt.run_dir)
+        run_dir = self._run_dirs.get(key)
+        if run_dir is None:
+            # Absolute, because the command runs in task.cwd and must find its result file.
+            run_dir = os.path.abspath(key)
+            os.makedirs(run_dir, exist_ok=True)
+            self._run_dirs[key] = run_dir
+        stem = os.path.join(run_dir, f"{safe_name(attempt.task.id)}.{attempt.number}")
+        return _Files(stdout=f"{stem}.out", stderr=f"{stem}.err", result=f"{stem}.result.json")
+
+    def _outcome(self, proc: subprocess.Popen[bytes], shell: bool, files: _Files, out_fd: int, err_fd: int) -> Outcome:
+        """Describe the reaped attempt: its status, output tails, paths and reported data."""
+        code = proc.returncode
+        assert code is not None
+        stderr_tail = _tail(err_fd, self._tail_bytes)
+        exit_code, signal_number, reason = self._verdict(code, shell, stderr_tail)
+        return Outcome(
+            ok=code == 0,
+            exit_code=exit_code,
+            signal=signal_number,
+            reason=reason,
+            data=_result_data(files.result),
+            pid=proc.pid,
+            stdout_tail=_tail(out_fd, self._tail_bytes),
+            stderr_tail=stderr_tail,
+            stdout_path=files.stdout,
+            stderr_path=files.stderr,
+        )
+
+    def _verdict(self, code: int, shell: bool, stderr_tail: str) -> tuple[int | None, int | None, str | None]:
+        """The exit code, signal and reason for a leader's ``returncode``."""
+        if code == 0:
+            return 0, None, None
+        if code == _STATUS_LOST:
+            return None, None, "exit status unknown: the process was reaped outside phalanx"
+        if code < 0:
+            # A signal the command raised itself (SIGSEGV, SIGABRT, ...) is a failure of the
+            # command, not a crash: crashed is for a worker phalanx runs dying under it.
+            number = -code
+            reason = f"killed by signal {number} ({_signal_name(number)})"
+            if self._closing:
+                reason += " when the backend was closed"
+            return None, number, reason
+        if shell and code in (_SHELL_NOT_FOUND, _SHELL_CANNOT_EXECUTE):
+            # The shell's own exit status: say what it means, and the shell's message.
+            what = "command not found" if code == _SHELL_NOT_FOUND else "command not executable"
+            line = _last_line(stderr_tail)
+            return code, None, f"{what} (exit {code}): {line}" if line else f"{what} (exit {code})"
+        return code, None, f"exit code {code}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Files:
+    stdout: str
+    stderr: str
+    result: str
+
+
+def safe_name(task_id: str) -> str:
+    """A file name for ``task_id``: its safe characters, and a hash that keeps ids apart.
+
+    Anything outside ``[A-Za-z0-9._-]`` becomes ``_`` (so no ``/``: the name cannot leave
+    its directory), leading dots too (no hidden files, no ``..``). The hash of the real
+    id keeps ``a/b`` and ``a_b`` (or ``A`` and ``a`` on a case-insensitive disk) apart.
+    """
+    readable = _UNSAFE.sub("_", task_id)[:_MAX_NAME]
+    readable = "_" * (len(readable) - len(readable.lstrip("."))) + readable.lstrip(".")
+    digest = hashlib.sha1(task_id.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()[:8]
+    return f"{readable}-{digest}"
+
+
+def _environment(attempt: Attempt, result_file: str) -> dict[bytes, bytes]:
+    """``os.environ``, then the task's variables, then phalanx's own (which always win).
+
+    Built from ``os.environb``: Popen wants bytes in the end, and copying the str view
+    would decode every variable only for Popen to encode it again, on every attempt.
+    """
+    env = dict(os.environb)
+    for key, value in attempt.task.env.items():
+        env[os.fsencode(key)] = os.fsencode(value)
+    env[b"PHALANX_TASK_ID"] = os.fsencode(attempt.task.id)
+    env[b"PHALANX_ATTEMPT"] = str(attempt.number).encode()
+    env[b"PHALANX_WORKER"] = str(attempt.worker).encode()
+    env[b"PHALANX_RUN_ID"] = os.fsencode(attempt.run_id)
+    env[b"PHALANX_RESULT_FILE"] = os.fsencode(result_file)
+    return env
+
+
+def _start_failure(error: Exception, program: str, cwd: str | None) -> tuple[str, int | None]:
+    """The reason and shell-style exit code for a command that could not be started."""
+    if isinstance(error, ValueError):  # e.g. a NUL byte in an argument or a variable
+        return f"cannot start {program}: {error}", None
+    assert isinstance(error, OSError)
+    if cwd is not None and error.filename == cwd:  # Popen names the directory it failed to enter
+        if isinstance(error, FileNotFoundError):
+            return f"working directory does not exist: {cwd}", None
+        return f"cannot use working directory {cwd}: {error.strerror}", None
+    if isinstance(error, FileNotFoundError):
+        return f"command not found: {program}", _SHELL_NOT_FOUND
+    if isinstance(error, PermissionError):
+        return f"permission denied: {program}", _SHELL_CANNOT_EXECUTE
+    if error.errno == errno.ENOEXEC:  # not a binary, and no #! line
+        return f"cannot execute {program}: {error.strerror}", _SHELL_CANNOT_EXECUTE
+    return f"cannot start {program}: {error.strerror or error}", None
+
+
+def _tail(fd: int, limit: int) -> str:
+    """The last ``limit`` bytes of the file open as ``fd``, decoded (never the whole file)."""
+    size = os.fstat(fd).st_size
+    if size == 0 or limit == 0:
+        return ""
+    start = max(0, size - limit)
+    data = os.pread(fd, size - start, start)
+    if start:
+        # Cut mid-character? Drop the stray continuation bytes rather than show U+FFFD.
+        skip = 0
+        while skip < min(3, len(data)) and 0x80 <= data[skip] <= 0xBF:
+            skip += 1
+        data = data[skip:]
+    return data.decode("utf-8", errors="replace")
+
+
+def _result_data(path: str) -> Mapping[str, Any]:
+    """The JSON object the command wrote to ``PHALANX_RESULT_FILE``, if it wrote one.
+
+    A broken result file does not change whether the attempt succeeded: the exit status
+    says that, and retrying a command because its report is malformed would only repeat
+    the side effects. The problem is reported in the data as ``result_file_error``.
+    """
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except FileNotFoundError:
+        return {}
+    except OSError as error:
+        return {"result_file_error": f"cannot read {path}: {error.strerror or error}"}
+    try:
+        value = json.loads(raw)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return {"result_file_error": f"invalid JSON in {path}: {error}"}
+    if not isinstance(value, dict):
+        return {"result_file_error": f"{path}: expected a JSON object, got {type(value).__name__}"}
+    return value
+
+
+def _last_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
