@@ -70,7 +70,7 @@ def test_declared_costs_order_the_critical_path() -> None:
         max_workers=1,
         recorder=recorder,
     )
-    assert [e.task_id for e in recorder.of(TaskStarted)][0] == "slow"
+    assert next(e.task_id for e in recorder.of(TaskStarted)) == "slow"
 
 
 def test_submission_order_policy_is_fifo() -> None:

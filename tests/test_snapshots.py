@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from phalanx.config import load_task_file
-from phalanx.ordering import estimate_costs, path_weights, DeclaredCosts
+from phalanx.ordering import DeclaredCosts, estimate_costs, path_weights
 from phalanx.plan import simulate
 from phalanx.render import summary_text
 

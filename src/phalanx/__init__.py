@@ -68,27 +68,23 @@ from .ordering import (
 from .ordering import (
     SubmissionOrder as SubmissionOrder,
 )
-from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
+from .plan import ExecutionPlan as ExecutionPlan
+from .plan import get_execution_plan as get_execution_plan
 from .results import (
     CancelReason as CancelReason,
 )
-from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
 from .results import (
     ErrorInfo as ErrorInfo,
 )
-from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
 from .results import (
     RunReport as RunReport,
 )
-from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
 from .results import (
     RunSummary as RunSummary,
 )
-from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
 from .results import (
     Status as Status,
 )
-from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
 from .results import (
     TaskResult as TaskResult,
 )
@@ -107,8 +103,8 @@ __all__ = [
     "DuplicateTaskError",
     "DurationError",
     "ErrorInfo",
-    "ExecutionPlan",
     "Event",
+    "ExecutionPlan",
     "Graph",
     "OrderingPolicy",
     "PhalanxError",

@@ -80,7 +80,8 @@ def select(graph: Graph, patterns: Sequence[str], *, with_deps: bool) -> Graph:
             what, name = "task", pattern
         if not found:
             hint = did_you_mean(name, known)
-            raise SelectionError(f"--select {pattern}: no {what} {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+            suggestion = f" (did you mean {hint!r}?)" if hint else ""
+            raise SelectionError(f"--select {pattern}: no {what} {name!r}{suggestion}")
         chosen.extend(found)
     if with_deps:
         seen: set[str] = set()
