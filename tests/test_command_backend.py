@@ -19,7 +19,7 @@ import pytest
 
 import phalanx.reaper
 from phalanx.backends.base import Attempt, Outcome
-from phalanx.backends.command import CommandBackend, safe_name
+from phalanx.backends.command import CommandBackend, command_argv, safe_name
 from phalanx.model import Task
 from phalanx.reaper import ChildReaper
 
@@ -223,12 +223,19 @@ def test_argv_command_not_found(tmp_path: Path) -> None:
 
 
 def test_shell_command_not_found_names_it(tmp_path: Path) -> None:
-    outcome = run(CommandBackend(), attempt(tmp_path, "phalanx-no-such-command x"))
+    # The quotes make the shell necessary, so it is the shell that reports "not found".
+    outcome = run(CommandBackend(), attempt(tmp_path, "phalanx-no-such-command 'x'"))
     assert not outcome.ok
     assert outcome.exit_code == 127
     assert outcome.reason is not None
     assert outcome.reason.startswith("command not found (exit 127): ")
     assert "phalanx-no-such-command" in outcome.reason
+
+
+def test_plain_command_string_not_found_names_it(tmp_path: Path) -> None:
+    outcome = run(CommandBackend(), attempt(tmp_path, "phalanx-no-such-command x"))
+    assert outcome.exit_code == 127
+    assert outcome.reason == "command not found: phalanx-no-such-command"
 
 
 def test_argv_not_executable(tmp_path: Path) -> None:
@@ -244,7 +251,7 @@ def test_shell_command_not_executable(tmp_path: Path) -> None:
     script = tmp_path / "script"
     script.write_text("echo hi\n")
     script.chmod(0o644)
-    outcome = run(CommandBackend(), attempt(tmp_path, "./script", cwd=str(tmp_path)))
+    outcome = run(CommandBackend(), attempt(tmp_path, "./script 'arg'", cwd=str(tmp_path)))
     assert outcome.exit_code == 126
     assert outcome.reason is not None
     assert outcome.reason.startswith("command not executable (exit 126): ")
@@ -475,3 +482,29 @@ def test_backend_with_polling_reaper(tmp_path: Path) -> None:
     run_with_timeout(backend, attempt(tmp_path, "trap '' TERM; sleep 1000"), seconds=0.1)
     assert_no_children()
 
+
+
+@pytest.mark.parametrize(
+    ("command", "direct"),
+    [
+        ("sleep 0.25", True),
+        ("pytest -q tests/test_a.py", True),
+        ("echo hi", False),  # sh's echo, not /bin/echo: their options differ
+        ("exit 3", False),
+        ("cd /tmp", False),
+        ("FOO=1 env", False),
+        ("echo $HOME", False),
+        ("ls *.py", False),
+        ("a; b", False),
+        ("a && b", False),
+        ("echo 'x'", False),
+        ("cat < f", False),
+        ("x ~/y", False),
+        ("a\nb", False),
+    ],
+)
+def test_plain_commands_skip_the_shell(command: str, direct: bool) -> None:
+    argv = command_argv(command)
+    assert (argv[0] != "/bin/sh") == direct
+    if direct:
+        assert argv == command.split()

@@ -1,0 +1,467 @@
+"""Load a task file (``phalanx.toml``, or ``[tool.phalanx]`` in ``pyproject.toml``) into the model.
+
+    [defaults]                                # any task key but cmd/deps/for_each; task keys win
+    [resources]                               # named capacities: db = 1 (slots are -j, not here)
+    [tasks.test]
+    cmd = "pytest {item}"                     # a string runs with sh -c; a list is an argv
+    for_each = { glob = "tests/test_*.py" }   # or a list: one task test[ITEM] per item
+
+Every error is a `PhalanxError` with the file (as the caller spelled it) and the best line:
+the offending key's, else its table header's, else 1. tomllib reports no positions, so
+`_LineIndex` re-scans the text for them.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NoReturn, TypeVar
+
+from .durations import parse_duration
+from .errors import (
+    ConfigError,
+    CycleError,
+    DuplicateTaskError,
+    PhalanxError,
+    ResourceError,
+    UnknownDependencyError,
+    did_you_mean,
+)
+from .model import SLOTS, Graph, RetryPolicy, Task, parse_priority
+
+_T = TypeVar("_T")
+_Path = tuple[str, ...]
+
+_TOP_KEYS = ("defaults", "resources", "tasks")
+_TASK_KEYS = ("cmd", "deps", "priority", "timeout", "retries", "resources", "env", "cwd", "tags", "cost", "for_each")
+_PER_TASK_ONLY = ("cmd", "deps", "for_each")  # meaningless as a default: they define the task
+_DEFAULT_KEYS = tuple(key for key in _TASK_KEYS if key not in _PER_TASK_ONLY)
+_RETRY_KEYS = ("count", "backoff", "initial", "max", "jitter", "on_exit_codes")
+_ITEM = "{item}"
+
+
+class _LineIndex:
+    """The 1-based line where each key path of a TOML document is first defined.
+
+    A best-effort scan of headers (``[a."b.c"]``) and ``key =`` / ``dotted.key =`` lines,
+    skipping multi-line strings. A table that is only implied (``tasks.a`` by ``tasks.a.cmd =``)
+    gets the line that implied it. Keys inside inline tables are not recorded: lookups fall
+    back to the enclosing key, which is on the same line anyway.
+    """
+
+    _KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+    _DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
+    # A header must end its line, so that an array element like ["x"] is not taken for one.
+    _HEADER = re.compile(rf"\s*\[\[?\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
+    _ASSIGN = re.compile(rf"\s*({_DOTTED})\s*=")
+
+    def __init__(self, text: str = "", root: _Path = ()) -> None:
+        self.root = root  # the table everything is under: ("tool", "phalanx") in a pyproject.toml
+        self._explicit: dict[_Path, int] = {}
+        self._implicit: dict[_Path, int] = {}
+        table: _Path = ()
+        open_string: str | None = None
+        # TOML lines end at "\n" only (str.splitlines would also split at \x0c, \u2028, ...).
+        for number, line in enumerate(text.split("\n"), start=1):
+            if open_string is not None:
+                if open_string in line:
+                    open_string = None
+                continue
+            if header := self._HEADER.match(line):
+                table = self._key_path(header.group(1)) or table
+                self._add(table, number)
+            elif assign := self._ASSIGN.match(line):
+                self._add(table + (self._key_path(assign.group(1)) or ()), number)
+                value = line[assign.end():]
+                for quotes in ('"""', "'''"):
+                    if value.count(quotes) % 2:  # opened here, closed on a later line
+                        open_string = quotes
+
+    @staticmethod
+    def _key_path(text: str) -> _Path | None:
+        # Let tomllib unquote the key, so escapes and quoting follow TOML's own rules.
+        try:
+            node: Any = tomllib.loads(f"{text} = 0")
+        except tomllib.TOMLDecodeError:
+            return None
+        path: list[str] = []
+        while isinstance(node, dict):
+            ((key, node),) = node.items()
+            path.append(key)
+        return tuple(path)
+
+    def _add(self, path: _Path, line: int) -> None:
+        self._explicit.setdefault(path, line)
+        for end in range(1, len(path)):
+            self._implicit.setdefault(path[:end], line)
+
+    def get(self, *path: str) -> int | None:
+        """The line of ``path`` (under the root), or None if it was not found."""
+        full = self.root + path
+        return self._explicit.get(full) or self._implicit.get(full)
+
+    def best(self, *path: str) -> int:
+        """The line of ``path``, else of its nearest enclosing table that has one, else 1."""
+        for end in range(len(path), -1, -1):
+            if line := self.get(*path[:end]):
+                return line
+        return 1
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFile:
+    """A loaded task file.
+
+    Attributes:
+        path: the file the tasks came from.
+        graph: the tasks; checked for unknown dependencies and cycles, but not frozen
+            (the runner validates it when a run starts).
+        capacities: the ``[resources]`` table; never contains ``slots`` (that is ``-j``).
+    """
+
+    path: Path
+    graph: Graph
+    capacities: Mapping[str, float]
+    _lines: _LineIndex = field(default_factory=_LineIndex, repr=False, compare=False)
+    _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # id -> NAME
+
+    def line_of(self, task_id: str, key: str | None = None) -> int | None:
+        """The line of ``[tasks.NAME]``, or of ``key`` in that table, for a task id.
+
+        Expanded ids (``test[tests/test_a.py]``) map to the lines of their ``for_each``
+        task. A ``key`` the table does not set falls back to the header line.
+        """
+        name = self._sources.get(task_id, task_id.split("[", 1)[0])
+        line = self._lines.get("tasks", name, key) if key is not None else None
+        return line or self._lines.get("tasks", name)
+
+
+def find_task_file(directory: Path | None = None) -> Path:
+    """The task file in ``directory`` (default: the current one).
+
+    Args:
+        directory: where to look; the path returned is relative when this is None.
+
+    Returns:
+        ``phalanx.toml`` if it exists, else ``pyproject.toml`` if it has ``[tool.phalanx]``.
+
+    Raises:
+        ConfigError: neither exists.
+    """
+    where = Path(".") if directory is None else Path(directory)
+    candidate = where / "phalanx.toml"
+    if candidate.is_file():
+        return candidate
+    pyproject = where / "pyproject.toml"
+    if pyproject.is_file() and _has_phalanx_table(pyproject):
+        return pyproject
+    raise ConfigError(f"no phalanx.toml (or [tool.phalanx] in pyproject.toml) in {where.absolute()}")
+
+
+def _has_phalanx_table(pyproject: Path) -> bool:
+    text = pyproject.read_bytes().decode("utf-8", errors="replace")
+    try:
+        tool = tomllib.loads(text).get("tool")
+    except tomllib.TOMLDecodeError:
+        # Broken, but apparently meant for us: pick it so the loader reports the error and its line.
+        return "tool.phalanx" in text
+    return isinstance(tool, dict) and "phalanx" in tool
+
+
+def load_task_file(path: str | Path) -> TaskFile:
+    """Read a task file into a `TaskFile`.
+
+    A file named ``pyproject.toml`` is read from its ``[tool.phalanx]`` table.
+
+    Args:
+        path: the file; errors name it exactly as given here.
+
+    Raises:
+        ConfigError: unreadable, not UTF-8, bad TOML, unknown keys, wrong types, bad values
+            (`DurationError` for durations).
+        UnknownDependencyError: a dependency names no task (with a did-you-mean).
+        CycleError: the dependencies form a cycle.
+        DuplicateTaskError: ``for_each`` gives the same item twice.
+        ResourceError: a task asks for an undeclared resource or more than its capacity.
+    """
+    file, source = str(path), Path(path)
+    text, document = _parse(source, file)
+    root: _Path = ("tool", "phalanx") if source.name == "pyproject.toml" else ()
+    lines = _LineIndex(text, root)
+    if root:
+        tool = document.get("tool")
+        ours = tool.get("phalanx") if isinstance(tool, dict) else None
+        if not isinstance(ours, dict):
+            raise ConfigError("no [tool.phalanx] table", file=file, line=lines.best())
+        document = ours
+    return _Loader(file, source, lines).load(document)
+
+
+def _parse(source: Path, file: str) -> tuple[str, dict[str, Any]]:
+    try:
+        data = source.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("no such file", file=file) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read: {error.strerror or error}", file=file) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            f"not UTF-8 text (byte 0x{data[error.start]:02x}); save the file as UTF-8", file=file, line=line
+        ) from None
+    text = text.removeprefix("\ufeff")  # editors on Windows add a BOM; tomllib refuses it
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        # The position is only in the message: "... (at line 3, column 7)" or "(at end of document)".
+        line, message = 1, str(error)
+        if found := re.search(r"\s*\(at (?:line (\d+), column \d+|end of document)\)$", message):
+            line = int(found.group(1)) if found.group(1) else text.count("\n") + (not text.endswith("\n"))
+            message = message[: found.start()]
+        raise ConfigError(f"invalid TOML: {message}", file=file, line=max(line, 1)) from None
+
+
+def _hint(word: str, known: Any) -> str:
+    suggestion = did_you_mean(word, known)
+    return f" (did you mean {suggestion!r}?)" if suggestion else ""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)  # TOML true is not 1
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+class _Loader:
+    """Turns a parsed document into a `TaskFile`, locating every error it raises."""
+
+    def __init__(self, file: str, source: Path, lines: _LineIndex) -> None:
+        self.file = file
+        self.source = source
+        self.base = source.absolute().parent  # cwd and globs are relative to the file, like make
+        self.lines = lines
+
+    def fail(self, message: str, *path: str, error: type[PhalanxError] = ConfigError) -> NoReturn:
+        raise error(message, file=self.file, line=self.lines.best(*path))
+
+    def guard(self, prefix: str | None, path: _Path, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Call a model constructor or parser, locating its error (and naming who it is about)."""
+        try:
+            return function(*args, **kwargs)
+        except PhalanxError as error:
+            if prefix is not None:
+                error.message = f"{prefix}: {error.message}"
+            raise error.located(self.file, self.lines.best(*path)) from None
+
+    def table(self, value: object, what: str, *path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(f"{what} must be a table, got {value!r}", *path)
+        return value
+
+    def load(self, document: dict[str, Any]) -> TaskFile:
+        for key in document:
+            if key not in _TOP_KEYS:
+                self.fail(f"unknown top-level key {key!r}{_hint(key, _TOP_KEYS)}", key)
+        defaults = self.table(document.get("defaults", {}), "[defaults]", "defaults")
+        for key in defaults:
+            if key in _PER_TASK_ONLY:
+                self.fail(f"[defaults]: {key!r} can only be set per task", "defaults", key)
+            if key not in _DEFAULT_KEYS:
+                self.fail(f"[defaults]: unknown key {key!r}{_hint(key, _DEFAULT_KEYS)}", "defaults", key)
+        capacities = self.capacities(self.table(document.get("resources", {}), "[resources]", "resources"))
+        tasks = self.table(document.get("tasks", {}), "[tasks]", "tasks")
+        if not tasks:
+            self.fail("no tasks: add a [tasks.NAME] table with a cmd", "tasks")
+
+        built: list[Task] = []
+        sources: dict[str, str] = {}  # task id -> the [tasks.NAME] it came from
+        groups: dict[str, list[str]] = {}  # for_each NAME -> its expanded ids
+        for name, table in tasks.items():
+            expanded = self.expand(name, table, defaults, capacities)
+            built.extend(expanded)
+            sources.update((task.id, name) for task in expanded)
+            if "for_each" in table:
+                groups[name] = [task.id for task in expanded]
+
+        graph = Graph()
+        known = sorted(set(sources) | set(groups))
+        for task in built:
+            deps: list[str] = []
+            for dep in task.deps:
+                if dep not in groups and dep not in sources:
+                    error = UnknownDependencyError(sources[task.id], dep, known)
+                    raise error.located(self.file, self.lines.best("tasks", sources[task.id], "deps"))
+                deps.extend(groups.get(dep, [dep]))  # a for_each name means all its expansions
+            graph.add(replace(task, deps=tuple(deps)))
+        try:
+            Graph(graph).validate()  # on a copy: the runner gets an unfrozen graph and validates it itself
+        except CycleError as error:
+            raise error.located(self.file, self.lines.best("tasks", sources[error.cycle[0]])) from None
+        return TaskFile(self.source, graph, MappingProxyType(capacities), self.lines, MappingProxyType(sources))
+
+    def capacities(self, resources: dict[str, Any]) -> dict[str, float]:
+        capacities: dict[str, float] = {}
+        for name, amount in resources.items():
+            if name == SLOTS:
+                self.fail("[resources]: 'slots' is not declared here: it is -j, the number of parallel jobs",
+                          "resources", name)
+            if not _is_number(amount) or not (math.isfinite(amount) and amount > 0):
+                self.fail(f"[resources]: {name!r} must be a positive number, got {amount!r}", "resources", name)
+            capacities[name] = float(amount)
+        return capacities
+
+    def expand(self, name: str, table: object, defaults: dict[str, Any], capacities: dict[str, float]) -> list[Task]:
+        """The task(s) of ``[tasks.NAME]``: one, or one per ``for_each`` item (deps not yet resolved)."""
+        here = ("tasks", name)
+        if "[" in name or "]" in name or not name.strip():
+            self.fail(f"task name {name!r} is not allowed: it must not be blank or contain '[' or ']' "
+                      "(those mark for_each items)", *here)
+        table = self.table(table, f"task {name!r}", *here)
+        for key in table:
+            if key not in _TASK_KEYS:
+                self.fail(f"task {name!r}: unknown key {key!r}{_hint(key, _TASK_KEYS)}", *here, key)
+        if "cmd" not in table:
+            self.fail(f"task {name!r}: missing 'cmd' (the command to run)", *here)
+        cmd, cwd, fields = self.fields(name, table, defaults, capacities)
+        env = self.env(name, defaults, table)
+        if "for_each" not in table:
+            return [self.guard(None, here, Task, id=name, action=cmd, env=env, cwd=self.cwd(cwd), **fields)]
+
+        tasks: dict[str, Task] = {}
+        for item in self.items(name, (*here, "for_each"), table["for_each"]):
+            task_id = f"{name}[{item}]"
+            if task_id in tasks:
+                self.fail(f"task {name!r}: for_each gives {item!r} twice (duplicate task id {task_id!r})",
+                          *here, "for_each", error=DuplicateTaskError)
+            # In a shell string the item is quoted, so that it arrives as one word and never runs;
+            # an argv list is not parsed by a shell, so there it goes in verbatim.
+            action = (cmd.replace(_ITEM, shlex.quote(item)) if isinstance(cmd, str)
+                      else [part.replace(_ITEM, item) for part in cmd])
+            tasks[task_id] = self.guard(
+                None, here, Task, id=task_id, action=action, group=name,
+                env={var: text.replace(_ITEM, item) for var, text in env.items()},
+                cwd=self.cwd(cwd.replace(_ITEM, item)), **fields,
+            )
+        return list(tasks.values())
+
+    def fields(
+        self, name: str, table: dict[str, Any], defaults: dict[str, Any], capacities: dict[str, float]
+    ) -> tuple[str | list[str], str, dict[str, Any]]:
+        """The checked cmd, the cwd as written, and the other `Task` fields (but env) of a task."""
+        settings = {**defaults, **table}
+        # Where each setting was written, so that an error in a default points at [defaults].
+        origin = {key: ("defaults", key) for key in defaults} | {key: ("tasks", name, key) for key in table}
+
+        def who(key: str) -> str:
+            return "[defaults]" if origin[key][0] == "defaults" else f"task {name!r}"
+
+        def expect(key: str, ok: bool, expected: str) -> None:
+            if not ok:
+                self.fail(f"{who(key)}: {key} must be {expected}, got {settings[key]!r}", *origin[key])
+
+        cmd = settings["cmd"]
+        if isinstance(cmd, str) and not cmd.strip():
+            self.fail(f"task {name!r}: cmd is empty", *origin["cmd"])
+        expect("cmd", (isinstance(cmd, str) or _is_str_list(cmd)) and bool(cmd),
+               "a command string or a non-empty list of strings")
+        expect("deps", _is_str_list(settings.get("deps", [])), "a list of task names")
+        expect("tags", _is_str_list(settings.get("tags", [])), "a list of strings")
+        expect("cwd", isinstance(settings.get("cwd", ""), str), "a path string")
+
+        fields: dict[str, Any] = {"deps": tuple(settings.get("deps", ())), "tags": frozenset(settings.get("tags", ()))}
+        if "priority" in settings:
+            fields["priority"] = self.guard(who("priority"), origin["priority"], parse_priority, settings["priority"])
+        for key in ("timeout", "cost"):
+            if key in settings:
+                fields[key] = self.guard(who(key), origin[key], parse_duration, settings[key], what=key)
+        if "retries" in settings:
+            fields["retry"] = self.retry(who("retries"), origin["retries"], settings["retries"])
+        if "resources" in settings:
+            fields["resources"] = self.resources(who("resources"), origin["resources"], settings["resources"],
+                                                 capacities)
+        return cmd, settings.get("cwd", "."), fields
+
+    def env(self, name: str, defaults: dict[str, Any], table: dict[str, Any]) -> dict[str, str]:
+        """The defaults' env with the task's over it, variable by variable."""
+        env: dict[str, str] = {}
+        for where, who, settings in (("defaults",), "[defaults]", defaults), (("tasks", name), f"task {name!r}", table):
+            if "env" not in settings:
+                continue
+            variables = self.table(settings["env"], f"{who}: env", *where, "env")
+            for var, text in variables.items():
+                if not isinstance(text, str):
+                    self.fail(f"{who}: env {var} must be a string, got {text!r} (quote it)", *where, "env", var)
+            env.update(variables)
+        return env
+
+    def cwd(self, cwd: str) -> str:
+        return os.path.normpath(self.base / cwd)  # an absolute cwd stays as it is
+
+    def retry(self, who: str, where: _Path, value: object) -> RetryPolicy:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return self.guard(who, where, RetryPolicy, count=value)
+        if not isinstance(value, dict):
+            self.fail(f"{who}: retries must be an integer or a table such as "
+                      f"{{ count = 3, backoff = \"exponential\" }}, got {value!r}", *where)
+        for key in value:
+            if key not in _RETRY_KEYS:
+                self.fail(f"{who}: retries: unknown key {key!r}{_hint(key, _RETRY_KEYS)}", *where, key)
+        if "count" not in value:
+            self.fail(f"{who}: retries: missing 'count' (how many times to retry)", *where)
+        codes = value.get("on_exit_codes", [])
+        if not isinstance(codes, list):
+            self.fail(f"{who}: retries: on_exit_codes must be a list of integers, got {codes!r}",
+                      *where, "on_exit_codes")
+        return self.guard(who, where, RetryPolicy, **value)
+
+    def resources(self, who: str, where: _Path, value: object, capacities: dict[str, float]) -> dict[str, float]:
+        requests = self.table(value, f"{who}: resources", *where)
+        for name, amount in requests.items():
+            if not _is_number(amount) or not (math.isfinite(amount) and amount >= 0):
+                self.fail(f"{who}: resources: {name!r} must be a non-negative number, got {amount!r}", *where, name)
+            if name == SLOTS:
+                continue  # its capacity is -j, known only when a run starts: the runner checks it
+            if name not in capacities:
+                declared = ", ".join(sorted(capacities)) or "none"
+                self.fail(f"{who} requests unknown resource {name!r}{_hint(name, capacities)}; "
+                          f"declared in [resources]: {declared}", *where, name, error=ResourceError)
+            if amount > capacities[name]:
+                self.fail(f"{who} requests {name} = {amount:g} but the capacity of {name!r} is "
+                          f"{capacities[name]:g}", *where, name, error=ResourceError)
+        return {name: float(amount) for name, amount in requests.items()}
+
+    def items(self, name: str, where: _Path, value: object) -> list[str]:
+        """The ``for_each`` items: a list (numbers become strings) or the sorted matches of a glob."""
+        who = f"task {name!r}: for_each"
+        if isinstance(value, dict):
+            for key in value:
+                if key != "glob":
+                    self.fail(f"{who}: unknown key {key!r}{_hint(key, ['glob'])}", *where, key)
+            pattern = value.get("glob")
+            if not isinstance(pattern, str) or not pattern:
+                self.fail(f"{who}: glob must be a pattern string, got {pattern!r}", *where)
+            # root_dir: patterns are relative to the file, and so are the paths given as items.
+            matches = sorted(glob.glob(pattern, root_dir=self.base, recursive=True))
+            if not matches:
+                self.fail(f"{who} glob {pattern!r} matched no files", *where)
+            return matches
+        if not isinstance(value, list):
+            self.fail(f"{who} must be a list or {{ glob = \"PATTERN\" }}, got {value!r}", *where)
+        if not value:
+            self.fail(f"{who} is an empty list: the task would never run", *where)
+        for item in value:
+            if not isinstance(item, str) and not _is_number(item):
+                self.fail(f"{who}: items must be strings or numbers, got {item!r}", *where)
+        return [str(item) for item in value]
