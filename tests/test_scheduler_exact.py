@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import phalanx
 from phalanx import RetryPolicy, Status, Task, TaskStarted
 from phalanx.ordering import SubmissionOrder
 from phalanx.plan import get_execution_plan
@@ -245,3 +246,49 @@ def test_progress_callback_sees_huskycat_statuses() -> None:
     assert report.ok
     assert seen == [("black", "running"), ("black", "succeeded"), ("mypy", "running"), ("mypy", "succeeded")]
     assert report["mypy"].value == 2
+
+
+def _run_with(tasks: list[Task], **options: object) -> phalanx.RunReport:
+    from phalanx.fakeclock import run_virtual
+    from phalanx.runner import run_async
+
+    return run_virtual(run_async(tasks, backend="inline", **options))  # type: ignore[arg-type]
+
+
+def test_halt_soon_lets_running_tasks_finish_and_starts_nothing_new() -> None:
+    tasks = [Task("fails", work(1, fail_attempts=[1])), Task("long", work(5)), Task("queued", work(1))]
+    report = _run_with(
+        tasks, max_workers=2, halt=lambda result: "soon" if result.status is Status.FAILED else None
+    )
+    assert report["long"].status is Status.SUCCEEDED and report["long"].end == 5.0
+    assert report["queued"].status is Status.CANCELLED
+    assert report.summary.halted_by == "fails"
+    assert report.summary.cancelled_by is phalanx.CancelReason.HALT
+
+
+def test_halt_now_on_success_cancels_the_rest() -> None:
+    tasks = [Task("quick", work(1)), Task("long", work(5)), Task("queued", work(1))]
+    report = _run_with(tasks, max_workers=2, halt=lambda result: "now" if result.ok else None)
+    assert report["quick"].ok
+    assert report["long"].status is Status.CANCELLED and report["long"].end == 1.0
+    assert report["queued"].status is Status.CANCELLED
+    assert report.summary.wall_time == 1.0
+
+
+def test_start_interval_spaces_starts() -> None:
+    tasks = [Task(f"t{i}", work(10)) for i in range(4)]
+    report = _run_with(tasks, max_workers=4, start_interval=0.5)
+    assert [report[f"t{i}"].start for i in range(4)] == [0.0, 0.5, 1.0, 1.5]
+
+
+def test_timeout_rule_is_asked_at_each_attempt_start() -> None:
+    asked: list[str] = []
+
+    def rule(task: Task) -> float | None:
+        asked.append(task.id)
+        return 2.0 if task.id == "slow" else None
+
+    report = _run_with([Task("slow", work(10)), Task("ok", work(3))], max_workers=2, timeout_for=rule)
+    assert report["slow"].status is Status.TIMED_OUT and report["slow"].end == 2.0
+    assert report["ok"].ok
+    assert sorted(asked) == ["ok", "slow"]

@@ -5,94 +5,102 @@ The public API is re-exported here; everything else is internal and may change.
 
 from __future__ import annotations
 
-from .errors import (
-    ConfigError as ConfigError,
-)
-from .errors import (
-    CycleError as CycleError,
-)
-from .errors import (
-    DuplicateTaskError as DuplicateTaskError,
-)
-from .errors import (
-    DurationError as DurationError,
-)
-from .errors import (
-    PhalanxError as PhalanxError,
-)
-from .errors import (
-    ResourceError as ResourceError,
-)
-from .errors import (
-    SelectionError as SelectionError,
-)
-from .errors import (
-    UnknownDependencyError as UnknownDependencyError,
-)
-from .events import (
-    Event as Event,
-)
-from .events import (
-    RunCancelling as RunCancelling,
-)
-from .events import (
-    RunFinished as RunFinished,
-)
-from .events import (
-    RunStarted as RunStarted,
-)
-from .events import (
-    Sink as Sink,
-)
-from .events import (
-    TaskFinished as TaskFinished,
-)
-from .events import (
-    TaskRetrying as TaskRetrying,
-)
-from .events import (
-    TaskStarted as TaskStarted,
-)
-from .model import Graph as Graph
-from .model import RetryPolicy as RetryPolicy
-from .model import Task as Task
-from .ordering import (
-    CostModel as CostModel,
-)
-from .ordering import (
-    CriticalPathFirst as CriticalPathFirst,
-)
-from .ordering import (
-    OrderingPolicy as OrderingPolicy,
-)
-from .ordering import (
-    SubmissionOrder as SubmissionOrder,
-)
-from .plan import ExecutionPlan as ExecutionPlan
-from .plan import get_execution_plan as get_execution_plan
-from .results import (
-    CancelReason as CancelReason,
-)
-from .results import (
-    ErrorInfo as ErrorInfo,
-)
-from .results import (
-    RunReport as RunReport,
-)
-from .results import (
-    RunSummary as RunSummary,
-)
-from .results import (
-    Status as Status,
-)
-from .results import (
-    TaskResult as TaskResult,
-)
-from .runner import default_workers as default_workers
-from .runner import run as run
-from .runner import run_async as run_async
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .errors import (
+        ConfigError as ConfigError,
+        CycleError as CycleError,
+        DuplicateTaskError as DuplicateTaskError,
+        DurationError as DurationError,
+        PhalanxError as PhalanxError,
+        ResourceError as ResourceError,
+        SelectionError as SelectionError,
+        UnknownDependencyError as UnknownDependencyError,
+    )
+    from .events import (
+        Event as Event,
+        RunCancelling as RunCancelling,
+        RunFinished as RunFinished,
+        RunStarted as RunStarted,
+        Sink as Sink,
+        TaskFinished as TaskFinished,
+        TaskRetrying as TaskRetrying,
+        TaskStarted as TaskStarted,
+    )
+    from .model import Graph as Graph, RetryPolicy as RetryPolicy, Task as Task
+    from .ordering import (
+        CostModel as CostModel,
+        CriticalPathFirst as CriticalPathFirst,
+        OrderingPolicy as OrderingPolicy,
+        SubmissionOrder as SubmissionOrder,
+    )
+    from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
+    from .results import (
+        CancelReason as CancelReason,
+        ErrorInfo as ErrorInfo,
+        RunReport as RunReport,
+        RunSummary as RunSummary,
+        Status as Status,
+        TaskResult as TaskResult,
+    )
+    from .runner import default_workers as default_workers, run as run, run_async as run_async
+
+# Submodules are imported on first use, so `import phalanx` (and the `phalanx` command's
+# start-up) pays only for what is used: `phalanx map` never imports rich or click.
+_LAZY = {
+    "CancelReason": ".results",
+    "ConfigError": ".errors",
+    "CostModel": ".ordering",
+    "CriticalPathFirst": ".ordering",
+    "CycleError": ".errors",
+    "DuplicateTaskError": ".errors",
+    "DurationError": ".errors",
+    "ErrorInfo": ".results",
+    "Event": ".events",
+    "ExecutionPlan": ".plan",
+    "Graph": ".model",
+    "OrderingPolicy": ".ordering",
+    "PhalanxError": ".errors",
+    "ResourceError": ".errors",
+    "RetryPolicy": ".model",
+    "RunCancelling": ".events",
+    "RunFinished": ".events",
+    "RunReport": ".results",
+    "RunStarted": ".events",
+    "RunSummary": ".results",
+    "SelectionError": ".errors",
+    "Sink": ".events",
+    "Status": ".results",
+    "SubmissionOrder": ".ordering",
+    "Task": ".model",
+    "TaskFinished": ".events",
+    "TaskResult": ".results",
+    "TaskRetrying": ".events",
+    "TaskStarted": ".events",
+    "UnknownDependencyError": ".errors",
+    "default_workers": ".runner",
+    "get_execution_plan": ".plan",
+    "run": ".runner",
+    "run_async": ".runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'phalanx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "CancelReason",

@@ -1,5 +1,5 @@
 """``python -m phalanx``: the same as the ``phalanx`` command."""
 
-from .cli import main
+from ._entry import main
 
 main()

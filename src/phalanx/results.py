@@ -172,6 +172,7 @@ class RunSummary:
         data_totals: the numeric fields of tasks' reported data, summed over tasks.
         started_at: the run's start as a Unix timestamp.
         cancelled_by: why the run stopped early, if it did.
+        halted_by: the task whose result stopped the run (fail-fast or halt), if any.
     """
 
     total: int
@@ -189,6 +190,7 @@ class RunSummary:
     data_totals: Mapping[str, float]
     started_at: float
     cancelled_by: CancelReason | None = None
+    halted_by: str | None = None
 
     @property
     def speedup(self) -> float:
@@ -217,6 +219,7 @@ class RunSummary:
             "data_totals": dict(self.data_totals),
             "started_at": self.started_at,
             "cancelled_by": None if self.cancelled_by is None else self.cancelled_by.label,
+            "halted_by": self.halted_by,
         }
 
 

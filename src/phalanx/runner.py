@@ -28,7 +28,7 @@ from .events import Event, Sink, TaskFinished, TaskRetrying, TaskStarted
 from .model import Action, Graph, Task, is_coroutine_action
 from .ordering import CostModel, OrderingPolicy
 from .results import CancelReason, RunReport
-from .scheduler import Scheduler
+from .scheduler import HaltRule, Scheduler, TimeoutRule
 
 BackendName = Literal["auto", "threads", "inline"]
 TaskSource = Graph | Iterable[Task] | Mapping[str, Action | Task]
@@ -156,8 +156,18 @@ async def run_async(
     cost_model: CostModel | None = None,
     seed: int | None = None,
     handle_signals: bool = False,
+    halt: HaltRule | None = None,
+    start_interval: float = 0.0,
+    timeout_for: TimeoutRule | None = None,
+    backend_for: Callable[[Task], Backend] | None = None,
 ) -> RunReport:
-    """`run` for callers already inside an event loop. Same arguments, same result."""
+    """`run` for callers already inside an event loop. Same arguments, same result.
+
+    Front ends may also pass ``halt`` (a rule deciding after each result whether to stop
+    now or soon), ``start_interval`` (seconds between starts), ``timeout_for`` (each
+    attempt's timeout, asked at its start) and ``backend_for`` (their own backend choice),
+    and ``handle_signals`` to turn SIGINT/SIGTERM into a clean stop.
+    """
     graph = build_graph(tasks, deps=deps, timeout=timeout)
     workers = default_workers() if max_workers is None else max_workers
     all_sinks: list[Sink] = list(sinks)
@@ -168,7 +178,7 @@ async def run_async(
     backends = _Backends(backend, grace)
     scheduler = Scheduler(
         graph,
-        backend_for=backends.for_task,
+        backend_for=backend_for or backends.for_task,
         max_workers=workers,
         capacities=resources,
         fail_fast=fail_fast,
@@ -177,6 +187,9 @@ async def run_async(
         sinks=all_sinks,
         run_dir=run_dir,
         rng=random.Random(seed),
+        halt=halt,
+        start_interval=start_interval,
+        timeout_for=timeout_for,
     )
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []

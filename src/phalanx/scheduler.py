@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .backends.base import Attempt, Backend, Outcome
 from .durations import format_duration
@@ -53,6 +53,14 @@ from .resources import Amounts, ResourcePool, check_requests, fits
 from .results import CancelReason, ErrorInfo, RunReport, RunSummary, Status, TaskResult
 
 _EPSILON = 1e-9
+
+#: What a halt rule answers after each task's final result: stop ``"now"`` (cancel what
+#: runs), stop ``"soon"`` (start nothing new, let what runs finish), or None (go on).
+HaltDecision = Literal["now", "soon"] | None
+HaltRule = Callable[[TaskResult], HaltDecision]
+TimeoutRule = Callable[[Task], "float | None"]
+
+FAILED_FOR_GOOD = frozenset({Status.FAILED, Status.TIMED_OUT, Status.CRASHED})
 
 
 @dataclass(slots=True)
@@ -76,7 +84,12 @@ class Scheduler:
         backend_for: picks the backend that runs a task.
         max_workers: the slot capacity (``-j``).
         capacities: other named resources (``{"db": 1}``).
-        fail_fast: on the first task that fails for good, stop everything.
+        fail_fast: on the first task that fails for good, stop everything (``halt`` now).
+        halt: a rule asked after each final result whether to stop now or soon
+            (GNU parallel's ``--halt``); combined with ``fail_fast``.
+        start_interval: at least this many seconds between two starts (``--delay``).
+        timeout_for: the timeout of each attempt, asked when it starts (default: the
+            task's own); lets ``--timeout 200%`` follow the median runtime so far.
         policy: orders ready tasks (default: priority, critical path, submission order).
         cost_model: estimates durations (default: declared costs only).
         sinks: consumers of events, called on the loop in order.
@@ -98,6 +111,9 @@ class Scheduler:
         run_dir: Path,
         run_id: str | None = None,
         rng: random.Random | None = None,
+        halt: HaltRule | None = None,
+        start_interval: float = 0.0,
+        timeout_for: TimeoutRule | None = None,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
@@ -107,6 +123,12 @@ class Scheduler:
         self._max_workers = max_workers
         self._backend_for = backend_for
         self._fail_fast = fail_fast
+        self._halt = halt
+        self._start_interval = start_interval
+        self._next_start = 0.0
+        self._start_timer: asyncio.TimerHandle | None = None
+        self._timeout_for = timeout_for
+        self._halted_by: str | None = None
         self._sinks = list(sinks)
         self._run_dir = run_dir
         self.run_id = run_id or uuid.uuid4().hex[:12]
@@ -167,12 +189,15 @@ class Scheduler:
             raise self._sink_error
         return report
 
-    def cancel(self, reason: CancelReason = CancelReason.INTERRUPT) -> None:
+    def cancel(self, reason: CancelReason = CancelReason.INTERRUPT, *, stop_running: bool = True) -> None:
         """Stop starting tasks and stop the running ones; calling again kills at once.
 
         Ready and backing-off tasks end ``cancelled``; running ones are stopped by their
-        backend and end ``cancelled``; tasks waiting on those are ``skipped``.
+        backend and end ``cancelled``; tasks waiting on those are ``skipped``. With
+        ``stop_running`` False (a halt "soon"), running tasks are left to finish.
         """
+        if self._stopping is not None and not stop_running:
+            return
         if self._stopping is not None:
             # A second request: cancel the attempts again, which backends take as "kill now".
             self._stopping = max(self._stopping, reason)
@@ -180,6 +205,8 @@ class Scheduler:
                 running.handle.cancel()
             return
         self._stopping = reason
+        if self._start_timer is not None:
+            self._start_timer.cancel()
         self._emit(RunCancelling(reason, self._now()))
         why = f"cancelled ({reason.label}) before it started"
         ready = [tid for _, tid in self._heap]
@@ -191,8 +218,14 @@ class Scheduler:
             del self._backoff[tid]
             why = f"cancelled ({reason.label}) while waiting to retry"
             self._finish(self._plain_result(tid, Status.CANCELLED, why))
-        for running in self._running.values():
-            running.handle.cancel()
+        if stop_running:
+            for running in self._running.values():
+                running.handle.cancel()
+
+    @property
+    def halted_by(self) -> str | None:
+        """The task whose result made the run stop early (fail-fast or halt), if any."""
+        return self._halted_by
 
     @property
     def stopping(self) -> CancelReason | None:
@@ -222,10 +255,13 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         """Start every ready task that fits, in policy order, honouring one reservation."""
-        if self._stopping is not None or not self._heap:
+        if self._stopping is not None or not self._heap or self._start_timer is not None:
             return
         free = dict(self._pool.free)
         now = self._now()
+        if self._start_interval > 0 and now < self._next_start - _EPSILON:
+            self._wait_to_start(self._next_start - now)
+            return
         shadow: float | None = None
         spare: dict[str, float] | None = None  # set once the head of the queue is blocked
         deferred: list[tuple[tuple[Any, ...], str]] = []
@@ -236,6 +272,11 @@ class Scheduler:
             if spare is None:
                 if fits(request, free):
                     self._start(tid, request, free)
+                    if self._start_interval > 0:
+                        self._next_start = now + self._start_interval
+                        if self._heap:
+                            self._wait_to_start(self._start_interval)
+                        break
                     continue
                 shadow, spare = self._reserve(request, free, now)
             elif fits(request, free):
@@ -255,6 +296,15 @@ class Scheduler:
                 break  # no further task could start now
         for entry in deferred:
             heapq.heappush(self._heap, entry)
+
+    def _wait_to_start(self, delay: float) -> None:
+        assert self._loop is not None
+
+        def wake() -> None:
+            self._start_timer = None
+            self._dispatch()
+
+        self._start_timer = self._loop.call_later(delay, wake)
 
     def _reserve(
         self, request: Amounts, free: Mapping[str, float], now: float
@@ -301,14 +351,15 @@ class Scheduler:
         """Run one attempt under its timeout; a timeout is the scheduler's verdict, not the backend's."""
         task = attempt.task
         backend = self._backend_for(task)
+        timeout = task.timeout if self._timeout_for is None else self._timeout_for(task)
         try:
-            if task.timeout is None:
+            if timeout is None:
                 outcome = await backend.run(attempt)
             else:
-                async with asyncio.timeout(task.timeout):
+                async with asyncio.timeout(timeout):
                     outcome = await backend.run(attempt)
         except TimeoutError:
-            reason = f"timed out after {format_duration(task.timeout or 0.0)}"
+            reason = f"timed out after {format_duration(timeout or 0.0)}"
             return Status.TIMED_OUT, Outcome(ok=False, reason=reason)
         except asyncio.CancelledError:
             raise
@@ -340,11 +391,22 @@ class Scheduler:
         ):
             self._retry_later(task, running.number, outcome.reason or str(status))
         else:
-            self._finish(self._attempt_result(task, running, now, status, outcome))
-            unfinished = len(self._results) < len(self._graph)
-            if self._fail_fast and unfinished and status in (Status.FAILED, Status.TIMED_OUT, Status.CRASHED):
-                self.cancel(CancelReason.FAIL_FAST)
+            result = self._attempt_result(task, running, now, status, outcome)
+            self._finish(result)
+            self._consider_halting(result)
         self._dispatch()
+
+    def _consider_halting(self, result: TaskResult) -> None:
+        if self._stopping is not None or len(self._results) == len(self._graph):
+            return
+        if self._fail_fast and result.status in FAILED_FOR_GOOD:
+            self._halted_by = result.task_id
+            self.cancel(CancelReason.FAIL_FAST)
+            return
+        decision = self._halt(result) if self._halt is not None else None
+        if decision is not None:
+            self._halted_by = result.task_id
+            self.cancel(CancelReason.HALT, stop_running=decision == "now")
 
     def _retry_later(self, task: Task, failed_number: int, reason: str) -> None:
         delay = task.retry.delay(failed_number, self._rng)
@@ -472,6 +534,7 @@ class Scheduler:
             data_totals=totals,
             started_at=started_at,
             cancelled_by=self._stopping,
+            halted_by=self._halted_by,
         )
         return RunReport(results, summary)
 

@@ -1,0 +1,26 @@
+"""The ``phalanx`` command's entry point: routes to a front end, importing only what it needs.
+
+``phalanx map`` is GNU parallel's replacement and is started thousands of times by scripts:
+it must not pay for click or rich. ``--version`` answers without importing anything.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["map"]:
+        from .mapcli import main as map_main
+
+        sys.exit(map_main(args[1:]))
+    if args in (["--version"], ["-V"]):
+        sys.stdout.write(f"phalanx, version {__version__}\n")
+        return
+    from .cli import main as cli_main
+
+    cli_main(args, prog_name="phalanx")
