@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import phalanx
 from phalanx import RetryPolicy, Status, Task, TaskStarted
 from phalanx.ordering import SubmissionOrder
@@ -292,3 +294,47 @@ def test_timeout_rule_is_asked_at_each_attempt_start() -> None:
     assert report["slow"].status is Status.TIMED_OUT and report["slow"].end == 2.0
     assert report["ok"].ok
     assert sorted(asked) == ["ok", "slow"]
+
+
+def test_open_ended_run_takes_submissions_until_closed() -> None:
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    from phalanx.backends.inline import InlineBackend
+    from phalanx.fakeclock import run_virtual
+    from phalanx.scheduler import Scheduler
+
+    backend = InlineBackend()
+
+    async def main() -> phalanx.RunReport:
+        with tempfile.TemporaryDirectory() as run_dir:
+            scheduler = Scheduler(
+                phalanx.Graph([Task("first", work(1))]),
+                backend_for=lambda task: backend,
+                max_workers=2,
+                run_dir=Path(run_dir),
+                open_ended=True,
+            )
+            running = asyncio.ensure_future(scheduler.run())
+            await asyncio.sleep(2)  # "first" has finished
+            scheduler.submit(Task("after-first", work(1), deps=["first"]))
+            scheduler.submit(Task("bad", work(1, fail_attempts=[1])))
+            scheduler.submit(Task("after-bad", work(1), deps=["bad"]))
+            await asyncio.sleep(2)
+            scheduler.submit(Task("late-after-bad", work(1), deps=["bad"]))
+            with pytest.raises(phalanx.DuplicateTaskError):
+                scheduler.submit(Task("first", work(1)))
+            with pytest.raises(phalanx.UnknownDependencyError):
+                scheduler.submit(Task("orphan", work(1), deps=["nope"]))
+            assert not running.done()  # open until closed, even with nothing left to run
+            scheduler.close()
+            return await running
+
+    report = run_virtual(main())
+    assert report["after-first"].start == 2.0 and report["after-first"].ok
+    assert report["bad"].status is Status.FAILED
+    assert report["after-bad"].status is Status.SKIPPED
+    assert report["late-after-bad"].status is Status.SKIPPED
+    assert report["late-after-bad"].reason == "dependency 'bad' failed"
+    assert list(report.results) == ["first", "after-first", "bad", "after-bad", "late-after-bad"]

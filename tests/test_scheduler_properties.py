@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from phalanx import RetryPolicy, Status, Task, TaskFinished, TaskRetrying, TaskStarted
 from scheduling import Recorder, run_fake, work

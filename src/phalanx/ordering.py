@@ -71,28 +71,26 @@ def critical_path(graph: Graph, weights: Mapping[str, float]) -> tuple[list[str]
 
 
 class OrderingPolicy(Protocol):
-    """Sort keys for ready tasks: the smallest key starts first.
+    """The sort key of a ready task: the smallest key starts first.
 
-    This is the hook for a custom scheduling algorithm: a policy sees the whole graph and
-    the cost weights once, before the run, and returns one key per task.
+    This is the hook for a custom scheduling algorithm. The scheduler asks once per task,
+    with the task's remaining path (its own estimated cost plus the heaviest chain of
+    dependents after it) and its submission index; tasks submitted while a run goes on
+    (an `Executor`) have no known dependents yet, so their remaining path is their cost.
     """
 
-    def keys(self, graph: Graph, weights: Mapping[str, float]) -> Mapping[str, tuple[Any, ...]]: ...
+    def key(self, task: Task, remaining: float, index: int) -> tuple[Any, ...]: ...
 
 
 class CriticalPathFirst:
     """Priority, then longest remaining path of estimated cost, then submission order."""
 
-    def keys(self, graph: Graph, weights: Mapping[str, float]) -> Mapping[str, tuple[Any, ...]]:
-        remaining = remaining_paths(graph, weights)
-        return {
-            task.id: (-task.priority, -remaining[task.id], index)
-            for index, task in enumerate(graph)
-        }
+    def key(self, task: Task, remaining: float, index: int) -> tuple[Any, ...]:
+        return (-task.priority, -remaining, index)
 
 
 class SubmissionOrder:
     """Priority, then submission order: what a FIFO queue does (no critical path)."""
 
-    def keys(self, graph: Graph, weights: Mapping[str, float]) -> Mapping[str, tuple[Any, ...]]:
-        return {task.id: (-task.priority, index) for index, task in enumerate(graph)}
+    def key(self, task: Task, remaining: float, index: int) -> tuple[Any, ...]:
+        return (-task.priority, index)

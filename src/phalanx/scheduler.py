@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from .backends.base import Attempt, Backend, Outcome
 from .durations import format_duration
+from .errors import DuplicateTaskError, PhalanxError, UnknownDependencyError
 from .events import (
     Event,
     RunCancelling,
@@ -48,7 +49,15 @@ from .events import (
     TaskStarted,
 )
 from .model import SLOTS, Graph, Task
-from .ordering import CostModel, CriticalPathFirst, DeclaredCosts, OrderingPolicy, critical_path, path_weights
+from .ordering import (
+    CostModel,
+    CriticalPathFirst,
+    DeclaredCosts,
+    OrderingPolicy,
+    critical_path,
+    path_weights,
+    remaining_paths,
+)
 from .resources import Amounts, ResourcePool, check_requests, fits
 from .results import CancelReason, ErrorInfo, RunReport, RunSummary, Status, TaskResult
 
@@ -90,6 +99,8 @@ class Scheduler:
         start_interval: at least this many seconds between two starts (``--delay``).
         timeout_for: the timeout of each attempt, asked when it starts (default: the
             task's own); lets ``--timeout 200%`` follow the median runtime so far.
+        open_ended: more tasks may be `submit`ted while the run goes on; the run ends
+            once `close` has been called and every task has ended (the `Executor`).
         policy: orders ready tasks (default: priority, critical path, submission order).
         cost_model: estimates durations (default: declared costs only).
         sinks: consumers of events, called on the loop in order.
@@ -114,10 +125,15 @@ class Scheduler:
         halt: HaltRule | None = None,
         start_interval: float = 0.0,
         timeout_for: TimeoutRule | None = None,
+        open_ended: bool = False,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
-        self._graph = graph.validate()
+        graph.validate()
+        self._tasks: dict[str, Task] = {task.id: task for task in graph}
+        self._dependents: dict[str, list[str]] = {tid: list(graph.dependents(tid)) for tid in self._tasks}
+        self._open = open_ended
+        self._closed = False
         self._capacities = {**dict(capacities or {}), SLOTS: float(max_workers)}
         check_requests(graph, self._capacities)
         self._max_workers = max_workers
@@ -134,10 +150,14 @@ class Scheduler:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self._rng = rng or random.Random()
 
-        model = cost_model or DeclaredCosts()
-        self._estimates = {task.id: model.estimate(task) for task in graph}
-        self._weights = path_weights(self._estimates)
-        self._keys = (policy or CriticalPathFirst()).keys(graph, self._weights)
+        self._cost_model = cost_model or DeclaredCosts()
+        self._policy = policy or CriticalPathFirst()
+        self._estimates = {task.id: self._cost_model.estimate(task) for task in graph}
+        weights = path_weights(self._estimates)
+        # A task submitted later with no estimate weighs what an unknown initial one does.
+        self._fallback_weight = path_weights({**self._estimates, "": None})[""]
+        remaining = remaining_paths(graph, weights)
+        self._keys = {task.id: self._policy.key(task, remaining[task.id], i) for i, task in enumerate(graph)}
         self._requests = {task.id: dict(task.requests) for task in graph}
         # Tasks that hold no slot could start even when every slot is busy; without any,
         # a full house of slots lets the dispatcher stop scanning the ready queue early.
@@ -171,8 +191,8 @@ class Scheduler:
         self._t0 = self._loop.time()
         started_at = time.time()
         self._done = self._loop.create_future()
-        self._emit(RunStarted(self.run_id, len(self._graph), self._max_workers, started_at))
-        for task in self._graph:
+        self._emit(RunStarted(self.run_id, len(self._tasks), self._max_workers, started_at))
+        for task in list(self._tasks.values()):
             if not task.deps:
                 self._make_ready(task.id)
         self._check_done()
@@ -221,6 +241,59 @@ class Scheduler:
         if stop_running:
             for running in self._running.values():
                 running.handle.cancel()
+
+    def submit(self, task: Task) -> None:
+        """Add a task to a running open-ended run (call on the scheduler's loop).
+
+        Its dependencies must already be known; one that already failed skips it at once.
+
+        Raises:
+            PhalanxError: the run is not open-ended or is closed; a duplicate id; an
+                unknown dependency; a resource request that could never fit.
+        """
+        if not self._open or self._closed:
+            raise PhalanxError("tasks can be submitted only to an open run (Executor) before it closes")
+        if task.id in self._tasks:
+            raise DuplicateTaskError(f"duplicate task id {task.id!r}", task_id=task.id)
+        for dep in task.deps:
+            if dep not in self._tasks:
+                raise UnknownDependencyError(task.id, dep, self._tasks)
+        check_requests([task], self._capacities)
+        tid = task.id
+        self._tasks[tid] = task
+        self._dependents[tid] = []
+        estimate = self._cost_model.estimate(task)
+        self._estimates[tid] = estimate
+        weight = estimate if estimate is not None else self._fallback_weight
+        self._keys[tid] = self._policy.key(task, weight, len(self._tasks))
+        self._requests[tid] = request = dict(task.requests)
+        self._zero_slot_tasks = self._zero_slot_tasks or request.get(SLOTS, 0.0) < 1
+        self._attempts[tid] = 0
+        self._busy[tid] = 0.0
+        pending = 0
+        failed: str | None = None
+        for dep in task.deps:
+            self._dependents[dep].append(tid)
+            done = self._results.get(dep)
+            if done is None:
+                pending += 1
+            elif not done.ok and failed is None:
+                failed = dep
+        self._pending[tid] = pending
+        if self._loop is None:
+            return  # before run(): picked up when it starts
+        if failed is not None:
+            status = self._results[failed].status
+            self._finish(self._plain_result(tid, Status.SKIPPED, f"dependency {failed!r} {_verb(status)}", failed))
+        elif pending == 0:
+            self._make_ready(tid)
+            self._dispatch()
+
+    def close(self) -> None:
+        """No more submissions: an open-ended run ends once every task has ended."""
+        self._closed = True
+        if self._loop is not None:
+            self._check_done()
 
     @property
     def halted_by(self) -> str | None:
@@ -327,7 +400,7 @@ class Scheduler:
         return None, {n: max(0.0, free[n] - request.get(n, 0.0)) for n in free}
 
     def _start(self, tid: str, request: Amounts, free: dict[str, float]) -> None:
-        task = self._graph[tid]
+        task = self._tasks[tid]
         for name, amount in request.items():
             free[name] -= amount
         slot_numbers = self._pool.acquire(request)
@@ -397,7 +470,7 @@ class Scheduler:
         self._dispatch()
 
     def _consider_halting(self, result: TaskResult) -> None:
-        if self._stopping is not None or len(self._results) == len(self._graph):
+        if self._stopping is not None or len(self._results) == len(self._tasks):
             return
         if self._fail_fast and result.status in FAILED_FOR_GOOD:
             self._halted_by = result.task_id
@@ -475,13 +548,13 @@ class Scheduler:
             self._results[tid] = result
             self._emit(TaskFinished(result, result.end or 0.0))
             if result.status is Status.SUCCEEDED:
-                for dependent in self._graph.dependents(tid):
+                for dependent in self._dependents[tid]:
                     self._pending[dependent] -= 1
                     if self._pending[dependent] == 0 and dependent not in self._results:
                         self._make_ready(dependent)
                 continue
             root = result.blocked_by or tid
-            for dependent in self._graph.dependents(tid):
+            for dependent in self._dependents[tid]:
                 if dependent in self._results or dependent in queued:
                     continue
                 queued.add(dependent)
@@ -493,7 +566,8 @@ class Scheduler:
         self._check_done()
 
     def _check_done(self) -> None:
-        if len(self._results) == len(self._graph) and self._done is not None and not self._done.done():
+        finished = len(self._results) == len(self._tasks) and (self._closed or not self._open)
+        if finished and self._done is not None and not self._done.done():
             self._done.set_result(None)
 
     async def _drain(self) -> None:
@@ -502,14 +576,14 @@ class Scheduler:
             await asyncio.gather(*(r.handle for r in list(self._running.values())), return_exceptions=True)
 
     def _report(self, started_at: float) -> RunReport:
-        results = {tid: self._results[tid] for tid in self._graph.ids}
+        results = {tid: self._results[tid] for tid in self._tasks}
         counts = {status: 0 for status in Status}
         for result in results.values():
             counts[result.status] += 1
         wall = self._now()
         busy = sum(self._busy.values())
         measured = {tid: self._busy[tid] for tid in results}
-        chain, chain_time = critical_path(self._graph, measured)
+        chain, chain_time = critical_path(Graph(self._tasks.values()), measured)
         slowest = sorted(
             ((tid, r.busy_time) for tid, r in results.items() if r.attempts), key=lambda item: -item[1]
         )[:5]

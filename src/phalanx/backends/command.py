@@ -237,8 +237,8 @@ class CommandBackend:
             run_dir = os.path.abspath(key)
             os.makedirs(run_dir, exist_ok=True)
             self._run_dirs[key] = run_dir
-        stem = os.path.join(run_dir, f"{safe_name(attempt.task.id)}.{attempt.number}")
-        return _Files(stdout=f"{stem}.out", stderr=f"{stem}.err", result=f"{stem}.result.json")
+        stdout, stderr = output_paths(run_dir, attempt.task.id, attempt.number)
+        return _Files(stdout=stdout, stderr=stderr, result=stdout[: -len(".out")] + ".result.json")
 
     def _outcome(self, proc: subprocess.Popen[bytes], shell: bool, files: _Files, out_fd: int, err_fd: int) -> Outcome:
         """Describe the reaped attempt: its status, output tails, paths and reported data."""
@@ -286,6 +286,12 @@ class _Files:
     stdout: str
     stderr: str
     result: str
+
+
+def output_paths(run_dir: str, task_id: str, number: int) -> tuple[str, str]:
+    """Where attempt ``number`` of a task writes its stdout and stderr while it runs."""
+    stem = os.path.join(run_dir, f"{safe_name(task_id)}.{number}")
+    return f"{stem}.out", f"{stem}.err"
 
 
 def safe_name(task_id: str) -> str:
