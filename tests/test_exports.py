@@ -10,7 +10,8 @@ PUBLIC = {
     "ResourceError", "RetryPolicy", "RunCancelling", "RunFinished", "RunReport", "RunStarted", "RunSummary",
     "SelectionError", "Sink", "Status", "SubmissionOrder", "Task", "TaskFinished", "TaskResult", "TaskRetrying",
     "TaskStarted", "UnknownDependencyError", "__version__", "default_workers", "get_execution_plan", "run",
-    "run_async",
+    "run_async", "Executor", "RemoteTraceback", "TaskError", "TaskTimedOut", "WorkerChoice", "WorkerCrashed",
+    "map", "optimal_workers",
 }
 
 

@@ -31,6 +31,16 @@ if TYPE_CHECKING:
         TaskRetrying as TaskRetrying,
         TaskStarted as TaskStarted,
     )
+    from .executor import (
+        Executor as Executor,
+        RemoteTraceback as RemoteTraceback,
+        TaskError as TaskError,
+        TaskTimedOut as TaskTimedOut,
+        WorkerChoice as WorkerChoice,
+        WorkerCrashed as WorkerCrashed,
+        map as map,
+        optimal_workers as optimal_workers,
+    )
     from .model import Graph as Graph, RetryPolicy as RetryPolicy, Task as Task
     from .ordering import (
         CostModel as CostModel,
@@ -52,6 +62,14 @@ if TYPE_CHECKING:
 # Submodules are imported on first use, so `import phalanx` (and the `phalanx` command's
 # start-up) pays only for what is used: `phalanx map` never imports rich or click.
 _LAZY = {
+    "Executor": ".executor",
+    "RemoteTraceback": ".executor",
+    "TaskError": ".executor",
+    "TaskTimedOut": ".executor",
+    "WorkerChoice": ".executor",
+    "WorkerCrashed": ".executor",
+    "map": ".executor",
+    "optimal_workers": ".executor",
     "CancelReason": ".results",
     "ConfigError": ".errors",
     "CostModel": ".ordering",
@@ -113,9 +131,11 @@ __all__ = [
     "ErrorInfo",
     "Event",
     "ExecutionPlan",
+    "Executor",
     "Graph",
     "OrderingPolicy",
     "PhalanxError",
+    "RemoteTraceback",
     "ResourceError",
     "RetryPolicy",
     "RunCancelling",
@@ -128,14 +148,20 @@ __all__ = [
     "Status",
     "SubmissionOrder",
     "Task",
+    "TaskError",
     "TaskFinished",
     "TaskResult",
     "TaskRetrying",
     "TaskStarted",
+    "TaskTimedOut",
     "UnknownDependencyError",
+    "WorkerChoice",
+    "WorkerCrashed",
     "__version__",
     "default_workers",
     "get_execution_plan",
+    "map",
+    "optimal_workers",
     "run",
     "run_async",
 ]

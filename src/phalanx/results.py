@@ -93,6 +93,8 @@ class TaskResult:
         blocked_by: for a skipped task, the task whose failure caused the skip.
         stdout_tail, stderr_tail: the end of the last attempt's output.
         stdout_path, stderr_path: files with its whole output (kept when a log dir is given).
+        exception: the exception object a callable raised, when it could be brought back
+            (so `phalanx.map` can raise it where the value would be); not part of `to_dict`.
     """
 
     task_id: str
@@ -116,6 +118,7 @@ class TaskResult:
     stderr_tail: str = ""
     stdout_path: str | None = None
     stderr_path: str | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -289,6 +289,37 @@ class Scheduler:
             self._make_ready(tid)
             self._dispatch()
 
+    def cancel_task(self, tid: str) -> bool:
+        """Cancel one task that has not ended (its dependents are skipped); the run goes on.
+
+        Returns whether the task was still unfinished.
+        """
+        if tid in self._results or tid not in self._tasks:
+            return False
+        running = self._running.get(tid)
+        if running is not None:
+            running.handle.cancel()  # its backend stops the work; it ends cancelled
+            return True
+        timer = self._backoff.pop(tid, None)
+        if timer is not None:
+            timer.cancel()
+        for index, (_, queued) in enumerate(self._heap):
+            if queued == tid:
+                self._heap[index] = self._heap[-1]
+                self._heap.pop()
+                heapq.heapify(self._heap)
+                break
+        self._finish(self._plain_result(tid, Status.CANCELLED, "cancelled before it started"))
+        return True
+
+    def now(self) -> float:
+        """Seconds since the run started (the scheduler's own clock)."""
+        return self._now()
+
+    def running(self) -> list[tuple[str, int, float]]:
+        """The attempts running now: (task id, worker slot, start time)."""
+        return [(tid, r.slot_numbers[0] if r.slot_numbers else 0, r.started) for tid, r in self._running.items()]
+
     def close(self) -> None:
         """No more submissions: an open-ended run ends once every task has ended."""
         self._closed = True
@@ -520,6 +551,7 @@ class Scheduler:
             stderr_tail=outcome.stderr_tail,
             stdout_path=outcome.stdout_path,
             stderr_path=outcome.stderr_path,
+            exception=outcome.exception,
         )
 
     def _plain_result(

@@ -69,6 +69,7 @@ class Outcome:
     stderr_tail: str = ""
     stdout_path: str | None = None
     stderr_path: str | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
 
 class Backend(Protocol):

@@ -21,7 +21,7 @@ def succeeded(value: Any) -> Outcome:
 def raised(error: BaseException) -> Outcome:
     """An exception the callable raised, with its traceback."""
     info = ErrorInfo.from_exception(error)
-    return Outcome(ok=False, reason=str(info), error=info)
+    return Outcome(ok=False, reason=str(info), error=info, exception=error)
 
 
 def call(task: Task) -> Outcome:

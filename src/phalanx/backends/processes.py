@@ -179,6 +179,11 @@ class ProcessBackend:
         """Start every worker now (running the initializer) instead of on first use."""
         await asyncio.gather(*(self._worker(slot) for slot in range(1, self._size + 1)))
 
+    def pid_of(self, slot: int) -> int | None:
+        """The pid of the worker serving a slot, if it is alive."""
+        worker = self._workers.get(slot)
+        return worker.pid if worker is not None and worker.alive else None
+
     @property
     def warmed_up(self) -> bool:
         return len([w for w in self._workers.values() if w.alive]) >= self._size
@@ -506,6 +511,6 @@ def _single_outcome(item: ItemResult) -> Outcome:
 
         return succeeded(item.value)
     return Outcome(ok=False, crashed=item.status is Status.CRASHED, reason=item.reason, error=item.error,
-                   pid=item.pid)
+                   pid=item.pid, exception=item.exception)
 
 
