@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import os
 import random
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -147,7 +147,7 @@ class Scheduler:
         self._halted_by: str | None = None
         self._sinks = list(sinks)
         self._run_dir = run_dir
-        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.run_id = run_id or os.urandom(6).hex()  # not uuid: its import is slow
         self._rng = rng or random.Random()
 
         self._cost_model = cost_model or DeclaredCosts()
