@@ -1,0 +1,268 @@
+"""Replacement strings and shell quoting for ``phalanx map``, with GNU parallel's meanings.
+
+A command template such as ``convert {} {.}.png`` is parsed once into literal text and
+replacement strings, then rendered once per job. The meanings follow GNU parallel
+20221122 (checked against it by ``tests/test_templating.py``):
+
+==========  ===========================================================================
+``{}``      every arg of the job, each quoted on its own, joined by one space
+``{.}``     each arg without its extension: ``x/y/z.tar.gz`` -> ``x/y/z.tar``,
+            ``.bashrc`` -> empty (only a dot after the last slash counts)
+``{/}``     basename: everything after the last ``/``
+``{//}``    dirname, as Perl's ``File::Basename::dirname`` (``.`` for a bare name)
+``{/.}``    basename without its extension
+``{#}``     the job's sequence number (1-based); ``{%}`` its slot number
+``{n}``     the n-th arg (1-based; ``{-1}`` is the last); with ``.``, ``/``, ``//``,
+            ``/.`` after the number as above. Out of range -> empty, unquoted.
+``{name}``  with ``--header``: the column called ``name`` (also ``{name.}`` etc.)
+==========  ===========================================================================
+
+GNU's accidents are kept where they are cheap: ``{0}`` is ``{}`` (and ``{0%}`` is ``{%}``),
+``{00}`` and ``{-0}`` are empty, and a negative position wraps twice (with two args ``{-3}``
+is the last). Two are not: ``{1#}`` (GNU: the 11th arg's seq) stays text, and ``{/}`` of a
+value holding a newline is its real basename (GNU's regex stops at the newline).
+
+Anything else in braces stays literal text, as GNU leaves it (``{..}`` is a ``--plus``
+string there, so it is literal by default too), except that with ``--header`` names an
+unknown ``{word}`` is an error, so that a misspelt column does not reach the command
+(``${word}`` is the shell's and stays). ``{= perl =}`` is refused.
+
+As in GNU, a command whose first word holds a replacement string (``{}``, ``./{1}.sh``)
+runs the args as the command: nothing is quoted (``Template.raw_command``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import ConfigError, did_you_mean
+
+__all__ = ["Template", "shell_quote"]
+
+_SAFE = re.compile(r"[-_.+a-zA-Z0-9/]*")
+
+
+def shell_quote(value: str) -> str:
+    """Quote ``value`` for a POSIX shell exactly as GNU parallel's default quoting does.
+
+    A value made only of ``[-_.+a-zA-Z0-9/]`` is left as is; ``""`` becomes ``''``;
+    anything else is wrapped in single quotes with each ``'`` written as ``'"'"'``, and
+    then a ``''`` left at either end is dropped (``it's`` -> ``'it'"'"'s'``).
+    """
+    if value == "":
+        return "''"
+    if _SAFE.fullmatch(value):
+        return value
+    quoted = "'" + value.replace("'", "'\"'\"'") + "'"
+    # GNU strips these so a value starting or ending in ' reads ''"'"'x -> "'"'x.
+    quoted = quoted.removeprefix("''")
+    return quoted.removesuffix("''")
+
+
+# --- the per-arg transformations -------------------------------------------------------
+_EXTENSION = re.compile(r"\.[^/.]*\Z")  # GNU: s:\.[^/.]*$::
+# GNU's s:.*/:: stops at a newline (Perl's . does not match it), which makes a
+# "basename" of a/b<newline>c/d that still holds a slash; we take the real basename.
+_DIRPART = re.compile(r".*/", re.DOTALL)
+_TRAILING_SLASHES = re.compile(r"(.)/*\Z", re.DOTALL)
+
+
+def _no_ext(value: str) -> str:
+    return _EXTENSION.sub("", value, count=1)
+
+
+def _basename(value: str) -> str:
+    return _DIRPART.sub("", value, count=1)
+
+
+def _fileparse_dir(path: str) -> tuple[str, str]:
+    # Perl File::Basename::fileparse on Unix: (dirpath including its "/", basename).
+    cut = path.rfind("/") + 1
+    return (path[:cut] or "./"), path[cut:]
+
+
+def _dirname(value: str) -> str:
+    """Perl ``File::Basename::dirname`` (what GNU's ``{//}`` calls), Unix flavour."""
+    directory, base = _fileparse_dir(value)
+    directory = _TRAILING_SLASHES.sub(r"\1", directory, count=1)
+    if not base:  # "a/b/" is the directory a/b, whose parent is "a"
+        directory, _ = _fileparse_dir(directory)
+        directory = _TRAILING_SLASHES.sub(r"\1", directory, count=1)
+    return directory
+
+
+_OPS: dict[str, Callable[[str], str]] = {
+    "": lambda value: value,
+    ".": _no_ext,
+    "/": _basename,
+    "//": _dirname,
+    "/.": lambda value: _no_ext(_basename(value)),
+}
+
+# --- parsing ---------------------------------------------------------------------------
+_OP = r"(|\.|/|//|/\.)"  # what may follow a number or a name: nothing . / // /.
+_BRACES = re.compile(r"\{([^{}]*)\}")
+_PERL = re.compile(r"\{=.*?=\}", re.DOTALL)
+# GNU allows blanks after the number; ASCII, as Perl's \d and \s on bytes (no "{١}").
+_POSITIONAL = re.compile(r"(-?\d+)\s*(|\.|/|//|/\.|#|%)", re.ASCII)
+_COLUMN_LIKE = re.compile(r"((?![\d-])[\w-]+)" + _OP)
+
+
+@dataclass(frozen=True, slots=True)
+class _Replacement:
+    # "all": every arg; "pos": the arg at `position` (GNU's numbering, may be negative);
+    # "seq" / "slot": the job's numbers.
+    kind: Literal["all", "pos", "seq", "slot"]
+    op: str = ""
+    position: int = 0
+
+
+_Part = str | _Replacement
+_SIMPLE = {"": _Replacement("all"), "#": _Replacement("seq"), "%": _Replacement("slot")}
+_SIMPLE.update({op: _Replacement("all", op) for op in (".", "/", "//", "/.")})
+
+
+def _classify(inner: str, columns: dict[str, int]) -> _Replacement | None:
+    """What the text between one pair of braces means, or None for literal text."""
+    for op in ("", ".", "/", "//", "/."):
+        # Names first: GNU rewrites {name} to {n} before it looks at anything else.
+        name = inner.removesuffix(op)
+        if inner.endswith(op) and name in columns:
+            return _Replacement("pos", op, columns[name])
+    if inner in _SIMPLE:
+        return _SIMPLE[inner]
+    positional = _POSITIONAL.fullmatch(inner)
+    if positional is None:
+        return None
+    number, op = positional.groups()
+    if number == "0":  # Perl truth: "0" is false, so GNU reads {0} as {}, {0%} as {%} (not {00})
+        return _SIMPLE[op]
+    if op in ("#", "%"):  # GNU makes {1#} the 11th arg's seq: an accident we leave as text
+        return None
+    return _Replacement("pos", op, int(number))  # {00} and {-0} are position 0: out of range
+
+
+def _column_ids(names: Sequence[str] | None) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    for number, name in enumerate(names or (), start=1):
+        if name:  # an empty header field cannot be written as {name}; the first duplicate wins, as in GNU
+            ids.setdefault(name, number)
+    return ids
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A command (or tag, or env value) template, parsed once and rendered per job.
+
+    Attributes:
+        text: the template text (with `` {}`` appended when the args were appended).
+        uses_slot: it contains ``{%}``, so rendering needs a slot number.
+        uses_seq: it contains ``{#}``.
+        has_replacements: it contains at least one replacement string.
+        raw_command: a command whose first word holds a replacement string (``{}``,
+            ``./{1}.sh``, or an empty command): as in GNU the args are then the command
+            and go in unquoted, whatever ``render`` is told.
+    """
+
+    text: str
+    uses_slot: bool
+    uses_seq: bool
+    has_replacements: bool
+    raw_command: bool = False
+    parts: tuple[_Part, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, text: str, *, names: Sequence[str] | None = None, append_args: bool = False) -> Template:
+        """Parse ``text`` into literal text and replacement strings.
+
+        Args:
+            text: the template, e.g. ``convert {} {.}.png``.
+            names: the column names from ``--header`` (position i is column i+1); then
+                ``{name}``, ``{name.}``, ``{name/}``, ``{name//}``, ``{name/.}`` work.
+            append_args: this is the command: with no replacement string in it, `` {}`` is
+                appended as GNU does (an empty command becomes ``{}``: GNU's
+                ``parallel ::: 'echo a'``), and a replacement string in its first word
+                makes it a ``raw_command``.
+
+        Raises:
+            ConfigError: a ``{= perl =}`` expression, or with ``names``, a ``{word}`` that
+                names no column (``${word}`` is left to the shell).
+        """
+        if _PERL.search(text):
+            raise ConfigError(f"perl expressions {{= =}} are not supported (in {text!r})")
+        columns = _column_ids(names)
+        parts: list[_Part] = []
+        start = 0
+        for match in _BRACES.finditer(text):
+            replacement = _classify(match.group(1), columns)
+            if replacement is None:
+                column = _COLUMN_LIKE.fullmatch(match.group(1))
+                shell_variable = text[match.start() - 1 : match.start()] == "$"
+                if names is not None and column and not shell_variable:
+                    raise _unknown_column(match.group(0), column.group(1), text, columns)
+                continue
+            parts += [text[start : match.start()], replacement]
+            start = match.end()
+        parts.append(text[start:])
+        if append_args and len(parts) == 1:
+            text = text + " {}" if text.strip() else "{}"
+            parts = [text[:-2], _Replacement("all")]
+        kinds = {part.kind for part in parts if isinstance(part, _Replacement)}
+        # GNU: if "@command" =~ /^[^ \t\n=]*\257</ it does not quote the args at all.
+        before = parts[0] if isinstance(parts[0], str) else ""  # the text before the first replacement
+        raw = append_args and bool(kinds) and not re.search(r"[ \t\n=]", before)
+        return cls(text, "slot" in kinds, "seq" in kinds, bool(kinds), raw, tuple(p for p in parts if p != ""))
+
+    def render(self, args: Sequence[str], *, seq: int, slot: int | None = None, quote: bool = True) -> str:
+        """The text with each replacement string replaced for one job.
+
+        Args:
+            args: the job's args, flattened over input sources and columns.
+            seq: the job's sequence number, for ``{#}``.
+            slot: the job's slot number, for ``{%}``.
+            quote: shell-quote each substituted value (for a command; ignored for a
+                ``raw_command``); False puts them in raw (for ``--tagstring`` or an env value).
+
+        Raises:
+            ValueError: the template uses ``{%}`` and ``slot`` is None (a programming error).
+        """
+        if self.uses_slot and slot is None:
+            raise ValueError(f"template {self.text!r} uses {{%}} but no slot number was given")
+        values = tuple(args) or ("",)  # GNU renders a job without args as one empty arg
+        quote = quote and not self.raw_command
+        out: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+            elif part.kind == "all":
+                out.append(" ".join(_quoted(_OPS[part.op](value), quote) for value in values))
+            elif part.kind == "pos":
+                index = _index(part.position, len(values))
+                out.append("" if index is None else _quoted(_OPS[part.op](values[index]), quote))
+            else:
+                out.append(str(seq if part.kind == "seq" else slot))
+        return "".join(out)
+
+
+def _quoted(value: str, quote: bool) -> str:
+    return shell_quote(value) if quote else value
+
+
+def _index(position: int, count: int) -> int | None:
+    """GNU's index for ``{position}`` among ``count`` args, or None (renders as nothing)."""
+    # GNU computes $args[$n + position] for position <= 0 and Perl wraps a negative
+    # index once more, so with 2 args {-3} is the last one and {-5} is nothing.
+    index = position - 1 if position > 0 else count + position
+    if index < 0:
+        index += count
+    return index if 0 <= index < count else None
+
+
+def _unknown_column(reference: str, word: str, text: str, columns: dict[str, int]) -> ConfigError:
+    known = ", ".join(columns) or "(none)"
+    guess = did_you_mean(word, columns)
+    hint = f" (did you mean {{{guess}}}?)" if guess else ""
+    return ConfigError(f"unknown column {reference} in {text!r}{hint}; columns: {known}")
