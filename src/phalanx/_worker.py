@@ -3,31 +3,47 @@
 Kept small and import-light: a worker imports this module, cloudpickle, and whatever the
 user's initializer and callables need, once, and then serves batch after batch.
 
-Protocol (cloudpickled tuples over a `multiprocessing` connection):
+Protocol (pickled tuples over a `multiprocessing` connection; one batch is two messages):
 
-    parent -> worker  ("batch", fn_key, fn_or_None, [(index, args, kwargs) ...], isolate)
+    parent -> worker  ("batch", fn_key, fn_blob_or_None, mode, isolate, packed, keys_to_forget)
+                      items_blob                      the items, pickled on their own
                       ("stop",)
-    worker -> parent  ("ready", pid)                         after the initializer ran
-                      ("results", [(index, ok, payload, seconds) ...])   flushed every ~20 ms
-                      ("done",)                              the batch is over
+    worker -> parent  ("ready", pid)                  after the initializer ran
                       ("init-failed", ErrorInfo)
+                      ("results", start, values, durations, failures)   flushed every ~20 ms
+                      ("done",)                       the batch is over
+                      ("fn-failed", ErrorInfo)        the callable could not be loaded here
+                      ("load-failed", ErrorInfo)      the items could not be unpickled here
 
-``payload`` is the returned value, or for a failure an `ErrorInfo` plus (when it pickles)
-the exception itself. Before each item the worker writes the item's index, its start time
-(``time.monotonic``, the same clock as the parent's) and, with ``isolate``, the pid of the
-child running it into a small shared array: the parent reads it to know which item a dead
-worker was running and how long an item has run, without a message per item.
+Items travel as they are: one argument each (``mode`` ONE, ``fn(item)``), an argument
+tuple (STAR, ``fn(*item)``) or an ``(args, kwargs)`` pair (STAR_KW). With ``packed`` each
+item is a pickle of its own, loaded just before it runs, so that an item that cannot be
+unpickled here fails alone. A ``results`` message covers the items ``start ..
+start + len(values) - 1`` of the batch (their indices in the list sent): their values (None
+for a failure), their durations (an ``array('d')`` as bytes) and the failures by index, each
+``("raised", ErrorInfo, exception_blob_or_None)``, ``("died", exit_code)`` (an isolated
+item's child died) or ``("unpicklable", what, type_name, error)`` (a returned value that
+cannot be sent back). Nothing is made per succeeded item that the parent would have to
+unpack one by one.
+
+Before each item the worker writes its start time (``time.monotonic``, the parent's clock)
+and then its index into a small shared array, and with ``isolate`` the pid of the child
+running it: the parent reads it to know which item a dead worker was running and how long
+an item has run, without a message per item. Between items (while sending results) the
+index is IDLE, so a worker that dies or is slow to send is never taken for a slow item.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import signal
 import sys
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
@@ -39,68 +55,63 @@ from .results import ErrorInfo
 CURRENT_INDEX, STARTED_AT, CHILD_PID = 0, 1, 2
 IDLE = -1.0
 
+#: How an item's arguments are applied: ``fn(item)``, ``fn(*item)``, ``fn(*args, **kwargs)``.
+ONE, STAR, STAR_KW = 0, 1, 2
+
 #: Results are sent in groups at most this old, so fast items cost one message per many.
 _FLUSH_SECONDS = 0.02
 
 
+_prctl: Any = None
+
+
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker if the phalanx process dies, however it dies."""
+    """Ask Linux to SIGKILL this process if its parent dies, however it dies."""
+    global _prctl
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(Exception):
-        import ctypes
+        if _prctl is None:  # looked up once per worker: its forked children reuse it
+            import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def failure(error: BaseException) -> tuple[ErrorInfo, bytes | None]:
-    """An exception as data, plus the exception itself pickled if it can be."""
-    info = ErrorInfo.from_exception(error)
+def failure(error: BaseException) -> tuple[str, ErrorInfo, bytes | None]:
+    """An exception as data (``("raised", ErrorInfo, blob)``), with the exception itself
+    pickled if it can be, and comes back (an exception whose ``__init__`` wants other
+    arguments than its ``args`` pickles, then fails to unpickle)."""
+    info = describe_error(error)
     try:
         blob: bytes | None = cloudpickle.dumps(error)
+        cloudpickle.loads(blob)
     except Exception:
         blob = None
-    return info, blob
+    return "raised", info, blob
 
 
-def main(
-    conn: Connection,
-    shared: Any,
-    initializer: Callable[..., Any] | None,
-    initargs: tuple[Any, ...],
-) -> None:
-    """Serve batches until told to stop or the parent goes away."""
-    # Ctrl-C reaches the whole process group; the parent decides what happens to workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Started by the forkserver, a worker's parent is the server, which exits when phalanx
-    # does: the death signal then reaches the worker too.
-    _die_with_parent()
-    shared[CURRENT_INDEX] = IDLE
-    if initializer is not None:
-        try:
-            initializer(*initargs)
-        except BaseException as error:  # report anything, even SystemExit, then stop
-            conn.send_bytes(cloudpickle.dumps(("init-failed", ErrorInfo.from_exception(error))))
-            return
-    conn.send_bytes(cloudpickle.dumps(("ready", os.getpid())))
-    functions: dict[str, Callable[..., Any]] = {}
-    while True:
-        try:
-            message = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return  # the parent is gone
-        if message[0] == "stop":
-            return
-        _, fn_key, fn_blob, items, isolate = message
-        if fn_blob is not None:
-            functions[fn_key] = cloudpickle.loads(fn_blob)
-        fn = functions[fn_key]
-        run_batch = _run_isolated if isolate else _run_here
-        run_batch(conn, shared, fn, items)
-        shared[CURRENT_INDEX] = IDLE
-        conn.send_bytes(dumps(("done",)))
+def apply(fn: Callable[..., Any], item: Any, mode: int) -> Any:
+    """Call ``fn`` on one item as ``mode`` says."""
+    if mode == ONE:
+        return fn(item)
+    if mode == STAR:
+        return fn(*item)
+    args, kwargs = item
+    return fn(*args, **kwargs)
+
+
+def loads(blob: bytes) -> Any:
+    """Unpickle without the cyclic GC: a big batch of tuples would otherwise set off full
+    collections over and over while it is read (the GC scans every new container)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return pickle.loads(blob)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def dumps(message: Any) -> bytes:
@@ -112,84 +123,200 @@ def dumps(message: Any) -> bytes:
         return cast(bytes, cloudpickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
 
-def _send(conn: Connection, results: list[tuple[int, bool, Any, float]]) -> None:
+def main(conn: Connection, shared: Any, setup: bytes) -> None:
+    """Serve batches until told to stop or the parent goes away.
+
+    ``setup`` is the initializer and its arguments, cloudpickled by the parent (so a lambda
+    or a function of the user's ``__main__`` works, which multiprocessing's own pickling of
+    a process's arguments would refuse or, worse, look up by name in the wrong module).
+    """
+    # Ctrl-C reaches the whole process group; the parent decides what happens to workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Started by the forkserver, a worker's parent is the server, which exits when phalanx
+    # does: the death signal then reaches the worker too.
+    _die_with_parent()
+    slots: Any = memoryview(shared).cast("B").cast("d")  # faster than the ctypes array
+    slots[CURRENT_INDEX] = IDLE
     try:
-        blob = dumps(("results", results))
-    except Exception:
-        # Some returned value does not pickle: send them one by one to fail only those.
-        blob = cloudpickle.dumps(("results", [_picklable(result) for result in results]))
-    conn.send_bytes(blob)
-
-
-def _picklable(result: tuple[int, bool, Any, float]) -> tuple[int, bool, Any, float]:
-    index, ok, payload, seconds = result
-    try:
-        cloudpickle.dumps(payload)
-        return result
-    except Exception as error:
-        what = "return value" if ok else "exception"
-        info = ErrorInfo(
-            type="PicklingError",
-            message=f"item {index}: its {what} of type {type(payload).__name__} cannot be pickled: {error}",
-        )
-        return index, False, (info, None), seconds
-
-
-def _run_here(conn: Connection, shared: Any, fn: Callable[..., Any], items: list[Any]) -> None:
-    pending: list[tuple[int, bool, Any, float]] = []
-    last_flush = time.monotonic()
-    for index, args, kwargs in items:
-        started = time.monotonic()
-        shared[STARTED_AT] = started
-        shared[CURRENT_INDEX] = index
+        initializer, initargs = pickle.loads(setup)
+        if initializer is not None:
+            initializer(*initargs)
+    except BaseException as error:  # report anything, even SystemExit, then stop
+        conn.send_bytes(cloudpickle.dumps(("init-failed", describe_error(error))))
+        return
+    conn.send_bytes(cloudpickle.dumps(("ready", os.getpid())))
+    functions: dict[str, Callable[..., Any]] = {}
+    while True:
         try:
-            pending.append((index, True, fn(*args, **kwargs), time.monotonic() - started))
-        except Exception as error:
-            pending.append((index, False, failure(error), time.monotonic() - started))
-        now = time.monotonic()
-        if now - last_flush >= _FLUSH_SECONDS:
-            _send(conn, pending)
-            pending = []
-            last_flush = now
-    if pending:
-        _send(conn, pending)
+            message = pickle.loads(conn.recv_bytes())
+            if message[0] == "stop":
+                return
+            items_blob = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        _, fn_key, fn_blob, mode, isolate, packed, forget = message
+        for key in forget:
+            functions.pop(key, None)
+        try:
+            if fn_blob is not None:
+                functions[fn_key] = cloudpickle.loads(fn_blob)
+            fn = functions[fn_key]
+        except BaseException as error:
+            conn.send_bytes(dumps(("fn-failed", _error_info(error, "the callable cannot be loaded in the worker"))))
+            continue
+        try:
+            items = loads(items_blob)
+        except BaseException as error:
+            conn.send_bytes(dumps(("load-failed", _error_info(error, "the items cannot be loaded in the worker"))))
+            continue
+        del items_blob
+        run_batch = _run_isolated if isolate else _run_here
+        run_batch(conn, slots, fn, items, mode, packed)
+        slots[CURRENT_INDEX] = IDLE
+        del items
+        conn.send_bytes(dumps(("done",)))
 
 
-def _run_isolated(conn: Connection, shared: Any, fn: Callable[..., Any], items: list[Any]) -> None:
+def _error_info(error: BaseException, what: str) -> ErrorInfo:
+    info = describe_error(error)
+    return ErrorInfo(info.type, f"{what}: {info.message}", info.traceback)
+
+
+def describe_error(error: BaseException) -> ErrorInfo:
+    """`ErrorInfo.from_exception`, even for an exception whose message cannot be formatted."""
+    try:
+        return ErrorInfo.from_exception(error)
+    except Exception as problem:
+        return ErrorInfo(type(error).__qualname__, f"(its message could not be formatted: {problem!r})")
+
+
+def _send(conn: Connection, start: int, values: list[Any], durations: array[float], failures: dict[int, Any]) -> None:
+    # The values are a pickle of their own inside the message: should the parent fail to
+    # unpickle them (a class it cannot import), it still knows which items they were.
+    try:
+        values_blob = dumps(values)
+    except Exception:
+        # Some returned value does not pickle: fail only those items.
+        for offset, value in enumerate(values):
+            index = start + offset
+            if index not in failures:
+                problem = _unpicklable(value, "return value")
+                if problem is not None:
+                    values[offset] = None
+                    failures[index] = problem
+        values_blob = dumps(values)
+    conn.send_bytes(dumps(("results", start, values_blob, durations.tobytes(), failures)))
+
+
+def _unpicklable(value: Any, what: str) -> tuple[str, str, str, str] | None:
+    """``("unpicklable", what, type name, error)`` if ``value`` cannot be sent back."""
+    try:
+        cloudpickle.dumps(value)
+        return None
+    except Exception as error:
+        return "unpicklable", what, type(value).__name__, f"{type(error).__name__}: {error}"
+
+
+def _items(items: list[Any], packed: bool) -> Iterator[Any]:
+    return iter(items) if not packed else (_Packed(blob) for blob in items)
+
+
+class _Packed:
+    """An item pickled on its own, loaded when it runs (inside the item's own error handling)."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+
+def _run_here(
+    conn: Connection, slots: Any, fn: Callable[..., Any], items: list[Any], mode: int, packed: bool
+) -> None:
+    monotonic = time.monotonic
+    values: list[Any] = []
+    durations = array("d")
+    failures: dict[int, Any] = {}
+    start = 0
+    last_flush = monotonic()
+    for index, item in enumerate(_items(items, packed)):
+        started = monotonic()
+        slots[STARTED_AT] = started  # the start first: the parent reads the index first
+        slots[CURRENT_INDEX] = index
+        try:
+            value = apply(fn, pickle.loads(item.blob) if packed else item, mode)
+        except BaseException as error:
+            value = None
+            failures[index] = failure(error)
+        ended = monotonic()
+        values.append(value)
+        durations.append(ended - started)
+        if ended - last_flush >= _FLUSH_SECONDS:
+            slots[CURRENT_INDEX] = IDLE
+            _send(conn, start, values, durations, failures)
+            start = index + 1
+            values, durations, failures = [], array("d"), {}
+            last_flush = monotonic()
+    if values:
+        slots[CURRENT_INDEX] = IDLE
+        _send(conn, start, values, durations, failures)
+
+
+def _run_isolated(
+    conn: Connection, slots: Any, fn: Callable[..., Any], items: list[Any], mode: int, packed: bool
+) -> None:
     """Fork a fresh child of this warm process for every item: nothing leaks between items."""
-    for index, args, kwargs in items:
+    for index, item in enumerate(_items(items, packed)):
         read_fd, write_fd = os.pipe()
         started = time.monotonic()
-        shared[STARTED_AT] = started
-        shared[CURRENT_INDEX] = index
+        slots[STARTED_AT] = started
+        slots[CURRENT_INDEX] = index
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: run the item, write its outcome, leave without cleanup
-            os.close(read_fd)
-            os.setpgid(0, 0)
-            try:
-                outcome: tuple[bool, Any] = (True, fn(*args, **kwargs))
-            except BaseException as error:
-                outcome = (False, failure(error))
-            try:
-                blob = cloudpickle.dumps(outcome)
-            except Exception:
-                blob = cloudpickle.dumps(_picklable((index, *outcome, 0.0))[1:3])
-            with os.fdopen(write_fd, "wb") as pipe:
-                pipe.write(blob)
-            os._exit(0)
+            _child(conn, parent, read_fd, write_fd, fn, item, mode, packed)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # here too: the group must exist before anyone may kill it
+        slots[CHILD_PID] = pid
         os.close(write_fd)
-        shared[CHILD_PID] = pid
         with os.fdopen(read_fd, "rb") as pipe:
             blob = pipe.read()
         _, status = os.waitpid(pid, 0)
-        shared[CHILD_PID] = 0
+        slots[CHILD_PID] = 0
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)  # whatever the item started must not outlive it
         seconds = time.monotonic() - started
+        slots[CURRENT_INDEX] = IDLE
+        durations = array("d", [seconds])
         if blob:
-            ok, payload = cloudpickle.loads(blob)
-            _send(conn, [(index, ok, payload, seconds)])
+            ok, payload = pickle.loads(blob)
+            _send(conn, index, [payload if ok else None], durations, {} if ok else {index: payload})
         else:
             # The child died before it could answer: tell the parent how.
-            code = os.waitstatus_to_exitcode(status)
-            _send(conn, [(index, False, ("died", code), seconds)])
+            _send(conn, index, [None], durations, {index: ("died", os.waitstatus_to_exitcode(status))})
+
+
+def _child(
+    conn: Connection, parent: int, read_fd: int, write_fd: int, fn: Callable[..., Any], item: Any, mode: int,
+    packed: bool,
+) -> None:
+    try:
+        os.close(read_fd)
+        conn.close()
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        _die_with_parent()  # the warm worker killed from outside takes its item's child along
+        if os.getppid() != parent:
+            return  # it died before the death signal was armed
+        try:
+            outcome: tuple[bool, Any] = (True, apply(fn, pickle.loads(item.blob) if packed else item, mode))
+        except BaseException as error:
+            outcome = (False, failure(error))
+        try:
+            blob = dumps(outcome)
+        except Exception:  # a failure is always picklable: only a returned value can be at fault
+            blob = dumps((False, _unpicklable(outcome[1], "return value")))
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(blob)
+    finally:
+        os._exit(0)

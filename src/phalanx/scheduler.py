@@ -454,9 +454,9 @@ class Scheduler:
     async def _attempt(self, attempt: Attempt) -> tuple[Status, Outcome]:
         """Run one attempt under its timeout; a timeout is the scheduler's verdict, not the backend's."""
         task = attempt.task
-        backend = self._backend_for(task)
         timeout = task.timeout if self._timeout_for is None else self._timeout_for(task)
         try:
+            backend = self._backend_for(task)
             if timeout is None:
                 outcome = await backend.run(attempt)
             else:

@@ -20,7 +20,10 @@ def succeeded(value: Any) -> Outcome:
 
 def raised(error: BaseException) -> Outcome:
     """An exception the callable raised, with its traceback."""
-    info = ErrorInfo.from_exception(error)
+    try:
+        info = ErrorInfo.from_exception(error)
+    except Exception:  # an exception whose str() itself raises must still end its task
+        info = ErrorInfo(type=type(error).__qualname__, message="<the exception could not be formatted>")
     return Outcome(ok=False, reason=str(info), error=info, exception=error)
 
 
@@ -29,5 +32,5 @@ def call(task: Task) -> Outcome:
     assert callable(task.action)
     try:
         return succeeded(task.action(*task.args, **task.kwargs))
-    except Exception as error:
+    except BaseException as error:  # SystemExit in a task must fail the task, not its thread
         return raised(error)

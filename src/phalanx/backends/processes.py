@@ -4,7 +4,7 @@
 
     scheduler ──attempt(batch, slot k)──> ProcessBackend ──> worker k (a warm process)
         ^                                      │   batch ──> items run one by one
-        └──── Outcome(value=[item results]) <──┘   <── results, flushed every ~20 ms
+        └──── Outcome(value=BatchResult) <─────┘   <── results, flushed every ~20 ms
 
 A task's action is a `Batch`: a callable and its items. Each item keeps its own result,
 error, timeout and order. Workers start once (forkserver by default), run the
@@ -17,6 +17,14 @@ initializer once, and serve batch after batch. What stops work really stops it:
   the item it was running ends ``crashed`` naming the signal or exit code, the worker is
   replaced, every other item completes — never ``BrokenProcessPool``;
 * a cancelled attempt (fail-fast, Ctrl-C, shutdown): its worker is killed and replaced.
+
+Items whose results the dead worker had computed but not yet sent (at most ~20 ms of
+work) run again on the replacement: an item runs at least once, and more than once only
+when a sibling killed its worker.
+
+The fast path makes nothing per item: items go out as one pickled list, results come back
+as lists of values and arrays of durations, copied into a `BatchResult` by slices; only an
+item that does not succeed gets an `ItemResult` of its own.
 
 Children are watched on the event loop (each worker's sentinel fd), never by a thread.
 """
@@ -32,6 +40,7 @@ import pickle
 import signal
 import sys
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -40,18 +49,39 @@ from typing import Any, NamedTuple
 import cloudpickle
 
 from .. import _worker
+from .._worker import ONE, STAR, STAR_KW
 from ..errors import ConfigError
 from ..results import ErrorInfo, Status
 from .base import Attempt, Outcome
+
+__all__ = [
+    "ONE",
+    "STAR",
+    "STAR_KW",
+    "Batch",
+    "BatchResult",
+    "ItemResult",
+    "ProcessBackend",
+    "WorkerInitError",
+    "default_start_method",
+    "function_key",
+]
 
 SUCCEEDED = Status.SUCCEEDED
 
 #: How often a running batch with an item timeout checks the clock.
 _TIMEOUT_TICK = 0.01
 
+#: A worker that dies this many times in a row before finishing any item of a batch: the
+#: item it would run first is blamed (ends ``crashed``) rather than tried forever.
+_FRUITLESS_DEATHS = 3
+
 
 class ItemResult(NamedTuple):
-    """What happened to one item of a batch (a named tuple: a million are cheap to make)."""
+    """What happened to one item that did not succeed (or, on demand, one that did).
+
+    ``exit_code`` is set for a crash: the worker's exit status, negative for a signal.
+    """
 
     position: int  # the item's index in its map (``index`` would shadow tuple.index)
     status: Status
@@ -60,40 +90,110 @@ class ItemResult(NamedTuple):
     exception: BaseException | None = None
     duration: float = 0.0
     pid: int | None = None
+    exit_code: int | None = None
 
     @property
     def reason(self) -> str | None:
         return None if self.error is None else str(self.error)
 
 
+class BatchResult:
+    """What happened to each item of a batch, by ``offset`` (the item's place in the batch).
+
+    Values, durations and pids are flat arrays (the pid is the worker's that ran the item;
+    with ``isolate``, the warm worker that forked its child); only the items that did not
+    succeed have an `ItemResult`, in ``failures``. ``positions[offset]`` is the item's index in its map;
+    ``worker`` the slot that ran the batch (set by whoever learns it).
+    """
+
+    __slots__ = ("durations", "failures", "pids", "positions", "values", "worker")
+
+    def __init__(self, positions: Sequence[int]) -> None:
+        n = len(positions)
+        self.positions = positions
+        self.worker: int | None = None  # the slot that ran it, once known
+        self.values: list[Any] = [None] * n
+        self.durations = array("d", bytes(8 * n))
+        self.pids = array("q", bytes(8 * n))
+        self.failures: dict[int, ItemResult] = {}
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def item(self, offset: int) -> ItemResult:
+        """The `ItemResult` of one item (made on demand for one that succeeded)."""
+        failed = self.failures.get(offset)
+        if failed is not None:
+            return failed
+        pid = self.pids[offset] or None
+        return ItemResult(self.positions[offset], SUCCEEDED, self.values[offset], None, None,
+                          self.durations[offset], pid)
+
+    def __iter__(self) -> Iterator[ItemResult]:
+        return (self.item(offset) for offset in range(len(self.positions)))
+
+    @classmethod
+    def all_failed(cls, positions: Sequence[int], status: Status, error: ErrorInfo | None) -> BatchResult:
+        """Every item with the same verdict (a batch that did not run: cancelled, no worker)."""
+        result = cls(positions)
+        for offset, position in enumerate(positions):
+            result.failures[offset] = ItemResult(position, status, error=error)
+        return result
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """The action of a batch task: ``fn`` applied to each item, each with its own result.
 
+    Args:
+        fn: the callable.
+        items: one entry per item, applied as ``mode`` says: ``ONE`` calls ``fn(item)``,
+            ``STAR`` calls ``fn(*item)``, ``STAR_KW`` calls ``fn(*args, **kwargs)`` with
+            ``item == (args, kwargs)``.
+        positions: each item's index in its map (default ``0 .. len(items) - 1``).
+        fn_key: the key of the pickled callable (`function_key`), so workers cache it.
+        isolate: run every item in a fresh fork of the worker.
+        item_timeout: seconds per item; over it, the item is stopped and ends ``timed_out``.
+        label: how messages name a lone item (a submitted call's task id) instead of ``item N``.
+
     Called in-process (threads, inline), it runs the items one after another and returns
-    their `ItemResult`s; the process backend sends it to a worker instead.
+    their `BatchResult`; the process backend sends it to a worker instead.
     """
 
     fn: Callable[..., Any]
-    items: Sequence[tuple[int, tuple[Any, ...], dict[str, Any]]]
+    items: Sequence[Any]
+    positions: Sequence[int] | None = None
+    mode: int = ONE
     fn_key: str = field(default="")
     isolate: bool = False
     item_timeout: float | None = None
+    label: str | None = None
 
-    def __call__(self) -> list[ItemResult]:
-        results = []
-        for index, args, kwargs in self.items:
-            started = time.monotonic()
+    @property
+    def where(self) -> Sequence[int]:
+        """Each item's index in its map."""
+        return range(len(self.items)) if self.positions is None else self.positions
+
+    def describe(self, offset: int) -> str:
+        """How messages name the item at ``offset``."""
+        return self.label if self.label is not None else f"item {self.where[offset]}"
+
+    def __call__(self) -> BatchResult:
+        out = BatchResult(self.where)
+        fn, mode, pid = self.fn, self.mode, os.getpid()
+        monotonic = time.monotonic
+        for offset, item in enumerate(self.items):
+            started = monotonic()
             try:
-                value = self.fn(*args, **kwargs)
-            except Exception as error:
-                results.append(
-                    ItemResult(index, Status.FAILED, error=ErrorInfo.from_exception(error), exception=error,
-                               duration=time.monotonic() - started)
+                out.values[offset] = _worker.apply(fn, item, mode)
+            except BaseException as error:  # even SystemExit: it ends this item, not the run
+                out.failures[offset] = ItemResult(
+                    out.positions[offset], Status.FAILED, error=_worker.describe_error(error), exception=error,
+                    duration=monotonic() - started, pid=pid,
                 )
-            else:
-                results.append(ItemResult(index, Status.SUCCEEDED, value, duration=time.monotonic() - started))
-        return results
+            out.durations[offset] = monotonic() - started
+        out.pids = array("q", [pid]) * len(self.items)
+        return out
 
 
 def function_key(fn: Callable[..., Any]) -> tuple[str, bytes]:
@@ -101,7 +201,9 @@ def function_key(fn: Callable[..., Any]) -> tuple[str, bytes]:
     try:
         blob = cloudpickle.dumps(fn)
     except Exception as error:
-        raise ConfigError(f"the callable {fn!r} cannot be pickled: {type(error).__name__}: {error}") from None
+        raise ConfigError(
+            f"the callable {fn!r} cannot be pickled to send it to worker processes: {type(error).__name__}: {error}"
+        ) from None
     return hashlib.blake2b(blob, digest_size=12).hexdigest(), blob
 
 
@@ -114,20 +216,38 @@ def default_start_method() -> str:
 class _Worker:
     """A live worker process and what the parent knows of it."""
 
-    def __init__(self, process: Any, conn: Connection, shared: Any) -> None:
+    def __init__(self, process: Any, conn: Connection, shared: Any, slot: int) -> None:
         self.process = process
         self.conn = conn
         self.shared = shared
+        self.slot = slot
         self.pid: int = process.pid
-        self.functions: set[str] = set()
+        self.functions: dict[str, None] = {}  # the callables it keeps, least recently used first
         self.items_done = 0
         self.messages: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.gone = asyncio.Event()
         self.exit_code: int | None = None
-        self.killed_for_timeout = False
+        self.current: _Chunk | None = None
 
     @property
     def alive(self) -> bool:
         return self.exit_code is None
+
+
+class _Chunk:
+    """One send of (part of) a batch to one worker, and what came back so far."""
+
+    __slots__ = ("batch", "end", "error", "offsets", "reported", "timed_out", "worker_killed")
+
+    def __init__(self, batch: Batch, offsets: Sequence[int]) -> None:
+        self.batch = batch
+        self.offsets = offsets  # the batch offsets sent, in order: local index -> offset
+        self.reported = 0  # local indices below this have a result
+        self.timed_out: int | None = None  # the local index stopped for its timeout
+        self.worker_killed = False  # we killed the worker (for that timeout)
+        self.end = ""  # done, exited, fn-failed, load-failed
+        self.error: ErrorInfo | None = None
 
 
 class ProcessBackend:
@@ -138,7 +258,10 @@ class ProcessBackend:
         start_method: ``auto`` (forkserver on Linux), ``forkserver``, ``spawn`` or ``fork``.
         initializer, initargs: run once in each worker as it starts (import heavy modules here).
         max_tasks_per_worker: replace a worker after it has run this many items.
-        max_memory_per_worker: replace a worker whose resident memory exceeds this (bytes).
+        max_memory_per_worker: replace a worker whose resident memory exceeds this (bytes),
+            checked after each batch.
+        isolate: run plain callables (not `Batch`es, which say for themselves) in a fresh
+            fork of the worker.
     """
 
     def __init__(
@@ -150,24 +273,34 @@ class ProcessBackend:
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | None = None,
+        isolate: bool = False,
     ) -> None:
         method = default_start_method() if start_method == "auto" else start_method
         if method not in multiprocessing.get_all_start_methods():
             raise ConfigError(f"start_method {start_method!r} is not available here")
         if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
             raise ConfigError(f"max_tasks_per_worker must be at least 1, got {max_tasks_per_worker}")
+        if max_memory_per_worker is not None and max_memory_per_worker < 1:
+            raise ConfigError(f"max_memory_per_worker must be a positive number of bytes, got {max_memory_per_worker}")
         self._context = multiprocessing.get_context(method)
         if method == "forkserver":
             self._context.set_forkserver_preload(["phalanx._worker"])
+        self.start_method = method
         self._size = size
-        self._initializer = initializer
-        self._initargs = initargs
+        try:
+            self._setup = cloudpickle.dumps((initializer, tuple(initargs)))
+        except Exception as error:
+            raise ConfigError(
+                f"the initializer or its arguments cannot be pickled to send them to worker processes: "
+                f"{type(error).__name__}: {error}"
+            ) from None
+        self._isolate = isolate
         self._max_tasks = max_tasks_per_worker
         self._max_memory = max_memory_per_worker
         self._workers: dict[int, _Worker] = {}
-        self._functions: dict[int, tuple[str, bytes]] = {}
         self._closing = False
-        self.started = 0
+        self.started = 0  # workers started so far (replacements included)
+        self.batches = 0  # batches run so far
 
     # ------------------------------------------------------------------ workers
 
@@ -184,25 +317,47 @@ class ProcessBackend:
         worker = self._workers.get(slot)
         return worker.pid if worker is not None and worker.alive else None
 
+    def running_item(self, slot: int) -> dict[str, Any] | None:
+        """The item the slot's worker runs now: its map position, the pid of the process
+        running it (the forked child with ``isolate``), the worker's pid, seconds so far."""
+        worker = self._workers.get(slot)
+        if worker is None or not worker.alive or worker.current is None:
+            return None
+        local = int(worker.shared[_worker.CURRENT_INDEX])
+        chunk = worker.current
+        if not 0 <= local < len(chunk.offsets):
+            return None
+        child = int(worker.shared[_worker.CHILD_PID]) if chunk.batch.isolate else 0
+        return {
+            "item": chunk.batch.where[chunk.offsets[local]],
+            "pid": child or worker.pid,
+            "worker_pid": worker.pid,
+            "running_for": max(0.0, time.monotonic() - worker.shared[_worker.STARTED_AT]),
+        }
+
     @property
     def warmed_up(self) -> bool:
-        return len([w for w in self._workers.values() if w.alive]) >= self._size
+        ready = [w for w in self._workers.values() if w.alive and w.ready.done() and not w.ready.exception()]
+        return len(ready) >= self._size
 
     async def _worker(self, slot: int) -> _Worker:
         worker = self._workers.get(slot)
+        if worker is not None and worker.alive:
+            await asyncio.shield(worker.ready)  # another caller may be starting it
+            return worker
         if worker is not None:
-            if worker.alive:
-                return worker
             await self._discard(worker)  # died while idle (killed from outside)
         return await self._start(slot)
 
     async def _start(self, slot: int) -> _Worker:
+        if self._closing:
+            raise RuntimeError("the process backend is closed")
         loop = asyncio.get_running_loop()
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         shared = self._context.RawArray("d", 3)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_worker.main,
-            args=(child_conn, shared, self._initializer, self._initargs),
+            args=(child_conn, shared, self._setup),
             daemon=True,
             name=f"phalanx-worker-{slot}",
         )
@@ -211,24 +366,35 @@ class ProcessBackend:
         with _main_module_hidden():
             process.start()
         child_conn.close()
-        worker = _Worker(process, parent_conn, shared)
+        worker = _Worker(process, parent_conn, shared, slot)
         self._workers[slot] = worker
         self.started += 1
         loop.add_reader(parent_conn.fileno(), self._on_message, worker)
         loop.add_reader(process.sentinel, self._on_exit, worker)
-        message = await worker.messages.get()
-        if message[0] == "init-failed":
+        try:
+            await asyncio.shield(worker.ready)
+        except BaseException:
             await self._discard(worker)
-            raise WorkerInitError(message[1])
-        if message[0] != "ready":
-            await self._discard(worker)
-            raise WorkerInitError(ErrorInfo("WorkerDied", _describe_exit(worker.exit_code)))
+            raise
         return worker
 
     def _on_message(self, worker: _Worker) -> None:
         try:
             while worker.conn.poll():
-                worker.messages.put_nowait(pickle.loads(worker.conn.recv_bytes()))
+                blob = worker.conn.recv_bytes()
+                try:
+                    message = _worker.loads(blob)
+                except Exception as error:  # only a results message can hold foreign objects
+                    message = ("unreadable", ErrorInfo.from_exception(error))
+                kind = message[0]
+                if kind == "ready":
+                    if not worker.ready.done():
+                        worker.ready.set_result(None)
+                elif kind == "init-failed":
+                    if not worker.ready.done():
+                        worker.ready.set_exception(WorkerInitError(message[1]))
+                else:
+                    worker.messages.put_nowait(message)
         except (EOFError, OSError):
             self._forget_reader(worker.conn)
 
@@ -237,139 +403,190 @@ class ProcessBackend:
         loop.remove_reader(worker.process.sentinel)
         self._on_message(worker)  # whatever it sent before dying comes first
         worker.process.join(0)
-        worker.exit_code = worker.process.exitcode if worker.process.exitcode is not None else -9
+        if worker.process.exitcode is None:
+            worker.process.join(1.0)  # the sentinel fired: the status is a moment away at most
+        code = worker.process.exitcode
+        worker.exit_code = code if code is not None else -signal.SIGKILL
         self._forget_reader(worker.conn)
+        if not worker.ready.done():
+            info = ErrorInfo("WorkerDied", f"the worker process {_describe_exit(worker.exit_code)} while starting")
+            worker.ready.set_exception(WorkerInitError(info))
+            worker.ready.exception()  # retrieved: nobody may be waiting any more
         worker.messages.put_nowait(("exited", worker.exit_code))
+        worker.gone.set()
 
     def _forget_reader(self, conn: Connection) -> None:
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(conn.fileno())
 
     async def _discard(self, worker: _Worker) -> None:
-        """Kill a worker and wait until it is reaped."""
+        """Kill a worker (and an isolated item's child) and wait until it is reaped."""
+        child = int(worker.shared[_worker.CHILD_PID])
         if worker.alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGKILL)
-            child = int(worker.shared[_worker.CHILD_PID])
-            if child:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child, signal.SIGKILL)
-            while worker.alive:
-                await worker.messages.get()
+        if child:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child, signal.SIGKILL)
+        await worker.gone.wait()
         with contextlib.suppress(Exception):
             worker.conn.close()
-        for slot, known in list(self._workers.items()):
-            if known is worker:
-                del self._workers[slot]
+        if self._workers.get(worker.slot) is worker:
+            del self._workers[worker.slot]
 
     # ------------------------------------------------------------------ batches
 
     async def run(self, attempt: Attempt) -> Outcome:
         action = attempt.task.action
-        if isinstance(action, Batch):
-            batch = action
-        else:
-            assert callable(action)
-            batch = Batch(action, [(0, attempt.task.args, dict(attempt.task.kwargs))])
         slot = max(1, attempt.worker)
-        results = await self.run_batch(slot, batch)
-        if not isinstance(action, Batch):
-            return _single_outcome(results[0])
-        return Outcome(ok=True, value=results)
+        if isinstance(action, Batch):
+            return Outcome(ok=True, value=await self.run_batch(slot, action))
+        assert callable(action)
+        item = (attempt.task.args, dict(attempt.task.kwargs))
+        batch = Batch(action, [item], mode=STAR_KW, isolate=self._isolate, label=f"task {attempt.task.id!r}")
+        return _single_outcome((await self.run_batch(slot, batch)).item(0))
 
-    async def run_batch(self, slot: int, batch: Batch) -> list[ItemResult]:
+    async def run_batch(self, slot: int, batch: Batch) -> BatchResult:
         """Run every item of the batch in the slot's worker, replacing it as often as needed."""
-        key, blob = batch.fn_key, b""
+        key, fn_blob = batch.fn_key, b""
         if not key:
-            key, blob = function_key(batch.fn)
-        results: dict[int, ItemResult] = {}
-        remaining = list(batch.items)
-        while remaining:
+            key, fn_blob = function_key(batch.fn)
+        self.batches += 1
+        out = BatchResult(batch.where)
+        todo: Sequence[int] = range(len(batch.items))
+        packed = False  # each item pickled on its own (after a batch that would not load)
+        fruitless = 0
+        while todo:
             worker = await self._worker(slot)
-            chunk = remaining
+            chunk = todo
             if self._max_tasks is not None:
-                chunk = remaining[: max(1, self._max_tasks - worker.items_done)]
-            if key not in worker.functions and not blob:
-                _, blob = function_key(batch.fn)
-            fn_blob = None if key in worker.functions else blob
-            try:
-                message = _worker.dumps(("batch", key, fn_blob, chunk, batch.isolate))
-            except Exception:
-                sendable, refused = _pickle_items(chunk)  # find and fail the items that do not pickle
-                results.update(refused)
-                if not sendable:
-                    remaining = remaining[len(chunk):]
-                    continue
-                message = _worker.dumps(("batch", key, fn_blob, sendable, batch.isolate))
-            try:
-                worker.conn.send_bytes(message)
-            except (BrokenPipeError, OSError):
-                await self._discard(worker)
+                chunk = todo[: max(1, self._max_tasks - worker.items_done)]
+            rest = todo[len(chunk):]
+            sent, items_blob, was_packed = _pack(batch, chunk, out, packed)
+            if not sent:
+                todo = rest
                 continue
-            worker.functions.add(key)
+            known = key in worker.functions
+            if not known and not fn_blob:
+                _, fn_blob = function_key(batch.fn)
+            forget = _remember(worker.functions, key)
+            header = _worker.dumps(
+                ("batch", key, None if known else fn_blob, batch.mode, batch.isolate, was_packed, forget)
+            )
+            run = _Chunk(batch, sent)
+            worker.current = run
             try:
-                await self._collect(worker, batch, results)
-            except asyncio.CancelledError:
-                await self._discard(worker)  # the work must really stop
+                try:
+                    worker.conn.send_bytes(header)
+                    worker.conn.send_bytes(items_blob)
+                except OSError:
+                    run.end = "exited"  # it died before it got the batch: nothing to blame
+                    await self._discard(worker)
+                else:
+                    del items_blob
+                    await self._collect(worker, run, out)
+            except BaseException:
+                # Cancelled (the work must really stop), or a bug: the worker is mid-batch
+                # and out of step with us either way.
+                await self._discard(worker)
                 raise
-            remaining = [item for item in remaining if item[0] not in results]
+            finally:
+                worker.current = None
+            if run.end == "done":
+                todo = rest
+            elif run.end == "exited":
+                left = [offset for local, offset in enumerate(sent) if local >= run.reported]
+                blamed = [offset for offset in left if offset in out.failures]
+                fruitless = 0 if run.reported or blamed else fruitless + 1
+                left = [offset for offset in left if offset not in out.failures]
+                if fruitless >= _FRUITLESS_DEATHS and left:
+                    why = f"the worker process died {fruitless} times before it could finish this item"
+                    out.failures[left[0]] = ItemResult(
+                        out.positions[left[0]], Status.CRASHED,
+                        error=ErrorInfo("WorkerCrashed", f"{batch.describe(left[0])}: {why}"),
+                    )
+                    left, fruitless = left[1:], 0
+                todo = [*left, *rest]
+            elif run.end == "load-failed" and not was_packed:
+                packed = True  # send the same items again, each pickled on its own
+            else:  # the callable would not load here (or the results would not): the rest fail
+                if run.end == "fn-failed":
+                    worker.functions.pop(key, None)
+                assert run.error is not None
+                for offset in [*sent[run.reported:], *rest]:
+                    if offset not in out.failures:
+                        error = ErrorInfo(run.error.type, f"{batch.describe(offset)}: {run.error.message}",
+                                          run.error.traceback)
+                        out.failures[offset] = ItemResult(out.positions[offset], Status.FAILED, error=error)
+                todo = []
             await self._maybe_recycle(worker)
-        return [results[position] for position, _, _ in batch.items]
+        return out
 
-    async def _collect(self, worker: _Worker, batch: Batch, results: dict[int, ItemResult]) -> None:
-        """Gather the batch's results until it is done or its worker is gone."""
+    async def _collect(self, worker: _Worker, run: _Chunk, out: BatchResult) -> None:
+        """Gather the chunk's results until it is done or its worker is gone."""
         loop = asyncio.get_running_loop()
         timer: list[asyncio.TimerHandle] = []
+        timeout = run.batch.item_timeout
 
         def tick() -> None:
-            self._check_timeout(worker, batch)
+            self._check_timeout(worker, run)
             timer[0] = loop.call_later(_TIMEOUT_TICK, tick)
 
-        if batch.item_timeout is not None:
+        if timeout is not None:
             timer.append(loop.call_later(_TIMEOUT_TICK, tick))
         try:
             while True:
                 message = await worker.messages.get()
                 kind = message[0]
                 if kind == "results":
-                    pid = worker.pid
-                    for index, ok, payload, seconds in message[1]:
-                        results[index] = (
-                            ItemResult(index, SUCCEEDED, payload, None, None, seconds, pid)
-                            if ok
-                            else _item_result(index, ok, payload, seconds, worker, batch)
-                        )
-                    worker.items_done += len(message[1])
-                elif kind == "done":
-                    return
+                    _, start, values_blob, durations, failures = message
+                    _record(worker, run, out, start, values_blob, durations, failures)
                 elif kind == "exited":
-                    index = int(worker.shared[_worker.CURRENT_INDEX])
-                    if index >= 0 and index not in results:
-                        started = worker.shared[_worker.STARTED_AT]
-                        results[index] = _lost_item(index, worker, time.monotonic() - started, batch)
+                    run.end = "exited"
+                    local = int(worker.shared[_worker.CURRENT_INDEX])
+                    if 0 <= local < len(run.offsets) and local >= run.reported:
+                        offset = run.offsets[local]
+                        seconds = time.monotonic() - worker.shared[_worker.STARTED_AT]
+                        if run.timed_out == local:
+                            out.failures[offset] = _timed_out(run.batch, offset, out, seconds, worker.pid)
+                        elif not run.worker_killed:  # killed by us for another item: just requeue
+                            what = f"{run.batch.describe(offset)}: the worker process {_describe_exit(message[1])}"
+                            out.failures[offset] = ItemResult(
+                                out.positions[offset], Status.CRASHED, error=ErrorInfo("WorkerCrashed", what),
+                                duration=seconds, pid=worker.pid, exit_code=message[1],
+                            )
+                    await self._discard(worker)
+                    return
+                elif kind in ("done", "fn-failed", "load-failed"):
+                    run.end = kind
+                    run.error = message[1] if len(message) > 1 else None
+                    return
+                elif kind == "unreadable":  # cannot happen short of a broken install; never hang on it
+                    run.end, run.error = kind, message[1]
                     await self._discard(worker)
                     return
         finally:
             for handle in timer:
                 handle.cancel()
 
-    def _check_timeout(self, worker: _Worker, batch: Batch) -> None:
+    def _check_timeout(self, worker: _Worker, run: _Chunk) -> None:
         if not worker.alive:
             return
-        assert batch.item_timeout is not None
-        index = worker.shared[_worker.CURRENT_INDEX]
-        running_for = time.monotonic() - worker.shared[_worker.STARTED_AT]
-        if index >= 0 and running_for > batch.item_timeout:
-            worker.killed_for_timeout = True
-            child = int(worker.shared[_worker.CHILD_PID])
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if batch.isolate and child:
-                    os.killpg(child, signal.SIGKILL)  # the warm worker lives on
-                else:
-                    os.kill(worker.pid, signal.SIGKILL)
-            if batch.isolate and child:
-                # Give the next item its own clock: the flag is read when the child's death arrives.
-                worker.shared[_worker.STARTED_AT] = time.monotonic()
+        timeout = run.batch.item_timeout
+        assert timeout is not None
+        local = int(worker.shared[_worker.CURRENT_INDEX])  # the index first, then its start
+        if local < 0 or local == run.timed_out:
+            return
+        if time.monotonic() - worker.shared[_worker.STARTED_AT] <= timeout:
+            return
+        run.timed_out = local
+        child = int(worker.shared[_worker.CHILD_PID])
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if run.batch.isolate and child:
+                os.killpg(child, signal.SIGKILL)  # the warm worker lives on
+            else:
+                run.worker_killed = True
+                os.kill(worker.pid, signal.SIGKILL)
 
     async def _maybe_recycle(self, worker: _Worker) -> None:
         if not worker.alive:
@@ -386,20 +603,203 @@ class ProcessBackend:
 
     async def _stop(self, worker: _Worker) -> None:
         """Ask a worker to leave, and make sure it does."""
-        with contextlib.suppress(Exception):
-            worker.conn.send_bytes(cloudpickle.dumps(("stop",)))
-        try:
-            async with asyncio.timeout(2.0):
-                while worker.alive:
-                    await worker.messages.get()
-        except TimeoutError:
-            pass
+        if worker.alive:
+            with contextlib.suppress(Exception):
+                worker.conn.send_bytes(_worker.dumps(("stop",)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await worker.gone.wait()
         await self._discard(worker)
 
     async def aclose(self) -> None:
         """Stop every worker; none is left running."""
         self._closing = True
         await asyncio.gather(*(self._stop(worker) for worker in list(self._workers.values())))
+
+
+#: How many callables a worker keeps loaded (a loop of ``submit(lambda: ...)`` makes a new one each time).
+_FUNCTIONS_KEPT = 32
+
+
+def _remember(functions: dict[str, None], key: str) -> list[str]:
+    """Note that the worker holds ``key`` now; the keys it must forget to stay within bounds."""
+    functions.pop(key, None)
+    functions[key] = None
+    forget = []
+    while len(functions) > _FUNCTIONS_KEPT:
+        oldest = next(iter(functions))
+        del functions[oldest]
+        forget.append(oldest)
+    return forget
+
+
+def _record(
+    worker: _Worker, run: _Chunk, out: BatchResult, start: int, values_blob: bytes, durations_bytes: bytes,
+    failures: dict[int, Any],
+) -> None:
+    """Copy a group of results into the batch's arrays (by slices when the chunk is contiguous)."""
+    pid = worker.pid
+    durations = array("d")
+    durations.frombytes(durations_bytes)
+    count = len(durations)
+    try:
+        values: list[Any] = _worker.loads(values_blob)
+    except Exception as error:  # values of a class this process cannot import
+        values = [None] * count
+        info = ErrorInfo.from_exception(error)
+        for local in range(start, start + count):
+            failures.setdefault(local, ("unreadable", info))
+    offsets = run.offsets
+    if isinstance(offsets, range) and offsets.step == 1:
+        first = offsets.start + start
+        out.values[first:first + count] = values
+        out.durations[first:first + count] = durations
+        out.pids[first:first + count] = array("q", [pid]) * count
+    else:
+        for local in range(count):
+            offset = offsets[start + local]
+            out.values[offset] = values[local]
+            out.durations[offset] = durations[local]
+            out.pids[offset] = pid
+    for local, payload in failures.items():
+        offset = offsets[local]
+        out.values[offset] = None
+        out.failures[offset] = _failure(run, out, offset, local, payload, durations[local - start], pid)
+    run.reported = start + count
+    worker.items_done += count
+
+
+def _failure(run: _Chunk, out: BatchResult, offset: int, local: int, payload: Any, seconds: float,
+             pid: int) -> ItemResult:
+    """The `ItemResult` of a failure the worker reported."""
+    batch = run.batch
+    position = out.positions[offset]
+    kind = payload[0]
+    if kind == "raised":
+        _, info, blob = payload
+        exception = None
+        if blob is not None:
+            with contextlib.suppress(Exception):
+                exception = cloudpickle.loads(blob)
+        return ItemResult(position, Status.FAILED, error=info, exception=exception, duration=seconds, pid=pid)
+    if kind == "died":  # an isolated item's child died: stopped for its timeout, or of its own accord
+        if run.timed_out == local:
+            return _timed_out(batch, offset, out, seconds, pid)
+        info = ErrorInfo("WorkerCrashed", f"{batch.describe(offset)}: its process {_describe_exit(payload[1])}")
+        return ItemResult(position, Status.CRASHED, error=info, duration=seconds, pid=pid, exit_code=payload[1])
+    if kind == "unpicklable":
+        _, what, type_name, problem = payload
+        message = f"{batch.describe(offset)}: its {what} of type {type_name} cannot be pickled to send back: {problem}"
+        return ItemResult(position, Status.FAILED, error=ErrorInfo("PicklingError", message), duration=seconds, pid=pid)
+    info = payload[1]
+    message = f"{batch.describe(offset)}: its return value cannot be unpickled here: {info}"
+    return ItemResult(position, Status.FAILED, error=ErrorInfo("UnpicklingError", message, info.traceback),
+                      duration=seconds, pid=pid)
+
+
+def _pack(
+    batch: Batch, chunk: Sequence[int], out: BatchResult, packed: bool
+) -> tuple[Sequence[int], bytes, bool]:
+    """The offsets sent, their items pickled, and whether each item is a pickle of its own.
+
+    One pickle for the whole list when it can; otherwise (or after a batch the worker could
+    not load) one pickle per item, so that an item that cannot be sent fails alone, with a
+    message naming it and the type of the argument at fault.
+    """
+    items = batch.items
+    if isinstance(chunk, range) and chunk.step == 1 and isinstance(items, list):
+        selected = items[chunk.start:chunk.stop]
+    else:
+        selected = [items[offset] for offset in chunk]
+    if not packed:
+        try:
+            return chunk, _worker.dumps(selected), False
+        except Exception:
+            pass
+    sent: list[int] = []
+    blobs: list[bytes] = []
+    for offset, item in zip(chunk, selected, strict=True):
+        try:
+            blobs.append(_worker.dumps(item))
+        except Exception as error:
+            culprit = _culprit(item, batch.mode)
+            message = (
+                f"{batch.describe(offset)}: an argument of type {type(culprit).__name__} cannot be pickled "
+                f"to send it to a worker process: {type(error).__name__}: {error}"
+            )
+            out.failures[offset] = ItemResult(out.positions[offset], Status.FAILED,
+                                              error=ErrorInfo("PicklingError", message))
+        else:
+            sent.append(offset)
+    return sent, pickle.dumps(blobs, pickle.HIGHEST_PROTOCOL), True
+
+
+def _culprit(item: Any, mode: int) -> Any:
+    """The innermost part of an item's arguments that cannot be pickled."""
+    if mode == ONE:
+        arguments: list[Any] = [item]
+    elif mode == STAR:
+        arguments = list(item)
+    else:
+        arguments = [*item[0], *item[1].values()]
+    for argument in arguments:
+        found = _unpicklable_part(argument, depth=4)
+        if found is not None:
+            return found
+    return item
+
+
+def _unpicklable_part(value: Any, depth: int) -> Any:
+    try:
+        cloudpickle.dumps(value)
+        return None
+    except Exception:
+        pass
+    if depth > 0:
+        parts: list[Any] = []
+        if isinstance(value, list | tuple | set | frozenset):
+            parts = list(value)
+        elif isinstance(value, dict):
+            parts = [*value.keys(), *value.values()]
+        elif hasattr(value, "__dict__") and isinstance(vars(value), dict):
+            parts = list(vars(value).values())
+        for part in parts:
+            found = _unpicklable_part(part, depth - 1)
+            if found is not None:
+                return found
+    return value
+
+
+def _timed_out(batch: Batch, offset: int, out: BatchResult, seconds: float, pid: int) -> ItemResult:
+    message = f"{batch.describe(offset)} timed out after {batch.item_timeout:g}s; its work was stopped"
+    return ItemResult(out.positions[offset], Status.TIMED_OUT, error=ErrorInfo("TimeoutError", message),
+                      duration=seconds, pid=pid)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "died"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = {"SIGKILL": " (killed from outside, or by the OOM killer)", "SIGSEGV": " (a segfault)"}.get(name, "")
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+def _single_outcome(item: ItemResult) -> Outcome:
+    if item.status is Status.SUCCEEDED:
+        from .calls import succeeded
+
+        return succeeded(item.value)
+    code = item.exit_code
+    return Outcome(
+        ok=False, crashed=item.status is Status.CRASHED, reason=item.reason, error=item.error, pid=item.pid,
+        exception=item.exception, exit_code=code if code is not None and code >= 0 else None,
+        signal=-code if code is not None and code < 0 else None,
+    )
 
 
 @contextlib.contextmanager
@@ -431,86 +831,3 @@ class WorkerInitError(RuntimeError):
     def __init__(self, error: ErrorInfo) -> None:
         super().__init__(f"a worker could not start: {error}")
         self.error = error
-
-
-def _pickle_items(
-    items: list[tuple[int, tuple[Any, ...], dict[str, Any]]],
-) -> tuple[list[tuple[int, tuple[Any, ...], dict[str, Any]]], dict[int, ItemResult]]:
-    """The items that can be sent, and a failed result for each that cannot be pickled."""
-    sendable = []
-    refused: dict[int, ItemResult] = {}
-    for item in items:
-        try:
-            cloudpickle.dumps(item)
-            sendable.append(item)
-        except Exception as error:
-            culprit = _unpicklable_part(item)
-            message = (
-                f"item {item[0]}: an argument of type {type(culprit).__name__} cannot be pickled "
-                f"to send it to a worker process: {error}"
-            )
-            refused[item[0]] = ItemResult(item[0], Status.FAILED, error=ErrorInfo("PicklingError", message))
-    return sendable, refused
-
-
-def _unpicklable_part(item: tuple[int, tuple[Any, ...], dict[str, Any]]) -> Any:
-    for value in (*item[1], *item[2].values()):
-        try:
-            cloudpickle.dumps(value)
-        except Exception:
-            return value
-    return item
-
-
-def _item_result(index: int, ok: bool, payload: Any, seconds: float, worker: _Worker, batch: Batch) -> ItemResult:
-    if ok:
-        return ItemResult(index, Status.SUCCEEDED, payload, duration=seconds, pid=worker.pid)
-    if isinstance(payload, tuple) and len(payload) == 2 and payload[0] == "died":
-        # An isolated item's child died: killed by us for its timeout, or of its own accord.
-        if worker.killed_for_timeout:
-            worker.killed_for_timeout = False
-            return _timed_out(index, seconds, worker, batch)
-        info = ErrorInfo("WorkerCrashed", f"item {index}: {_describe_exit(payload[1])}")
-        return ItemResult(index, Status.CRASHED, error=info, duration=seconds, pid=worker.pid)
-    info, blob = payload
-    exception = None
-    if blob is not None:
-        with contextlib.suppress(Exception):
-            exception = cloudpickle.loads(blob)
-    return ItemResult(index, Status.FAILED, error=info, exception=exception, duration=seconds, pid=worker.pid)
-
-
-def _timed_out(index: int, seconds: float, worker: _Worker, batch: Batch) -> ItemResult:
-    info = ErrorInfo("TimeoutError", f"item {index} timed out after {batch.item_timeout:g}s; its work was stopped")
-    return ItemResult(index, Status.TIMED_OUT, error=info, duration=seconds, pid=worker.pid)
-
-
-def _lost_item(index: int, worker: _Worker, seconds: float, batch: Batch) -> ItemResult:
-    if worker.killed_for_timeout:
-        return _timed_out(index, seconds, worker, batch)
-    info = ErrorInfo("WorkerCrashed", f"item {index}: the worker process {_describe_exit(worker.exit_code)}")
-    return ItemResult(index, Status.CRASHED, error=info, duration=seconds, pid=worker.pid)
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "died"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = {"SIGKILL": " (killed from outside, or by the OOM killer)", "SIGSEGV": " (a segfault)"}.get(name, "")
-        return f"was killed by {name}{hint}"
-    return f"exited with code {code}"
-
-
-def _single_outcome(item: ItemResult) -> Outcome:
-    if item.status is Status.SUCCEEDED:
-        from .calls import succeeded
-
-        return succeeded(item.value)
-    return Outcome(ok=False, crashed=item.status is Status.CRASHED, reason=item.reason, error=item.error,
-                   pid=item.pid, exception=item.exception)
-
-

@@ -1,0 +1,245 @@
+"""`phalanx map`'s command line, parsed the way GNU parallel parses its own.
+
+Options come first; the first word that is not an option starts the command, which runs up
+to the first ``:::``, ``:::+``, ``::::`` or ``::::+``; then come the input groups. Every
+option named after a GNU parallel option keeps GNU's meaning. Bad usage raises
+`UsageError`, which the front end turns into one line and exit status 255, as GNU does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .durations import parse_duration
+from .errors import PhalanxError, did_you_mean
+from .mapinput import InputSource
+
+#: What ``--retries 0`` means: no limit (GNU parallel's 2**31 attempts).
+UNLIMITED_RETRIES = 2**31
+
+SEPARATORS = {":::": ("args", False), ":::+": ("args", True), "::::": ("file", False), "::::+": ("file", True)}
+
+
+class UsageError(PhalanxError, ValueError):
+    """`phalanx map` was called wrongly; nothing has run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """GNU parallel's ``--halt when,why=N[%]``."""
+
+    when: str  # "now" | "soon" | "never"
+    why: str = "fail"  # "fail" | "success" | "done"
+    count: float = 1.0
+    percent: bool = False
+
+
+@dataclass(slots=True)
+class MapOptions:
+    """Everything the command line said (mutable only while parsing)."""
+
+    command: list[str] = field(default_factory=list)
+    sources: list[InputSource] = field(default_factory=list)
+    jobs: str | None = None
+    keep_order: bool = False
+    tag: bool = False
+    tagstring: str | None = None
+    timeout: str | None = None
+    retries: int = 1
+    halt: Halt = field(default_factory=lambda: Halt("never"))
+    joblog: str | None = None
+    resume: bool = False
+    resume_failed: bool = False
+    results: str | None = None
+    dry_run: bool = False
+    line_buffer: bool = False
+    bar: bool = False
+    delay: float = 0.0
+    env: list[tuple[str, str | None]] = field(default_factory=list)  # (NAME, TEMPLATE or None for --env NAME)
+    shuf: bool = False
+    null: bool = False
+    colsep: str | None = None
+    csv: bool = False
+    header: str | None = None
+    help: bool = False
+    version: bool = False
+
+
+def parse_halt(text: str) -> Halt:
+    """``now,fail=1``, ``soon,fail=20%``, ``now,success=1``, ``never``, or GNU's old numbers."""
+    legacy = {"0": Halt("never"), "1": Halt("soon"), "2": Halt("now"), "-1": Halt("soon", "success"),
+              "-2": Halt("now", "success")}
+    if text in legacy:
+        return legacy[text]
+    if text == "never":
+        return Halt("never")
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)%", text)
+    if match:
+        return Halt("soon", "fail", float(match.group(1)), percent=True)
+    match = re.fullmatch(r"(now|soon),(fail|success|done)=(\d+(?:\.\d+)?)(%?)", text)
+    if not match:
+        raise UsageError(f"--halt {text}: expected when,why=N such as now,fail=1 or soon,fail=20%")
+    when, why, number, percent = match.groups()
+    count = float(number)
+    if count <= 0 or (percent and count > 100):
+        raise UsageError(f"--halt {text}: the number must be positive (and at most 100%)")
+    return Halt(when, why, count, percent=bool(percent))
+
+
+def _positive_int(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"\d+", text):
+            raise UsageError(f"{name} {text}: expected a whole number")
+        return int(text)
+
+    return parse
+
+
+def _duration(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            return parse_duration(text, what=name)
+        except PhalanxError as error:
+            raise UsageError(error.message) from None
+
+    return parse
+
+
+def _jobs(text: str) -> str:
+    if not re.fullmatch(r"[+-]?\d+%?|\d+(\.\d+)?%", text):
+        raise UsageError(f"-j {text}: expected N, +N, -N or N%")
+    return text
+
+
+def _timeout(text: str) -> str:
+    if not re.fullmatch(r"\d+(\.\d+)?%", text):
+        _duration("--timeout")(text)
+    return text
+
+
+def unquote_printf(text: str) -> str:
+    """GNU parallel's ``unquote_printf`` (for ``--tagstring``): ``\\t``, ``\\n``, ``\\r`` and
+    octal ``\\NNN`` / ``\\N`` become the characters they name."""
+    text = text.replace("\\t", "\t").replace("\\n", "\n").replace("\\r", "\r")
+    return re.sub(r"\\(\d\d\d|\d)", lambda match: _perl_octal(match.group(1)), text)
+
+
+def _perl_octal(digits: str) -> str:
+    """What Perl makes of ``"\\" + digits``: up to three octal digits, the rest as they are."""
+    octal = re.match(r"[0-7]{1,3}", digits)
+    if octal is None:
+        return digits  # "\8": an unknown escape is the character itself
+    return chr(int(octal.group(), 8)) + digits[octal.end() :]
+
+
+def _env(text: str) -> tuple[str, str | None]:
+    name, sep, template = text.partition("=")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise UsageError(f"--env {text}: expected NAME=TEMPLATE")
+    # GNU's --env NAME copies a variable to remote hosts; locally every variable is already
+    # inherited, so it changes nothing here. NAME=TEMPLATE sets a per-job value.
+    return name, template if sep else None
+
+
+_FLAGS = {
+    "-k": "keep_order", "--keep-order": "keep_order", "--tag": "tag", "--dry-run": "dry_run",
+    "--line-buffer": "line_buffer", "--lb": "line_buffer", "--bar": "bar", "--progress": "bar",
+    "--eta": "bar", "--resume": "resume", "--resume-failed": "resume_failed", "--shuf": "shuf",
+    "-0": "null", "--null": "null", "--csv": "csv", "-h": "help", "--help": "help", "--version": "version",
+}
+_IGNORED = {"--will-cite", "--no-notice", "--group", "-g", "--ungroup"}
+_VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
+    "-j": ("jobs", _jobs), "--jobs": ("jobs", _jobs), "-P": ("jobs", _jobs), "--max-procs": ("jobs", _jobs),
+    "--tagstring": ("tagstring", unquote_printf), "--timeout": ("timeout", _timeout),
+    "--retries": ("retries", _positive_int("--retries")), "--halt": ("halt", parse_halt),
+    "--halt-on-error": ("halt", parse_halt), "--joblog": ("joblog", str), "--results": ("results", str),
+    "--res": ("results", str), "--delay": ("delay", _duration("--delay")), "--colsep": ("colsep", str),
+    "-C": ("colsep", str), "--header": ("header", str), "--env": ("env", _env), "-a": ("arg_file", str),
+    "--arg-file": ("arg_file", str),
+}
+# -n 1 / -N 1 (one argument per job) is what phalanx always does; anything else is not supported.
+_ONE_ARG = {"-n", "-N", "--max-args", "--max-replace-args"}
+
+
+def parse_map_args(argv: Sequence[str]) -> MapOptions:
+    """Parse ``phalanx map``'s arguments.
+
+    Raises:
+        UsageError: an unknown option, a missing or malformed value, a bad separator.
+    """
+    options = MapOptions()
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--":
+            i += 1
+            break
+        if not word.startswith("-") or word == "-" or word in SEPARATORS:
+            break
+        name, has_value, value = word.partition("=") if word.startswith("--") else (word, False, "")
+        if not word.startswith("--") and len(word) > 2 and word[:2] in ("-j", "-P", "-C", "-a", "-n", "-N"):
+            name, has_value, value = word[:2], True, word[2:]  # -j8, -n1
+        if name in _FLAGS and not has_value:
+            setattr(options, _FLAGS[name], True)
+        elif name in _IGNORED and not has_value:
+            pass
+        elif name in _VALUES or name in _ONE_ARG:
+            if not has_value:
+                i += 1
+                if i >= len(words):
+                    raise UsageError(f"option {name} needs a value")
+                value = words[i]
+            if name in _ONE_ARG:
+                if value != "1":
+                    raise UsageError(f"{name} {value}: only one argument per job is supported")
+            else:
+                attribute, convert = _VALUES[name]
+                converted = convert(value)
+                if attribute == "env":
+                    options.env.append(converted)  # type: ignore[arg-type]
+                elif attribute == "arg_file":
+                    options.sources.append(InputSource("file", path=value))
+                else:
+                    setattr(options, attribute, converted)
+        else:
+            known = [*_FLAGS, *_VALUES, *_IGNORED]
+            hint = did_you_mean(name, known)
+            raise UsageError(f"unknown option: {name}" + (f" (did you mean {hint}?)" if hint else ""))
+        i += 1
+    while i < len(words) and words[i] not in SEPARATORS:
+        options.command.append(words[i])
+        i += 1
+    _parse_sources(words[i:], options)
+    if options.tagstring in ("", "0"):
+        options.tagstring = None  # Perl: false, so GNU drops it (``$opt::tagstring ||= ...``)
+    if options.resume_failed:
+        options.resume = True
+    if options.resume and options.joblog is None:
+        raise UsageError("--resume needs --joblog FILE")
+    if options.retries == 0:
+        options.retries = UNLIMITED_RETRIES  # GNU: --retries 0 retries for ever
+    return options
+
+
+def _parse_sources(words: list[str], options: MapOptions) -> None:
+    i = 0
+    while i < len(words):
+        kind, linked = SEPARATORS[words[i]]
+        i += 1
+        values: list[str] = []
+        while i < len(words) and words[i] not in SEPARATORS:
+            values.append(words[i])
+            i += 1
+        if linked and not options.sources:
+            raise UsageError(f"{words[i - len(values) - 1]} links to a previous input source, but there is none")
+        if kind == "args":
+            options.sources.append(InputSource("args", values=tuple(values), linked=linked))
+            continue
+        if not values:
+            raise UsageError(":::: needs at least one file name")
+        # GNU links every file of a ::::+ group, not only the first.
+        for path in values:
+            options.sources.append(InputSource("file", path=path, linked=linked))

@@ -1,0 +1,219 @@
+"""What `phalanx map` prints: each job's output, grouped (default), in input order (``-k``),
+tagged (``--tag``/``--tagstring``), or line by line as it comes (``--line-buffer``).
+
+Jobs write to files while they run; grouped output is copied from those files in one piece
+when the job ends, so two jobs' output never interleave and memory stays bounded. With
+``--retries`` only the last attempt's output is printed, as GNU parallel does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from collections.abc import Callable
+from typing import BinaryIO
+
+from ..backends.command import output_paths
+from ..events import Event, RunFinished, RunStarted, TaskFinished, TaskRetrying, TaskStarted
+from ..results import TaskResult
+
+_CHUNK = 1 << 16
+_POLL_SECONDS = 0.02  # how often --line-buffer looks for new lines
+
+
+_LINE_START = re.compile(rb"(?<=[\r\n])(?=.)", re.DOTALL)
+
+
+def copy_tagged(source: BinaryIO, stream: BinaryIO, prefix: bytes) -> None:
+    """Copy a file to a stream, ``prefix`` at the start of every line.
+
+    As GNU parallel's grouped output: a line starts at the beginning, and after every
+    newline or carriage return that something follows (so a progress line redrawn with
+    ``\r`` is tagged each time).
+    """
+    if not prefix:
+        shutil.copyfileobj(source, stream, _CHUNK)
+        return
+    at_line_start = True
+    while chunk := source.read(_CHUNK):
+        if at_line_start:
+            stream.write(prefix)
+        stream.write(_LINE_START.sub(lambda _: prefix, chunk))
+        at_line_start = chunk[-1:] in (b"\n", b"\r")
+
+
+class MapOutput:
+    """Prints jobs' stdout and stderr.
+
+    Args:
+        out, err: where the jobs' stdout and stderr go (binary streams).
+        seq_of: a job's sequence number from its task id.
+        order: with ``-k``, every job's sequence number in input order; None otherwise.
+        tag: the prefix for a job's lines (``--tag``), or None.
+        line_buffer: print complete lines while jobs run instead of whole outputs at the end.
+        run_dir: where jobs' output files are (needed for ``line_buffer``).
+        on_broken_pipe: called once when a stream's reader has gone (``| head``); nothing
+            more is printed after that.
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        err: BinaryIO,
+        *,
+        seq_of: Callable[[str], int],
+        order: list[int] | None = None,
+        tag: Callable[[str], bytes] | None = None,
+        line_buffer: bool = False,
+        run_dir: str | None = None,
+        on_broken_pipe: Callable[[], None] | None = None,
+    ) -> None:
+        self._on_broken_pipe = on_broken_pipe
+        self.broken_pipe = False
+        self._out = out
+        self._err = err
+        self._seq_of = seq_of
+        self._tag = tag
+        self._order = order
+        self._next = 0  # index into order of the next job to print
+        self._held: dict[int, TaskResult | None] = {}
+        self._line_buffer = line_buffer
+        self._run_dir = run_dir
+        self._live: dict[str, list[int]] = {}  # task id -> [attempt, stdout offset, stderr offset]
+        self._started: dict[int, str] = {}  # seq -> task id, for --line-buffer with -k
+        self._poller: asyncio.TimerHandle | None = None
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, TaskFinished):
+            self._finished(event.result)
+        elif self._line_buffer and isinstance(event, TaskStarted):
+            self._live[event.task_id] = [event.attempt, 0, 0]
+            self._started[self._seq_of(event.task_id)] = event.task_id
+            self._schedule_poll()
+        elif self._line_buffer and isinstance(event, TaskRetrying):
+            self._live.pop(event.task_id, None)
+        elif isinstance(event, RunStarted | RunFinished):
+            return
+
+    def _finished(self, result: TaskResult) -> None:
+        if self._line_buffer and self._order is None:
+            self._poll_one(result.task_id, final=True)
+            return
+        if self._line_buffer:
+            self._held[self._seq_of(result.task_id)] = result if result.attempts else None
+            self._advance_live()
+            return
+        if self._order is None:
+            self._print(result)
+            return
+        self._held[self._seq_of(result.task_id)] = result if result.attempts else None
+        while self._next < len(self._order) and self._order[self._next] in self._held:
+            held = self._held.pop(self._order[self._next])
+            if held is not None:
+                self._print(held)
+            self._next += 1
+
+    def _print(self, result: TaskResult) -> None:
+        prefix = self._tag(result.task_id) if self._tag else b""
+        for path, stream in ((result.stdout_path, self._out), (result.stderr_path, self._err)):
+            if path is None or self.broken_pipe:
+                continue
+            try:
+                source = open(path, "rb")  # noqa: SIM115 - closed below; a missing file is no output
+            except OSError:
+                continue
+            with source:
+                if os.fstat(source.fileno()).st_size == 0:
+                    continue
+                try:
+                    copy_tagged(source, stream, prefix)
+                    stream.flush()
+                except BrokenPipeError:
+                    self._pipe_broke()
+
+    def _pipe_broke(self) -> None:
+        if not self.broken_pipe:
+            self.broken_pipe = True
+            if self._on_broken_pipe is not None:
+                self._on_broken_pipe()
+
+    # --line-buffer: read what running jobs have written so far, print whole lines.
+
+    def _schedule_poll(self) -> None:
+        if self._poller is None:
+            loop = asyncio.get_running_loop()
+            self._poller = loop.call_later(_POLL_SECONDS, self._poll_all)
+
+    def _poll_all(self) -> None:
+        self._poller = None
+        if self._order is None:
+            for task_id in list(self._live):
+                self._poll_one(task_id, final=False)
+        else:
+            self._advance_live()
+        if self._live:
+            self._schedule_poll()
+
+    def _advance_live(self) -> None:
+        """``--line-buffer -k``: the first job in order not yet printed prints live; each
+        job after it, once it is first, prints what it has held back, then goes live."""
+        assert self._order is not None
+        while self._next < len(self._order):
+            seq = self._order[self._next]
+            if seq not in self._held:
+                task_id = self._started.get(seq)
+                if task_id is not None:
+                    self._poll_one(task_id, final=False)
+                return
+            held = self._held.pop(seq)
+            if held is not None:
+                self._poll_one(held.task_id, final=True)
+            self._next += 1
+
+    def _poll_one(self, task_id: str, *, final: bool) -> None:
+        state = self._live.get(task_id)
+        if state is None or self._run_dir is None:
+            return
+        attempt, *offsets = state
+        prefix = self._tag(task_id) if self._tag else b""
+        paths = output_paths(self._run_dir, task_id, attempt)
+        for index, (path, stream) in enumerate(zip(paths, (self._out, self._err), strict=True)):
+            try:
+                with open(path, "rb") as source:
+                    source.seek(offsets[index])
+                    data = source.read()
+            except OSError:
+                continue
+            end = len(data) if final else data.rfind(b"\n") + 1
+            if end <= 0:
+                continue
+            state[index + 1] = offsets[index] + end
+            if self.broken_pipe:
+                continue
+            try:
+                for line in data[:end].splitlines(keepends=True):
+                    stream.write(prefix + line)
+                stream.flush()
+            except BrokenPipeError:
+                self._pipe_broke()
+        if final:
+            del self._live[task_id]
+
+    def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        if self._order is not None:
+            # A halt or an interrupt can leave gaps: print what did finish, in order.
+            for seq in self._order[self._next :]:
+                held = self._held.pop(seq, None)
+                if held is not None and self._line_buffer:
+                    self._poll_one(held.task_id, final=True)
+                elif held is not None:
+                    self._print(held)
+        for stream in (self._out, self._err):
+            try:
+                stream.flush()
+            except BrokenPipeError:
+                self._pipe_broke()

@@ -1,0 +1,420 @@
+"""One conformance suite, run against every backend: threads, processes, processes with
+``isolate=True``, and commands (``phalanx.run``).
+
+Each case is written once, as job *specs* (see `conformance_support`), and runs on every
+backend through its adapter. Where a case cannot mean the same thing on a backend, the
+test asserts that backend's documented behaviour instead of skipping:
+
+* threads cannot be stopped: a timed-out or cancelled item ends ``timed_out`` /
+  ``cancelled`` at once and its thread is abandoned (it runs on, as the test shows by
+  releasing it); a crash in a thread (``os._exit``, a segfault) takes the whole process
+  down, which the suite shows in a subprocess; a thread "worker" is the caller's own
+  process, so SIGKILL from outside kills the caller (also shown in a subprocess);
+  arguments are passed by reference, so nothing needs to pickle; there are no worker
+  processes to recycle, so ``max_tasks_per_worker`` is refused;
+* commands report their own exit status or signal as ``failed`` (with ``exit_code`` /
+  ``signal``), not ``crashed`` (kept for a worker phalanx runs dying under an item); their
+  traceback is their stderr; ``phalanx.run`` never raises for a task; their arguments are
+  strings (nothing is pickled: a non-string is refused when the task is made); every
+  command is a fresh process.
+
+How workers get the jobs: `conformance_support` registers itself with cloudpickle to be
+pickled by value, so worker processes never import anything from ``tests/``. (They could:
+multiprocessing hands every new forkserver or spawn process the parent's ``sys.path`` of
+the moment, where pytest has put ``tests/``; but a function pickled by reference makes the
+worker import its whole test module, and would break under another import mode.) The
+command backend runs `conformance_support` as a script; subprocess scripts get ``tests/``
+and ``src/`` on ``PYTHONPATH``.
+
+After every crash, timeout, kill and cancellation case, no process started by the case
+may be left once its executor or run has shut down (psutil, bounded at 10 s). The
+multiprocessing forkserver (which forks the workers) and the resource tracker it starts
+are long-lived helpers of the test process, not workers: they are excluded from that
+check, by pid and command line. In the Ctrl-C cases, where the whole program ends, they
+are checked too: nothing the program started may outlive it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import phalanx
+from conformance_support import (
+    BACKENDS,
+    BOUND,
+    POLL,
+    alive,
+    descendants,
+    forkserver_pid,
+    interrupt_when_started,
+    job,
+    mark,
+    run_script,
+    started_pid,
+    wait_for,
+    wait_gone,
+    wait_no_descendants,
+)
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> Any:
+    return BACKENDS[request.param]
+
+
+@pytest.fixture
+def flags(tmp_path: Path) -> Iterator[Path]:
+    """A directory for marker files; everything still blocked is released at the end."""
+    yield tmp_path
+    mark(tmp_path / "release")
+
+
+@pytest.fixture
+def no_leftovers(flags: Path) -> Iterator[None]:
+    """After the case: no process it started is still running (bounded, forkserver excepted)."""
+    before = set(descendants())
+    yield
+    left = wait_no_descendants(before)
+    assert not left, f"processes left behind: {describe(left)}"
+    pids = [int(path.read_text().split()[0]) for path in flags.glob("started-*") if path.suffix != ".partial"]
+    assert not wait_gone(pid for pid in pids if pid != os.getpid()), "a process that ran a job is still alive"
+
+
+def describe(pids: list[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            out.append(f"{pid} {process.status()} {process.cmdline()} parent {process.ppid()}")
+        except psutil.Error:
+            out.append(f"{pid} gone")
+    return out
+
+
+def statuses(results: list[Any]) -> list[str]:
+    return [result.status.value for result in results]
+
+
+def crash_in_thread_script(spec: str) -> str:
+    """A script that runs one job on the thread backend: its whole process goes down."""
+    return (
+        "import json, sys, phalanx\n"
+        "from conformance_support import job\n"
+        f"list(phalanx.map(job, [['value', 1], {spec}], backend='threads', max_workers=2))\n"
+        "print('survived')\n"
+    )
+
+
+# ---------------------------------------------------------------------------- ordering
+
+
+def test_ordered_results_come_in_input_order(backend: Any, flags: Path) -> None:
+    # Item 0 finishes last (it waits for every other item's marker), yet comes first.
+    names = [str(i) for i in range(1, 6)]
+    specs = [["last", str(flags), names]] + [["done", str(flags), name, int(name)] for name in names]
+    results = backend.run(specs, ordered=True)
+    assert statuses(results) == ["succeeded"] * 6
+    assert [backend.value(r) for r in results] == ["last", 2, 4, 6, 8, 10]
+    assert [r.task_id for r in results] == [str(i) for i in range(6)]
+
+
+def test_unordered_results_come_as_they_finish(backend: Any, flags: Path) -> None:
+    # Item 0 blocks until the test has received every other result, so it ends last.
+    specs = [["block", str(flags), "first"]] + [["value", i] for i in range(1, 6)]
+    results = []
+    for result in backend.start(specs, ordered=False).stream():
+        results.append(result)
+        if len(results) == 5:
+            mark(flags / "release")
+    assert statuses(results) == ["succeeded"] * 6
+    assert results[-1].task_id == "0"
+    assert sorted(backend.value(r) for r in results[:-1]) == [2, 4, 6, 8, 10]
+
+
+# ---------------------------------------------------------------------------- exceptions
+
+
+def test_exceptions_keep_their_type_message_and_remote_traceback(backend: Any) -> None:
+    specs = [["value", 1], ["raise", "boom at 1"], ["value", 3]]
+    results = backend.run(specs)
+    assert statuses(results) == ["succeeded", "failed", "succeeded"]
+    assert [backend.value(results[0]), backend.value(results[2])] == [2, 6]
+    text = backend.error_text(results[1])
+    assert "ValueError: boom at 1" in text
+    assert "in job" in text  # the worker-side frame: where it was raised
+    if backend.kind == "command":
+        # A command's failure is its exit status; phalanx.run reports, never raises.
+        assert results[1].exit_code == 1
+        report = phalanx.run([backend.task(0, ["raise", "boom"], None)], max_workers=1)
+        assert not report.ok and report["0"].status is phalanx.Status.FAILED
+        return
+    assert results[1].error.type == "ValueError"
+    assert results[1].error.message == "boom at 1"
+    # Without as_results, map raises the original exception where its value would be.
+    seen: list[Any] = []
+    with pytest.raises(ValueError, match="boom at 1") as caught:
+        for value in phalanx.map(job, specs, backend=backend.backend, max_workers=2, **backend.options):
+            seen.append(value)
+    assert seen == [2]
+    assert isinstance(caught.value.__cause__, phalanx.RemoteTraceback)
+    assert "in job" in str(caught.value.__cause__)
+
+
+# ---------------------------------------------------------------------------- timeouts
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_timeout_stops_the_item_and_its_siblings_complete(backend: Any, flags: Path) -> None:
+    # One batch of five (0-4) and one of three: item 2 blocks and times out; 3 and 4,
+    # behind it in its batch, still run.
+    specs: list[Any] = [["value", i] for i in range(8)]
+    specs[2] = ["block", str(flags), "slow"]
+    results = backend.run(specs, timeout=1.0, batch_size=5)  # time enough for a command to start
+    assert statuses(results) == ["succeeded"] * 2 + ["timed_out"] + ["succeeded"] * 5
+    assert [backend.value(r) for i, r in enumerate(results) if i != 2] == [2 * i for i in range(8) if i != 2]
+    ran_it = started_pid(flags, "slow")
+    if backend.kind == "python" and not backend.processes:
+        # Documented: a thread cannot be stopped; it is abandoned and runs on.
+        assert "abandoned" in results[2].reason
+        assert alive(os.getpid()) and ran_it == os.getpid()
+        mark(flags / "release")
+        assert (wait_for(flags / "finished-slow") and (flags / "finished-slow").read_text() == "released")
+        return
+    assert "timed out" in results[2].reason
+    assert not wait_gone([ran_it]), "the timed-out item's process still runs"
+    assert not (flags / "finished-slow").exists()
+    if backend.kind == "python" and backend.isolate:
+        # Only the item's forked child was killed: the warm worker ran its siblings.
+        worker = int((flags / "started-slow").read_text().split()[1])
+        assert results[3].pid == results[4].pid == worker
+    elif backend.kind == "python":
+        # The worker itself was killed and replaced: its siblings ran on the new one.
+        # (Items 0 and 1 may have run again there too: results are sent every ~20 ms,
+        # and those of the dead worker not yet sent are redone, never lost.)
+        assert results[3].pid == results[4].pid != ran_it
+
+
+# ---------------------------------------------------------------------------- crashes
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@pytest.mark.parametrize(
+    ("spec", "exit_code", "named"),
+    [(["exit", 3], 3, "exit(ed with)? code 3"), (["segv"], -signal.SIGSEGV, "SIGSEGV")],
+    ids=["os._exit", "sigsegv"],
+)
+def test_a_crash_costs_only_its_item(backend: Any, spec: list[Any], exit_code: int, named: str) -> None:
+    specs: list[Any] = [["value", i] for i in range(8)]
+    specs[3] = spec
+    if backend.kind == "python" and not backend.processes:
+        # Documented: a thread shares its process: the crash takes the whole process down.
+        done = run_script(crash_in_thread_script(repr(spec)))
+        assert done.returncode == exit_code and "survived" not in done.stdout
+        return
+    results = backend.run(specs, batch_size=4)
+    assert statuses(results)[:3] + statuses(results)[4:] == ["succeeded"] * 7
+    assert [backend.value(r) for i, r in enumerate(results) if i != 3] == [2 * i for i in range(8) if i != 3]
+    crashed = results[3]
+    assert re.search(named, crashed.reason)
+    if backend.kind == "command":
+        # Documented: a command's own exit or signal is a failure of the command.
+        assert crashed.status is phalanx.Status.FAILED
+        assert (crashed.exit_code, crashed.signal) == ((exit_code, None) if exit_code > 0 else (None, -exit_code))
+        return
+    assert crashed.status is phalanx.Status.CRASHED
+    assert crashed.reason.startswith("WorkerCrashed: item 3:")
+    assert (crashed.exit_code, crashed.signal) == ((exit_code, None) if exit_code > 0 else (None, -exit_code))
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_sigkill_from_outside_costs_only_its_item(backend: Any, flags: Path) -> None:
+    specs: list[Any] = [["value", i] for i in range(6)]
+    specs[2] = ["block", str(flags), "victim"]
+    if backend.kind == "python" and not backend.processes:
+        # Documented: a thread's "worker" is the caller's process: killing it kills the caller.
+        script = (
+            "import os, signal, sys, pathlib, phalanx\n"
+            "from conformance_support import job, started_pid\n"
+            "flags = pathlib.Path(sys.argv[1])\n"
+            "with phalanx.Executor(2, backend='threads') as ex:\n"
+            "    ex.submit(job, ['block', str(flags), 'victim'])\n"
+            "    started_pid(flags, 'victim')\n"
+            "    (task,) = ex.active_tasks()\n"
+            "    assert task['pid'] == os.getpid() and ex.worker_pids() == []\n"
+            "    os.kill(task['pid'], signal.SIGKILL)\n"
+        )
+        done = run_script(script, str(flags))
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        return
+    handle = backend.start(specs, batch_size=3)
+    victim = started_pid(flags, "victim")
+    if backend.kind == "python":
+        (running,) = [task for task in handle.active() if task.get("item") == 2]
+        assert running["pid"] == victim  # the process running the item (the child with isolate)
+        assert running["worker_pid"] in handle.worker_pids()
+        target = running["worker_pid"]  # the warm worker itself, even with isolate
+    else:
+        target = victim
+    os.kill(target, signal.SIGKILL)
+    results = handle.results()
+    assert statuses(results) == ["succeeded"] * 2 + [results[2].status.value] + ["succeeded"] * 3
+    assert [backend.value(r) for i, r in enumerate(results) if i != 2] == [0, 2, 6, 8, 10]
+    assert "SIGKILL" in results[2].reason
+    assert results[2].signal == signal.SIGKILL
+    expected = phalanx.Status.FAILED if backend.kind == "command" else phalanx.Status.CRASHED
+    assert results[2].status is expected
+    assert not wait_gone([victim])  # with isolate, the item's child went with its worker
+
+
+# ---------------------------------------------------------------------------- cancellation
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_cancel_stops_running_work_and_cancels_the_rest(backend: Any, flags: Path) -> None:
+    specs = [["block", str(flags), "a"], ["block", str(flags), "b"], ["value", 1], ["value", 2]]
+    if backend.kind == "command":
+        handle = backend.start(specs)
+        pids = [started_pid(flags, name) for name in "ab"]
+        handle.cancel()  # what Ctrl-C does to a run
+        results = handle.results()
+        assert statuses(results) == ["cancelled"] * 4
+        assert not wait_gone(pids)
+        return
+    with backend.executor(2) as executor:
+        futures = [executor.submit(job, spec) for spec in specs]
+        pids = [started_pid(flags, name) for name in "ab"]
+        assert executor.cancel_all() == 4
+        assert all(future.cancelled() for future in futures)
+        wait_idle(executor)
+        if backend.processes:
+            assert not wait_gone(pids), "cancelled work still runs"
+        else:
+            # Documented: threads cannot be stopped: the cancelled items' threads run on.
+            assert all(alive(pid) for pid in pids)
+            mark(flags / "release")
+            assert wait_for(flags / "finished-a") and wait_for(flags / "finished-b")
+            assert executor.stats()["abandoned_threads"] == 2
+        # The executor goes on working after a cancellation.
+        assert executor.submit(job, ["value", 21]).result(timeout=10) == 42
+    assert not (flags / "finished-a").exists() or not backend.processes
+
+
+def wait_idle(executor: Any) -> None:
+    """Wait (bounded) until the executor has nothing running."""
+    deadline = time.monotonic() + BOUND
+    while executor.is_running:
+        assert time.monotonic() < deadline, "the cancelled tasks never ended"
+        time.sleep(POLL)
+
+
+# ---------------------------------------------------------------------------- Ctrl-C
+
+
+PYTHON_INTERRUPTED = """
+import sys, phalanx
+from conformance_support import job
+directory, backend, isolate, entry = sys.argv[1:]
+specs = [["block", directory, "a"], ["block", directory, "b"], ["value", 1]]
+options = {"backend": backend, "isolate": True} if isolate == "1" else {"backend": backend}
+try:
+    if entry == "map":
+        list(phalanx.map(job, specs, max_workers=2, batch_size=1, **options))
+    else:
+        with phalanx.Executor(2, **options) as executor:
+            for future in [executor.submit(job, spec) for spec in specs]:
+                future.result()
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+COMMANDS_INTERRUPTED = """
+import sys, phalanx
+from conformance_support import CommandBackend
+directory = sys.argv[1]
+specs = [["block", directory, "a"], ["block", directory, "b"], ["value", 1]]
+try:
+    phalanx.run([CommandBackend().task(i, spec, None) for i, spec in enumerate(specs)], max_workers=2)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("entry", ["map", "executor"])
+def test_ctrl_c_stops_everything_and_leaves_no_process(backend: Any, flags: Path, entry: str) -> None:
+    if backend.kind == "command":
+        if entry == "executor":
+            # An Executor runs callables only; commands go through phalanx.run (entry "map").
+            with phalanx.Executor(1, backend="threads") as executor, pytest.raises(phalanx.ConfigError):
+                executor.submit_task(phalanx.Task("c", "true"))
+            return
+        code, stderr, pids = interrupt_when_started(COMMANDS_INTERRUPTED, flags, ["a", "b"])
+    else:
+        isolate = "1" if backend.isolate else "0"
+        code, stderr, pids = interrupt_when_started(PYTHON_INTERRUPTED, flags, ["a", "b"], backend.backend,
+                                                    isolate, entry)
+    assert code == 130, stderr
+    assert not wait_gone(pids), "a process outlived the interrupted program"
+    assert not (flags / "finished-a").exists() or (backend.kind == "python" and not backend.processes)
+
+
+# ---------------------------------------------------------------------------- pickling
+
+
+def test_unpicklable_arguments_fail_only_their_item(backend: Any) -> None:
+    lock, sock = threading.Lock(), socket.socket()
+    try:
+        if backend.kind == "command":
+            # Documented: a command's arguments are strings; nothing is pickled, and
+            # anything else is refused when the task is made.
+            with pytest.raises(phalanx.ConfigError, match="list of strings"):
+                phalanx.Task("t", ("echo", lock))  # type: ignore[arg-type]
+            return
+        specs = [["value", 1], ["same", lock], ["value", 3], ["same", sock]]
+        results = backend.run(specs)
+        assert [backend.value(results[0]), backend.value(results[2])] == [2, 6]
+        if not backend.processes:
+            # Documented: threads get their arguments by reference: the very same objects.
+            assert statuses(results) == ["succeeded"] * 4
+            assert results[1].value is lock and results[3].value is sock
+            return
+        assert statuses(results) == ["succeeded", "failed", "succeeded", "failed"]
+        assert "item 1" in results[1].reason and "type lock" in results[1].reason
+        assert "item 3" in results[3].reason and "type socket" in results[3].reason
+        assert "cannot be pickled" in results[1].reason
+    finally:
+        sock.close()
+
+
+# ---------------------------------------------------------------------------- recycling
+
+
+def test_max_tasks_per_worker_replaces_workers(backend: Any) -> None:
+    specs = [["pid"]] * 6
+    if backend.kind == "command":
+        # Documented: every command is a process of its own.
+        results = backend.run(specs)
+        assert len({tuple(backend.value(r)) for r in results}) == 6
+        return
+    if not backend.processes:
+        # Documented: threads share one process: there is no worker process to recycle.
+        with pytest.raises(phalanx.ConfigError, match="max_tasks_per_worker needs backend='processes'"):
+            backend.run(specs, max_tasks_per_worker=2)
+        return
+    results = backend.run(specs, max_workers=1, max_tasks_per_worker=2)
+    assert statuses(results) == ["succeeded"] * 6
+    pids = [r.value[1] if backend.isolate else r.value[0] for r in results]  # the worker's pid
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5] != pids[0]
+    if backend.isolate:
+        assert len({r.value[0] for r in results}) == 6  # and a fresh child for every item
+    assert forkserver_pid() not in pids
