@@ -15,6 +15,9 @@ from . import __version__
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["map"]:
+        # asyncio imports ssl if it can (about 5 ms), but this process only starts local
+        # commands and never speaks TLS: without ssl, asyncio simply goes without it.
+        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
         from .mapcli import main as map_main
 
         sys.exit(map_main(args[1:]))

@@ -9,7 +9,6 @@ front end that knows it (`config.py`), never guessed by the model.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 
 
@@ -108,5 +107,7 @@ class SelectionError(PhalanxError, ValueError):
 
 def did_you_mean(word: str, known: Iterable[str]) -> str | None:
     """The closest of ``known`` to ``word``, if any is close enough to suggest."""
+    import difflib  # only on the error path: keeps start-up light
+
     matches = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
     return matches[0] if matches else None

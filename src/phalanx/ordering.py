@@ -12,7 +12,6 @@ on the longest path to a sink), as ninja does.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -40,8 +39,16 @@ def estimate_costs(graph: Graph, model: CostModel) -> dict[str, float | None]:
 def path_weights(estimates: Mapping[str, float | None]) -> dict[str, float]:
     """Weights for path lengths: estimates, with unknowns given the median known cost (or 1)."""
     known = [cost for cost in estimates.values() if cost is not None]
-    fallback = statistics.median(known) if known else 1.0
+    fallback = _median(known) if known else 1.0
     return {tid: (cost if cost is not None else fallback) for tid, cost in estimates.items()}
+
+
+def _median(values: list[float]) -> float:
+    # Not statistics.median: importing statistics (fractions, decimal) costs milliseconds
+    # of start-up that `phalanx map` cannot spare.
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def remaining_paths(graph: Graph, weights: Mapping[str, float]) -> dict[str, float]:
