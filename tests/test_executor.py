@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import subprocess
 import sys
 import threading
 from collections import Counter
@@ -78,6 +79,24 @@ def test_a_thousand_items_with_every_fiftieth_exiting() -> None:
 
 
 @pytest.mark.usefixtures("no_leftovers")
+def test_isolated_items_output_survives_a_piped_stdout(tmp_path: Path) -> None:
+    # A forked child leaves with os._exit: what it printed into a buffered pipe must be flushed.
+    script = tmp_path / "printer.py"
+    script.write_text(
+        "import phalanx\n"
+        "def shout(x):\n"
+        "    print(f'item {x}')\n"
+        "    return x\n"
+        "if __name__ == '__main__':\n"
+        "    print(sum(phalanx.map(shout, range(3), isolate=True, max_workers=1)), flush=True)\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("item")) == [
+        "item 0", "item 1", "item 2"]
+
+
 def test_map_raises_where_the_value_would_be() -> None:
     seen = []
     with pytest.raises(phalanx.WorkerCrashed, match="item 49: the worker process exited with code 3") as caught:

@@ -515,6 +515,15 @@ def test_env_sets_a_per_job_variable(tmp_path: Path) -> None:
     assert not (tmp_path / "pwned").exists()
 
 
+def test_env_using_the_argument_means_nothing_is_appended(tmp_path: Path) -> None:
+    # The seed-000 run: `phalanx map --env ACTIVE_GREMLIN={} 'pytest -x -q tests' ::: g1 g2`
+    # must not run `pytest -x -q tests g1`.
+    result = run_map(["-k", "--env", "GREMLIN={}", "printf '%s|%s\\n' \"$GREMLIN\" \"$#\"", ":::", "g1", "g2"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == "g1|0\ng2|0\n"
+
+
 def test_env_with_the_slot(tmp_path: Path) -> None:
     result = run_map(["-j2", "--env", "SLOT={%}", ": {}; echo $SLOT", ":::", "a", "b", "c", "d"], cwd=tmp_path)
     assert result.returncode == 0

@@ -319,4 +319,9 @@ def _child(
         with os.fdopen(write_fd, "wb") as pipe:
             pipe.write(blob)
     finally:
+        # os._exit skips the interpreter's cleanup, flushing included: what the item
+        # printed into a buffered (piped) stdout would be lost.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
         os._exit(0)

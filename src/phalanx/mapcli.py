@@ -172,12 +172,15 @@ class _MapPlan:
         )
         if options.results is not None and Template.parse(options.results).has_replacements:
             raise UsageError(f"--results {options.results}: replacement strings in the name are not supported")
+        env = [(name, Template.parse(text, names=inputs.names)) for name, text in options.env if text is not None]
         if options.command:
-            template = Template.parse(" ".join(options.command), names=inputs.names, append_args=True)
+            # The arguments are appended only when nothing uses them: a per-job variable
+            # such as --env ACTIVE_GREMLIN={} uses them as much as the command would.
+            uses_args = any(t.has_replacements for _, t in env)
+            template = Template.parse(" ".join(options.command), names=inputs.names, append_args=not uses_args)
         else:
             # No command: each input is itself a command line, as in GNU parallel.
             template = Template.parse("{}", names=inputs.names)
-        env = [(name, Template.parse(text, names=inputs.names)) for name, text in options.env if text is not None]
         tagstring = None if options.tagstring is None else Template.parse(options.tagstring, names=inputs.names)
         rows = inputs.rows
         quote = bool(options.command)
