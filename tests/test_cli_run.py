@@ -243,3 +243,20 @@ def test_environment_of_parent_is_kept(tmp_path: Path) -> None:
     write(tmp_path / "phalanx.toml", '[tasks.a]\ncmd = "test \\"$KEEP_ME\\" = yes"\nenv = { OTHER = "1" }\n')
     result = phalanx("run", cwd=tmp_path, env={**os.environ, "KEEP_ME": "yes"})
     assert result.returncode == 0, result.stdout
+
+
+def test_a_timed_out_task_still_shows_what_it_printed(tmp_path: Path) -> None:
+    write(
+        tmp_path / "phalanx.toml",
+        """
+        [tasks.slow]
+        cmd = "echo started; echo complaint >&2; exec sleep 1000"
+        timeout = "0.5s"
+        """,
+    )
+    result = phalanx("run", "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    slow = json.loads(result.stdout)["results"][0]
+    assert slow["status"] == "timed_out"
+    assert slow["stdout_tail"] == "started\n" and slow["stderr_tail"] == "complaint\n"
+    assert "--- stdout: slow ---\nstarted\n" in result.stderr

@@ -31,7 +31,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -172,6 +172,7 @@ class Scheduler:
         self._first_start: dict[str, float] = {}
         self._busy = dict.fromkeys(self._pending, 0.0)
         self._results: dict[str, TaskResult] = {}
+        self._stopped_outputs: dict[str, Outcome] = {}  # what stopped attempts had printed
         self._stopping: CancelReason | None = None
         self._max_concurrency = 0
         self._sink_error: BaseException | None = None
@@ -455,6 +456,7 @@ class Scheduler:
         """Run one attempt under its timeout; a timeout is the scheduler's verdict, not the backend's."""
         task = attempt.task
         timeout = task.timeout if self._timeout_for is None else self._timeout_for(task)
+        backend: Backend | None = None
         try:
             backend = self._backend_for(task)
             if timeout is None:
@@ -464,8 +466,9 @@ class Scheduler:
                     outcome = await backend.run(attempt)
         except TimeoutError:
             reason = f"timed out after {format_duration(timeout or 0.0)}"
-            return Status.TIMED_OUT, Outcome(ok=False, reason=reason)
+            return Status.TIMED_OUT, replace(_stopped_outcome(backend, attempt), reason=reason)
         except asyncio.CancelledError:
+            self._stopped_outputs[task.id] = _stopped_outcome(backend, attempt)
             raise
         except Exception as error:  # a backend bug must end this task, not wedge the run
             return Status.FAILED, Outcome(
@@ -482,7 +485,8 @@ class Scheduler:
         self._busy[tid] += now - running.started
         if handle.cancelled():
             reason = self._stopping.label if self._stopping is not None else "cancelled"
-            status, outcome = Status.CANCELLED, Outcome(ok=False, reason=f"stopped ({reason}) while running")
+            stopped = self._stopped_outputs.pop(tid, None) or Outcome(ok=False)
+            status, outcome = Status.CANCELLED, replace(stopped, reason=f"stopped ({reason}) while running")
         else:
             status, outcome = handle.result()
         task = running.task
@@ -643,6 +647,16 @@ class Scheduler:
             halted_by=self._halted_by,
         )
         return RunReport(results, summary)
+
+
+def _stopped_outcome(backend: Backend | None, attempt: Attempt) -> Outcome:
+    """What a stopped attempt had done so far (its output files), if its backend kept it.
+
+    ``stopped_outcome`` is an optional backend hook: the command backend has it.
+    """
+    hook = getattr(backend, "stopped_outcome", None)
+    partial = hook(attempt) if hook is not None else None
+    return partial if isinstance(partial, Outcome) else Outcome(ok=False)
 
 
 def _verb(status: Status) -> str:

@@ -99,6 +99,7 @@ class CommandBackend:
         self._kill_leftovers = kill_leftovers
         self._reaper = ChildReaper()
         self._running: dict[int, subprocess.Popen[bytes]] = {}
+        self._stopped: dict[tuple[str, int], Outcome] = {}  # output of stopped attempts, until asked
         self._run_dirs: dict[str, str] = {}  # as given -> absolute, once created
         self._closing = False
 
@@ -149,6 +150,18 @@ class CommandBackend:
             self._running[proc.pid] = proc
             try:
                 await self._wait(proc)
+            except asyncio.CancelledError:
+                # Stopped (timeout, fail-fast, Ctrl-C): what it printed until then is often
+                # the most useful output of the run; keep it for the scheduler to report.
+                self._stopped[(task.id, attempt.number)] = Outcome(
+                    ok=False,
+                    pid=proc.pid,
+                    stdout_tail=_tail(out_fd, self._tail_bytes),
+                    stderr_tail=_tail(err_fd, self._tail_bytes),
+                    stdout_path=files.stdout,
+                    stderr_path=files.stderr,
+                )
+                raise
             finally:
                 if proc.returncode is None:  # only if something unexpected went wrong
                     self._kill_now(proc)
@@ -157,6 +170,10 @@ class CommandBackend:
         finally:
             os.close(out_fd)
             os.close(err_fd)
+
+    def stopped_outcome(self, attempt: Attempt) -> Outcome | None:
+        """The output of an attempt that was stopped, once (the scheduler's optional hook)."""
+        return self._stopped.pop((attempt.task.id, attempt.number), None)
 
     async def aclose(self) -> None:
         """Stop every attempt still running (TERM, grace, KILL) and reap them all."""
