@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backends.base import Attempt, Outcome
-from .backends.command import CommandBackend, output_paths
+from .backends.command import CommandBackend
 from .errors import PhalanxError
 from .events import Event, RunFinished, RunStarted, Sink, TaskFinished
 from .mapargs import Halt, MapOptions, UsageError, parse_map_args
@@ -263,7 +263,7 @@ class _MapPlan:
                     tasks,
                     max_workers=workers,
                     backend_for=lambda task: backend,
-                    sinks=[_OutputFiles(run_dir, sinks)],
+                    sinks=sinks,
                     log_dir=run_dir,
                     handle_signals=True,
                     halt=halt if options.halt.when != "never" else None,
@@ -431,44 +431,12 @@ class _MapBackend:
             return await _run_within(self._inner.run(attempt), self._timeout)
         return await self._inner.run(attempt)
 
+    def stopped_outcome(self, attempt: Attempt) -> Outcome | None:
+        """What a stopped job printed (the scheduler's optional hook), from the command backend."""
+        return self._inner.stopped_outcome(attempt)
+
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-class _OutputFiles:
-    """Hands every event on to the map's sinks, with the output files of a job that was
-    stopped (timed out, halted, interrupted) filled in.
-
-    The scheduler reports a stopped attempt without its output paths, but the files are
-    there, complete (the process group is dead by then): GNU parallel prints what such a
-    job wrote, counts it in the joblog's Receive column, and so do we. A sink that raises
-    does not keep the event from the others; the first error is raised again afterwards.
-    """
-
-    def __init__(self, run_dir: str, sinks: Sequence[Sink]) -> None:
-        self._run_dir = run_dir
-        self._sinks = list(sinks)
-
-    def handle(self, event: Event) -> None:
-        if isinstance(event, TaskFinished) and event.result.attempts and event.result.stdout_path is None:
-            result = event.result
-            stdout, stderr = output_paths(self._run_dir, result.task_id, result.attempts)
-            if os.path.exists(stdout):
-                event = TaskFinished(replace(result, stdout_path=stdout, stderr_path=stderr), event.at)
-        self._each(lambda sink: sink.handle(event))
-
-    def close(self) -> None:
-        self._each(lambda sink: sink.close())
-
-    def _each(self, call: Callable[[Sink], None]) -> None:
-        error: BaseException | None = None
-        for sink in self._sinks:
-            try:
-                call(sink)
-            except Exception as raised:
-                error = error or raised
-        if error is not None:
-            raise error
 
 
 class _HaltRule:

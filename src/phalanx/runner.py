@@ -211,10 +211,24 @@ async def run_async(
         for signum in installed:
             loop.remove_signal_handler(signum)
         await backends.aclose()
-        for sink in all_sinks:
+        try:
+            _close_all(all_sinks)
+        finally:
+            if temporary:
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _close_all(sinks: Iterable[Sink]) -> None:
+    """Close every sink, even when one fails (each owns a file that must be flushed);
+    the first failure is raised afterwards."""
+    error: Exception | None = None
+    for sink in sinks:
+        try:
             sink.close()
-        if temporary:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        except Exception as raised:
+            error = error or raised
+    if error is not None:
+        raise error
 
 
 def run(
