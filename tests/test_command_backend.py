@@ -19,8 +19,9 @@ import pytest
 
 import phalanx.reaper
 from phalanx.backends.base import Attempt, Outcome
-from phalanx.backends.command import CommandBackend, command_argv, safe_name
+from phalanx.backends.command import CommandBackend, command_argv
 from phalanx.model import Task
+from phalanx.outputfiles import safe_name
 from phalanx.reaper import ChildReaper
 
 _BOUND = 10.0  # seconds: the longest any test waits for a process to appear or go

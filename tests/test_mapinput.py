@@ -14,8 +14,8 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from phalanx.errors import ConfigError
-from phalanx.mapinput import InputSource, JobInputs, read_inputs
-from phalanx.templating import Template
+from phalanx.gnu.inputs import InputSource, JobInputs, read_inputs
+from phalanx.gnu.template import Template
 
 SEPARATORS = (":::", ":::+", "::::", "::::+")
 

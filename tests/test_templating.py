@@ -13,7 +13,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from phalanx.errors import ConfigError
-from phalanx.templating import Template, shell_quote
+from phalanx.gnu.template import Template, shell_quote
 
 PATHS = [
     "x/y/z.tar.gz", "./a b/c", "a.b/c", "/abs/p.q", "noext", ".hidden", "dir/", "", "it's", "'q'", "''",

@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # asyncio imports ssl if it can (about 5 ms), but this process only starts local
         # commands and never speaks TLS: without ssl, asyncio simply goes without it.
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
-        from .mapcli import main as map_main
+        from .gnu.cli import main as map_main
 
         sys.exit(map_main(args[1:]))
     if args in (["--version"], ["-V"]):

@@ -48,6 +48,20 @@ _RETRY_KEYS = ("count", "backoff", "initial", "max", "jitter", "on_exit_codes")
 _ITEM = "{item}"
 
 
+class _Node:
+    """One key path of a `_LineIndex`: where it was defined, where it was implied, and its children."""
+
+    __slots__ = ("children", "explicit", "implicit")
+
+    def __init__(self) -> None:
+        self.explicit: int | None = None  # first line that defines this very path
+        self.implicit: int | None = None  # first line that defines a path under it
+        self.children: dict[str, _Node] = {}
+
+    def line(self) -> int | None:
+        return self.explicit or self.implicit
+
+
 class _LineIndex:
     """The 1-based line where each key path of a TOML document is first defined.
 
@@ -55,6 +69,9 @@ class _LineIndex:
     skipping multi-line strings. A table that is only implied (``tasks.a`` by ``tasks.a.cmd =``)
     gets the line that implied it. Keys inside inline tables are not recorded: lookups fall
     back to the enclosing key, which is on the same line anyway.
+
+    The paths are kept as a tree of keys, so a path of depth N costs N nodes: storing every
+    prefix as its own tuple would cost N²/2 (a header 20,000 keys deep took seconds).
     """
 
     _KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
@@ -62,11 +79,11 @@ class _LineIndex:
     # A header must end its line, so that an array element like ["x"] is not taken for one.
     _HEADER = re.compile(rf"\s*\[\[?\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
     _ASSIGN = re.compile(rf"\s*({_DOTTED})\s*=")
+    _PART = re.compile(_KEY)
 
     def __init__(self, text: str = "", root: _Path = ()) -> None:
         self.root = root  # the table everything is under: ("tool", "phalanx") in a pyproject.toml
-        self._explicit: dict[_Path, int] = {}
-        self._implicit: dict[_Path, int] = {}
+        self._tree = _Node()
         table: _Path = ()
         open_string: str | None = None
         # TOML lines end at "\n" only (str.splitlines would also split at \x0c, \u2028, ...).
@@ -85,33 +102,64 @@ class _LineIndex:
                     if value.count(quotes) % 2:  # opened here, closed on a later line
                         open_string = quotes
 
-    @staticmethod
-    def _key_path(text: str) -> _Path | None:
-        # Let tomllib unquote the key, so escapes and quoting follow TOML's own rules.
-        try:
-            node: Any = tomllib.loads(f"{text} = 0")
-        except tomllib.TOMLDecodeError:
-            return None
+    @classmethod
+    def _key_path(cls, text: str) -> _Path | None:
+        """The keys of a dotted key that matched `_DOTTED`, unquoted; None if one is not valid TOML."""
+        # Part by part: handing the whole dotted key to tomllib is quadratic in its length.
         path: list[str] = []
-        while isinstance(node, dict):
-            ((key, node),) = node.items()
+        for part in cls._PART.finditer(text):
+            key = cls._unquote(part.group())
+            if key is None:
+                return None
             path.append(key)
         return tuple(path)
 
+    @staticmethod
+    def _unquote(part: str) -> str | None:
+        if part[0] not in "\"'":
+            return part  # a bare key
+        if part[0] == "'" or "\\" not in part:
+            return part[1:-1]  # no escapes to resolve
+        # Let tomllib resolve the escapes, so that they follow TOML's own rules.
+        try:
+            key: str = tomllib.loads(f"k = {part}")["k"]
+        except tomllib.TOMLDecodeError:
+            return None
+        return key
+
     def _add(self, path: _Path, line: int) -> None:
-        self._explicit.setdefault(path, line)
-        for end in range(1, len(path)):
-            self._implicit.setdefault(path[:end], line)
+        node = self._tree
+        for key in path:
+            if node is not self._tree and node.implicit is None:
+                node.implicit = line  # a strict prefix of path: implied by this line
+            node = node.children.setdefault(key, _Node())
+        if node.explicit is None:
+            node.explicit = line
+
+    def _walk(self, path: _Path) -> list[_Node]:
+        """The nodes of ``path`` under the root, as far as they exist: [the root's, ...]."""
+        node: _Node | None = self._tree
+        for key in self.root:
+            node = node.children.get(key)
+            if node is None:
+                return []
+        nodes = [node]
+        for key in path:
+            node = node.children.get(key)
+            if node is None:
+                break
+            nodes.append(node)
+        return nodes
 
     def get(self, *path: str) -> int | None:
         """The line of ``path`` (under the root), or None if it was not found."""
-        full = self.root + path
-        return self._explicit.get(full) or self._implicit.get(full)
+        nodes = self._walk(path)
+        return nodes[-1].line() if len(nodes) == len(path) + 1 else None
 
     def best(self, *path: str) -> int:
         """The line of ``path``, else of its nearest enclosing table that has one, else 1."""
-        for end in range(len(path), -1, -1):
-            if line := self.get(*path[:end]):
+        for node in reversed(self._walk(path)):
+            if line := node.line():
                 return line
         return 1
 

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .backends.base import Backend
-from .backends.processes import ONE, STAR, Batch, BatchResult, ItemResult, ProcessBackend, function_key
+from .backends.batch import ONE, STAR, Batch, BatchResult, ItemResult, function_key
+from .backends.processes import ProcessBackend
 from .backends.threads import ThreadBackend
 from .errors import ConfigError
 from .events import Event, TaskFinished

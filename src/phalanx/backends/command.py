@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..outputfiles import output_paths
 from ..reaper import ChildReaper
 from .base import Attempt, Outcome
 
@@ -41,10 +41,6 @@ _SHELL = "/bin/sh"
 _SHELL_NOT_FOUND = 127
 _SHELL_CANNOT_EXECUTE = 126
 
-#: The longest readable part of a task id kept in file names (names are limited to 255 bytes).
-_MAX_NAME = 80
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 #: The returncode we record when the exit status was lost (no real exit code is this).
 _STATUS_LOST = 1 << 16
@@ -306,25 +302,6 @@ class _Files:
     stdout: str
     stderr: str
     result: str
-
-
-def output_paths(run_dir: str, task_id: str, number: int) -> tuple[str, str]:
-    """Where attempt ``number`` of a task writes its stdout and stderr while it runs."""
-    stem = os.path.join(run_dir, f"{safe_name(task_id)}.{number}")
-    return f"{stem}.out", f"{stem}.err"
-
-
-def safe_name(task_id: str) -> str:
-    """A file name for ``task_id``: its safe characters, and a hash that keeps ids apart.
-
-    Anything outside ``[A-Za-z0-9._-]`` becomes ``_`` (so no ``/``: the name cannot leave
-    its directory), leading dots too (no hidden files, no ``..``). The hash of the real
-    id keeps ``a/b`` and ``a_b`` (or ``A`` and ``a`` on a case-insensitive disk) apart.
-    """
-    readable = _UNSAFE.sub("_", task_id)[:_MAX_NAME]
-    readable = "_" * (len(readable) - len(readable.lstrip("."))) + readable.lstrip(".")
-    digest = hashlib.sha1(task_id.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()[:8]
-    return f"{readable}-{digest}"
 
 
 def _environment(base: dict[bytes, bytes], attempt: Attempt, result_file: str) -> dict[bytes, bytes]:

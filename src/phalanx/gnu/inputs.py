@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Literal
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["InputSource", "JobInputs", "read_inputs"]
 

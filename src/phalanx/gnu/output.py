@@ -15,8 +15,8 @@ import shutil
 from collections.abc import Callable
 from typing import BinaryIO
 
-from ..backends.command import output_paths
 from ..events import Event, RunFinished, RunStarted, TaskFinished, TaskRetrying, TaskStarted
+from ..outputfiles import output_paths
 from ..results import TaskResult
 
 _CHUNK = 1 << 16

@@ -23,19 +23,19 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .backends.base import Attempt, Outcome
-from .backends.command import CommandBackend
-from .errors import PhalanxError
-from .events import Event, RunFinished, RunStarted, Sink, TaskFinished
-from .mapargs import Halt, MapOptions, UsageError, parse_map_args
-from .mapinput import InputSource, read_inputs
-from .model import RetryPolicy, Task
-from .results import CancelReason, RunReport, Status, TaskResult
-from .scheduler import FAILED_FOR_GOOD, HaltDecision
-from .sinks.joblog import JoblogSink, RecordFile, StreamRecords, complete_lines, exit_columns, read_joblog
-from .sinks.mapoutput import MapOutput
-from .sinks.results import CsvResults, DirectoryResults, JobInfo, JsonlResults, complete_csv_records
-from .templating import Template
+from ..backends.base import Attempt, Outcome
+from ..backends.command import CommandBackend
+from ..errors import PhalanxError
+from ..events import Event, RunFinished, RunStarted, Sink, TaskFinished
+from ..model import RetryPolicy, Task
+from ..results import CancelReason, RunReport, Status, TaskResult
+from ..scheduler import FAILED_FOR_GOOD, HaltDecision
+from ..sinks.joblog import JoblogSink, RecordFile, StreamRecords, complete_lines, exit_columns, read_joblog
+from ..sinks.results import CsvResults, DirectoryResults, JobInfo, JsonlResults, complete_csv_records
+from .args import Halt, MapOptions, UsageError, parse_map_args
+from .inputs import InputSource, read_inputs
+from .output import MapOutput
+from .template import Template
 
 EXIT_USAGE = 255
 EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE
@@ -101,7 +101,7 @@ def _main(argv: Sequence[str]) -> int:
         sys.stdout.write(USAGE)
         return 0
     if options.version:
-        from . import __version__
+        from .. import __version__
 
         sys.stdout.write(f"phalanx map (phalanx) {__version__}\n")
         return 0
@@ -127,7 +127,7 @@ def _usage_error(error: PhalanxError | OSError) -> int:
 
 def worker_count(spec: str | None, jobs: int) -> int:
     """``-j``: N, +N (CPUs + N), -N (CPUs - N), N% (of CPUs), 0 (one per job)."""
-    from .runner import default_workers
+    from ..runner import default_workers
 
     cpus = default_workers()
     if spec is None:
@@ -254,7 +254,7 @@ class _MapPlan:
             )
             for job in self.jobs
         ]
-        from .runner import run_async
+        from ..runner import run_async
 
         async def run_jobs() -> RunReport:
             backend = _MapBackend(self, CommandBackend(grace=GRACE_SECONDS), timeout)
@@ -310,7 +310,7 @@ class _MapPlan:
                     records = RecordFile(path, append=options.resume and path.exists(), complete=complete_lines)
                 sinks.append(JoblogSink(records, self._joblog_fields, header=records.empty))
             if options.bar:
-                from .sinks.progress import ProgressBar
+                from ..sinks.progress import ProgressBar
 
                 sinks.append(ProgressBar(len(self.jobs)))
         except BaseException:
@@ -516,7 +516,7 @@ class _TimeoutRule:
         if spec.endswith("%"):
             self.percent = float(spec[:-1]) / 100 or None  # GNU: 0 is no timeout
         else:
-            from .durations import parse_duration
+            from ..durations import parse_duration
 
             self.fixed = parse_duration(spec, what="--timeout") or None
 

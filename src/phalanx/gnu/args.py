@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .durations import parse_duration
-from .errors import PhalanxError, did_you_mean
-from .mapinput import InputSource
+from ..durations import parse_duration
+from ..errors import PhalanxError, did_you_mean
+from .inputs import InputSource
 
 #: What ``--retries 0`` means: no limit (GNU parallel's 2**31 attempts).
 UNLIMITED_RETRIES = 2**31
