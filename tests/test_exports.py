@@ -9,7 +9,7 @@ PUBLIC = {
     "DurationError", "ErrorInfo", "Event", "ExecutionPlan", "Graph", "OrderingPolicy", "PhalanxError",
     "ResourceError", "RetryPolicy", "RunCancelling", "RunFinished", "RunReport", "RunStarted", "RunSummary",
     "SelectionError", "Sink", "Status", "SubmissionOrder", "Task", "TaskFinished", "TaskResult", "TaskRetrying",
-    "TaskStarted", "UnknownDependencyError", "__version__", "default_workers", "get_execution_plan", "run",
+    "TaskStarted", "UnknownDependencyError", "__version__", "get_execution_plan", "run",
     "run_async", "Executor", "RemoteTraceback", "TaskError", "TaskTimedOut", "WorkerChoice", "WorkerCrashed",
     "map", "optimal_workers",
 }

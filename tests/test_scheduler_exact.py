@@ -284,16 +284,65 @@ def test_start_interval_spaces_starts() -> None:
 
 
 def test_timeout_rule_is_asked_at_each_attempt_start() -> None:
-    asked: list[str] = []
+    class Rule:
+        asked: list[str] = []
 
-    def rule(task: Task) -> float | None:
-        asked.append(task.id)
-        return 2.0 if task.id == "slow" else None
+        def limit(self, task: Task) -> float | None:
+            self.asked.append(task.id)
+            return 2.0 if task.id == "slow" else None
 
+        def observe(self, result: phalanx.TaskResult) -> None:
+            return None
+
+    rule = Rule()
     report = _run_with([Task("slow", work(10)), Task("ok", work(3))], max_workers=2, timeout_for=rule)
     assert report["slow"].status is Status.TIMED_OUT and report["slow"].end == 2.0
+    assert report["slow"].reason == "timed out after 2.00s"
     assert report["ok"].ok
-    assert sorted(asked) == ["ok", "slow"]
+    # Asked at each start, and again for "ok" (still running) when "slow" timed out at 2.0.
+    assert rule.asked == ["slow", "ok", "ok"]
+
+
+def test_a_running_attempts_limit_follows_the_rule_as_tasks_end() -> None:
+    # The limit is half the longest runtime seen so far (none: no limit). "long" starts at 0
+    # with no limit; when "quick" ends at 1.0 the limit becomes 0.5 s, already passed for
+    # "long" (running 1 s): it is stopped at once, at exactly 1.0. "later" starts at 1.0
+    # under a 0.5 s limit and is stopped at 1.5.
+    class HalfTheLongest:
+        longest: float | None = None
+
+        def limit(self, task: Task) -> float | None:
+            return None if self.longest is None or task.id == "quick" else self.longest / 2
+
+        def observe(self, result: phalanx.TaskResult) -> None:
+            if result.ok:
+                self.longest = max(self.longest or 0.0, result.duration)
+
+    tasks = [Task("quick", work(1)), Task("long", work(10)), Task("later", work(3), deps=["quick"])]
+    report = _run_with(tasks, max_workers=3, timeout_for=HalfTheLongest())
+    assert report["quick"].ok
+    assert report["long"].status is Status.TIMED_OUT and report["long"].end == 1.0
+    assert report["later"].status is Status.TIMED_OUT
+    assert (report["later"].start, report["later"].end) == (1.0, 1.5)
+
+
+def test_the_halt_rule_is_asked_about_every_task_the_last_one_included() -> None:
+    asked: list[str] = []
+
+    def rule(result: phalanx.TaskResult) -> None:
+        asked.append(result.task_id)
+
+    tasks = [Task("a", work(1)), Task("b", work(2), deps=["a"]), Task("c", work(4, fail_attempts=[1]))]
+    report = _run_with(tasks, max_workers=2, halt=rule)
+    assert asked == ["a", "b", "c"]  # in the order they ended: c, the last, fails at 4.0
+    assert report.summary.cancelled_by is None  # nothing was left to stop
+
+
+def test_retries_wait_out_their_backoff_on_the_schedulers_timer() -> None:
+    retry = RetryPolicy(count=2, backoff="constant", initial=1.5)
+    report = _run_with([Task("flaky", work(1, fail_attempts=[1, 2]), retry=retry)], max_workers=1)
+    # 0-1 fails, wait 1.5, 2.5-3.5 fails, wait 1.5, 5-6 succeeds.
+    assert report["flaky"].ok and report["flaky"].attempts == 3 and report["flaky"].end == 6.0
 
 
 def test_open_ended_run_takes_submissions_until_closed() -> None:
@@ -315,6 +364,7 @@ def test_open_ended_run_takes_submissions_until_closed() -> None:
                 max_workers=2,
                 run_dir=Path(run_dir),
                 open_ended=True,
+                keep_results=True,
             )
             running = asyncio.ensure_future(scheduler.run())
             await asyncio.sleep(2)  # "first" has finished

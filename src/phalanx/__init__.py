@@ -17,9 +17,13 @@ if TYPE_CHECKING:
         DuplicateTaskError as DuplicateTaskError,
         DurationError as DurationError,
         PhalanxError as PhalanxError,
+        RemoteTraceback as RemoteTraceback,
         ResourceError as ResourceError,
         SelectionError as SelectionError,
+        TaskError as TaskError,
+        TaskTimedOut as TaskTimedOut,
         UnknownDependencyError as UnknownDependencyError,
+        WorkerCrashed as WorkerCrashed,
     )
     from .events import (
         Event as Event,
@@ -31,16 +35,8 @@ if TYPE_CHECKING:
         TaskRetrying as TaskRetrying,
         TaskStarted as TaskStarted,
     )
-    from .executor import (
-        Executor as Executor,
-        RemoteTraceback as RemoteTraceback,
-        TaskError as TaskError,
-        TaskTimedOut as TaskTimedOut,
-        WorkerChoice as WorkerChoice,
-        WorkerCrashed as WorkerCrashed,
-        map as map,
-        optimal_workers as optimal_workers,
-    )
+    from .executor import Executor as Executor
+    from .mapper import map as map
     from .model import Graph as Graph, RetryPolicy as RetryPolicy, Task as Task
     from .ordering import (
         CostModel as CostModel,
@@ -57,19 +53,20 @@ if TYPE_CHECKING:
         Status as Status,
         TaskResult as TaskResult,
     )
-    from .runner import default_workers as default_workers, run as run, run_async as run_async
+    from .runner import run as run, run_async as run_async
+    from .workers import WorkerChoice as WorkerChoice, optimal_workers as optimal_workers
 
 # Submodules are imported on first use, so `import phalanx` (and the `phalanx` command's
 # start-up) pays only for what is used: `phalanx map` never imports rich or click.
 _LAZY = {
     "Executor": ".executor",
-    "RemoteTraceback": ".executor",
-    "TaskError": ".executor",
-    "TaskTimedOut": ".executor",
-    "WorkerChoice": ".executor",
-    "WorkerCrashed": ".executor",
-    "map": ".executor",
-    "optimal_workers": ".executor",
+    "RemoteTraceback": ".errors",
+    "TaskError": ".errors",
+    "TaskTimedOut": ".errors",
+    "WorkerChoice": ".workers",
+    "WorkerCrashed": ".errors",
+    "map": ".mapper",
+    "optimal_workers": ".workers",
     "CancelReason": ".results",
     "ConfigError": ".errors",
     "CostModel": ".ordering",
@@ -100,7 +97,6 @@ _LAZY = {
     "TaskRetrying": ".events",
     "TaskStarted": ".events",
     "UnknownDependencyError": ".errors",
-    "default_workers": ".runner",
     "get_execution_plan": ".plan",
     "run": ".runner",
     "run_async": ".runner",
@@ -158,7 +154,6 @@ __all__ = [
     "WorkerChoice",
     "WorkerCrashed",
     "__version__",
-    "default_workers",
     "get_execution_plan",
     "map",
     "optimal_workers",

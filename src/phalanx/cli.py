@@ -143,15 +143,16 @@ def run(
     import asyncio
 
     from .render import summary_text
-    from .runner import default_workers, run_async
+    from .runner import run_async
     from .sinks.console import ConsoleReporter
+    from .workers import optimal_workers
 
     task_file = _load(file)
     try:
         graph = select(task_file.graph, selects, with_deps=not no_deps)
     except PhalanxError as error:
         _fail(error)
-    workers = jobs or default_workers()
+    workers = jobs or optimal_workers("commands").count
     if dry_run:
         _dry_run(task_file, graph, workers)
         return
@@ -199,12 +200,12 @@ def plan(file: str | None, jobs: int | None) -> None:
     """Show levels, the critical path, the widest level and the start order of FILE's tasks."""
     from .plan import get_execution_plan
     from .render import plan_text
-    from .runner import default_workers
+    from .workers import optimal_workers
 
     task_file = _load(file)
     try:
         execution_plan = get_execution_plan(
-            task_file.graph, max_workers=jobs or default_workers(), resources=task_file.capacities
+            task_file.graph, max_workers=jobs or optimal_workers("commands").count, resources=task_file.capacities
         )
     except PhalanxError as error:
         _fail(_locate(error, task_file, "resources"))

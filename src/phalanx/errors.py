@@ -10,6 +10,10 @@ front end that knows it (`config.py`), never guessed by the model.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .results import ErrorInfo, TaskResult
 
 
 class PhalanxError(Exception):
@@ -111,3 +115,47 @@ def did_you_mean(word: str, known: Iterable[str]) -> str | None:
 
     matches = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+class TaskError(PhalanxError):
+    """A task or item did not succeed; raised where its value would have been.
+
+    Attributes:
+        result: the full `TaskResult` (status, error with the remote traceback, worker).
+    """
+
+    def __init__(self, result: TaskResult) -> None:
+        what = result.reason or result.status.value
+        named = what.split(": ", 1)[-1].startswith(("item ", "task "))  # the reason names it already
+        super().__init__(what if named else f"{result.task_id}: {what}", task_id=result.task_id)
+        self.result = result
+
+
+class TaskTimedOut(TaskError, TimeoutError):
+    """The task or item ran over its timeout and was stopped."""
+
+
+class WorkerCrashed(TaskError):
+    """The worker process running the task or item died (the signal or exit code is in the message)."""
+
+
+class WorkerInitError(PhalanxError, RuntimeError):
+    """A worker could not start: its initializer raised, or it died while starting.
+
+    Attributes:
+        error: what went wrong in the worker, with its traceback.
+    """
+
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(f"a worker could not start: {error}")
+        self.error = error
+
+
+class RemoteTraceback(PhalanxError):
+    """The traceback of an exception raised in a worker, attached as ``__cause__``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+
+    def __str__(self) -> str:
+        return "\n" + self.message

@@ -8,7 +8,7 @@ Times (`at`) are seconds since the run started.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .results import CancelReason, RunReport, TaskResult
 
@@ -32,13 +32,18 @@ class TaskStarted:
 
 @dataclass(frozen=True, slots=True)
 class TaskRetrying:
-    """An attempt failed and another will run after ``delay`` seconds."""
+    """An attempt failed and another will run after ``delay`` seconds.
+
+    ``value`` is what the failed attempt returned, if anything: for a batch of items, the
+    items that did succeed (the retry runs only the others).
+    """
 
     task_id: str
     attempt: int  # the attempt that failed
     delay: float
     reason: str
     at: float
+    value: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,9 @@ from .fakeclock import run_virtual
 from .model import Graph
 from .ordering import CostModel, DeclaredCosts, OrderingPolicy, critical_path, estimate_costs, path_weights
 from .results import RunReport
-from .runner import TaskSource, build_graph, default_workers
+from .runner import TaskSource, build_graph
 from .scheduler import Scheduler
+from .workers import optimal_workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,9 @@ class _WaitEstimate:
         await asyncio.sleep(self._weights[attempt.task.id])
         return Outcome(ok=True)
 
+    def stopped_outcome(self, attempt: Attempt) -> Outcome | None:
+        return None
+
     async def aclose(self) -> None:
         return None
 
@@ -148,7 +152,7 @@ def get_execution_plan(
         PhalanxError: the tasks are invalid, exactly as `phalanx.run` would say.
     """
     graph = build_graph(tasks, deps=deps).validate()
-    workers = default_workers() if max_workers is None else max_workers
+    workers = optimal_workers("commands").count if max_workers is None else max_workers
     estimates = estimate_costs(graph, cost_model or DeclaredCosts())
     weights = path_weights(estimates)
     chain, length = critical_path(graph, weights)

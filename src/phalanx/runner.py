@@ -9,11 +9,7 @@ runs the `Scheduler`, and returns its `RunReport`.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import shutil
-import signal
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,19 +23,13 @@ from .errors import ConfigError
 from .events import Event, Sink, TaskFinished, TaskRetrying, TaskStarted
 from .model import Action, Graph, Task, is_coroutine_action
 from .ordering import CostModel, OrderingPolicy
-from .results import CancelReason, RunReport
-from .scheduler import HaltRule, Scheduler, TimeoutRule
+from .policy import HaltRule, TimeoutRule
+from .results import RunReport
+from .session import run_session
+from .workers import optimal_workers
 
 BackendName = Literal["auto", "threads", "inline"]
 TaskSource = Graph | Iterable[Task] | Mapping[str, Action | Task]
-
-
-def default_workers() -> int:
-    """What ``max_workers=None`` (and ``-j`` unset) means: the CPUs this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def build_graph(
@@ -169,66 +159,28 @@ async def run_async(
     and ``handle_signals`` to turn SIGINT/SIGTERM into a clean stop.
     """
     graph = build_graph(tasks, deps=deps, timeout=timeout)
-    workers = default_workers() if max_workers is None else max_workers
+    workers = optimal_workers().count if max_workers is None else max_workers
     all_sinks: list[Sink] = list(sinks)
     if on_event is not None or progress_callback is not None:
         all_sinks.append(_CallbackSink(on_event, progress_callback))
-    temporary = log_dir is None
-    run_dir = Path(tempfile.mkdtemp(prefix="phalanx-")) if log_dir is None else Path(log_dir)
     backends = _Backends(backend, grace)
-    scheduler = Scheduler(
+    return await run_session(
         graph,
         backend_for=backend_for or backends.for_task,
+        close_backends=backends.aclose,
         max_workers=workers,
+        sinks=all_sinks,
+        log_dir=log_dir,
+        handle_signals=handle_signals,
         capacities=resources,
         fail_fast=fail_fast,
         policy=policy,
         cost_model=cost_model,
-        sinks=all_sinks,
-        run_dir=run_dir,
         rng=random.Random(seed),
         halt=halt,
         start_interval=start_interval,
         timeout_for=timeout_for,
     )
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    if handle_signals:
-        handled = ((signal.SIGINT, CancelReason.INTERRUPT), (signal.SIGTERM, CancelReason.TERMINATE))
-        for signum, reason in handled:
-            loop.add_signal_handler(signum, scheduler.cancel, reason)
-            installed.append(signum)
-    try:
-        report = await scheduler.run()
-        if temporary:
-            # The output files go with the temporary run directory: keep only the tails.
-            results = {
-                tid: replace(result, stdout_path=None, stderr_path=None) for tid, result in report.results.items()
-            }
-            report = replace(report, results=results)
-        return report
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-        await backends.aclose()
-        try:
-            _close_all(all_sinks)
-        finally:
-            if temporary:
-                shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _close_all(sinks: Iterable[Sink]) -> None:
-    """Close every sink, even when one fails (each owns a file that must be flushed);
-    the first failure is raised afterwards."""
-    error: Exception | None = None
-    for sink in sinks:
-        try:
-            sink.close()
-        except Exception as raised:
-            error = error or raised
-    if error is not None:
-        raise error
 
 
 def run(

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 from .backends.base import Attempt, Backend, Outcome
 from .durations import format_duration
@@ -54,20 +54,19 @@ from .ordering import (
     CriticalPathFirst,
     DeclaredCosts,
     OrderingPolicy,
-    critical_path,
     path_weights,
     remaining_paths,
 )
+from .policy import HaltDecision, HaltRule, TimeoutRule
 from .resources import Amounts, ResourcePool, check_requests, fits
 from .results import CancelReason, ErrorInfo, RunReport, RunSummary, Status, TaskResult
 
 _EPSILON = 1e-9
 
-#: What a halt rule answers after each task's final result: stop ``"now"`` (cancel what
-#: runs), stop ``"soon"`` (start nothing new, let what runs finish), or None (go on).
-HaltDecision = Literal["now", "soon"] | None
-HaltRule = Callable[[TaskResult], HaltDecision]
-TimeoutRule = Callable[[Task], "float | None"]
+__all__ = ["FAILED_FOR_GOOD", "HaltDecision", "HaltRule", "Scheduler", "TimeoutRule"]
+
+#: How many of the slowest tasks the summary names.
+_SLOWEST = 5
 
 FAILED_FOR_GOOD = frozenset({Status.FAILED, Status.TIMED_OUT, Status.CRASHED})
 
@@ -83,6 +82,25 @@ class _Running:
     slot_numbers: tuple[int, ...]
     expected_end: float | None
     handle: asyncio.Task[tuple[Status, Outcome]]
+    limit: float | None = None  # the time limit in force, in seconds
+    deadline: asyncio.TimerHandle | None = None
+    timed_out: float | None = None  # the limit that ran out, once it has
+
+
+class _Chain(NamedTuple):
+    """A chain of tasks ending at ``last``, kept as a linked list: chains share their
+    prefixes, so the longest path is tracked without a graph."""
+
+    last: str
+    before: _Chain | None
+
+    def ids(self) -> tuple[str, ...]:
+        ids: list[str] = []
+        node: _Chain | None = self
+        while node is not None:
+            ids.append(node.last)
+            node = node.before
+        return tuple(reversed(ids))
 
 
 class Scheduler:
@@ -94,13 +112,18 @@ class Scheduler:
         max_workers: the slot capacity (``-j``).
         capacities: other named resources (``{"db": 1}``).
         fail_fast: on the first task that fails for good, stop everything (``halt`` now).
-        halt: a rule asked after each final result whether to stop now or soon
-            (GNU parallel's ``--halt``); combined with ``fail_fast``.
+        halt: asked about every task that ends whether to stop now or soon (GNU
+            parallel's ``--halt``); combined with ``fail_fast``.
         start_interval: at least this many seconds between two starts (``--delay``).
-        timeout_for: the timeout of each attempt, asked when it starts (default: the
-            task's own); lets ``--timeout 200%`` follow the median runtime so far.
+        timeout_for: each attempt's time limit, asked when it starts and again after every
+            task ends (default: the task's own ``timeout``); lets ``--timeout 200%`` follow
+            the median runtime so far, for attempts already running too.
         open_ended: more tasks may be `submit`ted while the run goes on; the run ends
             once `close` has been called and every task has ended (the `Executor`).
+        keep_results: keep every `TaskResult` for the `RunReport` that `run` returns
+            (default: unless ``open_ended``). The scheduler itself lets go of a finished
+            task once nothing still waiting depends on it, so an open run that keeps no
+            results runs in bounded memory however many tasks pass through it.
         policy: orders ready tasks (default: priority, critical path, submission order).
         cost_model: estimates durations (default: declared costs only).
         sinks: consumers of events, called on the loop in order.
@@ -126,12 +149,11 @@ class Scheduler:
         start_interval: float = 0.0,
         timeout_for: TimeoutRule | None = None,
         open_ended: bool = False,
+        keep_results: bool | None = None,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
         graph.validate()
-        self._tasks: dict[str, Task] = {task.id: task for task in graph}
-        self._dependents: dict[str, list[str]] = {tid: list(graph.dependents(tid)) for tid in self._tasks}
         self._open = open_ended
         self._closed = False
         self._capacities = {**dict(capacities or {}), SLOTS: float(max_workers)}
@@ -152,6 +174,10 @@ class Scheduler:
 
         self._cost_model = cost_model or DeclaredCosts()
         self._policy = policy or CriticalPathFirst()
+        # Per-task state, dropped once a task has ended and nothing waiting depends on it.
+        self._tasks: dict[str, Task] = {task.id: task for task in graph}
+        self._dependents: dict[str, list[str]] = {tid: list(graph.dependents(tid)) for tid in self._tasks}
+        self._unended_dependents = {tid: len(deps) for tid, deps in self._dependents.items()}
         self._estimates = {task.id: self._cost_model.estimate(task) for task in graph}
         weights = path_weights(self._estimates)
         # A task submitted later with no estimate weighs what an unknown initial one does.
@@ -162,23 +188,40 @@ class Scheduler:
         # Tasks that hold no slot could start even when every slot is busy; without any,
         # a full house of slots lets the dispatcher stop scanning the ready queue early.
         self._zero_slot_tasks = any(r.get(SLOTS, 0.0) < 1 for r in self._requests.values())
-
-        self._pool = ResourcePool(self._capacities)
         self._pending = {task.id: len(task.deps) for task in graph}
-        self._heap: list[tuple[tuple[Any, ...], str]] = []
-        self._running: dict[str, _Running] = {}
-        self._backoff: dict[str, asyncio.TimerHandle] = {}
         self._attempts = dict.fromkeys(self._pending, 0)
         self._first_start: dict[str, float] = {}
         self._busy = dict.fromkeys(self._pending, 0.0)
-        self._results: dict[str, TaskResult] = {}
+        self._ended: dict[str, Status] = {}  # ended, not yet let go (or referable: see submit)
+        self._referable: set[str] = set(self._tasks) if open_ended else set()
+        self._paths: dict[str, tuple[float, _Chain]] = {}  # the longest chain ending at an ended task
+        self._submitted = len(self._tasks)
+        self._ended_count = 0
+
+        self._pool = ResourcePool(self._capacities)
+        self._heap: list[tuple[tuple[Any, ...], str]] = []
+        self._running: dict[str, _Running] = {}
+        self._backoff: dict[str, asyncio.TimerHandle] = {}
         self._stopped_outputs: dict[str, Outcome] = {}  # what stopped attempts had printed
+        self._halt_queue: deque[TaskResult] = deque()  # ended, not yet shown to the halt rule
         self._stopping: CancelReason | None = None
+        self._stopping_soon = False
         self._max_concurrency = 0
         self._sink_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
         self._done: asyncio.Future[None] | None = None
+
+        # The summary, kept as tasks end (the results themselves are let go).
+        keep = keep_results if keep_results is not None else not open_ended
+        self._kept: dict[str, TaskResult] | None = {} if keep else None
+        self._order: dict[str, int] = {tid: i for i, tid in enumerate(self._tasks)} if self._kept is not None else {}
+        self._counts = {status: 0 for status in Status}
+        self._flaky = 0
+        self._busy_total = _ExactSum()
+        self._slowest: list[tuple[float, int, str]] = []  # a min-heap of the slowest few
+        self._totals: dict[str, float] = {}
+        self._longest: tuple[float, _Chain] | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -222,10 +265,12 @@ class Scheduler:
         if self._stopping is not None:
             # A second request: cancel the attempts again, which backends take as "kill now".
             self._stopping = max(self._stopping, reason)
+            self._stopping_soon = False
             for running in self._running.values():
                 running.handle.cancel()
             return
         self._stopping = reason
+        self._stopping_soon = not stop_running
         if self._start_timer is not None:
             self._start_timer.cancel()
         self._emit(RunCancelling(reason, self._now()))
@@ -243,10 +288,14 @@ class Scheduler:
             for running in self._running.values():
                 running.handle.cancel()
 
-    def submit(self, task: Task) -> None:
+    def submit(self, task: Task, *, referable: bool = True) -> None:
         """Add a task to a running open-ended run (call on the scheduler's loop).
 
         Its dependencies must already be known; one that already failed skips it at once.
+        With ``referable`` False, nothing submitted later may depend on the task, and the
+        scheduler forgets it entirely once it has ended (`Executor.submit` and
+        `phalanx.map` batches: an endless stream of them runs in bounded memory); a
+        referable task's id and status are kept for later dependents.
 
         Raises:
             PhalanxError: the run is not open-ended or is closed; a duplicate id; an
@@ -254,19 +303,25 @@ class Scheduler:
         """
         if not self._open or self._closed:
             raise PhalanxError("tasks can be submitted only to an open run (Executor) before it closes")
-        if task.id in self._tasks:
-            raise DuplicateTaskError(f"duplicate task id {task.id!r}", task_id=task.id)
-        for dep in task.deps:
-            if dep not in self._tasks:
-                raise UnknownDependencyError(task.id, dep, self._tasks)
-        check_requests([task], self._capacities)
         tid = task.id
+        if tid in self._tasks or tid in self._ended:
+            raise DuplicateTaskError(f"duplicate task id {tid!r}", task_id=tid)
+        for dep in task.deps:
+            if dep not in self._tasks and dep not in self._ended:
+                raise UnknownDependencyError(tid, dep, [*self._tasks, *self._ended])
+        check_requests([task], self._capacities)
         self._tasks[tid] = task
         self._dependents[tid] = []
+        self._unended_dependents[tid] = 0
+        if referable:
+            self._referable.add(tid)
         estimate = self._cost_model.estimate(task)
         self._estimates[tid] = estimate
         weight = estimate if estimate is not None else self._fallback_weight
-        self._keys[tid] = self._policy.key(task, weight, len(self._tasks))
+        self._submitted += 1
+        self._keys[tid] = self._policy.key(task, weight, self._submitted)
+        if self._kept is not None:
+            self._order[tid] = self._submitted
         self._requests[tid] = request = dict(task.requests)
         self._zero_slot_tasks = self._zero_slot_tasks or request.get(SLOTS, 0.0) < 1
         self._attempts[tid] = 0
@@ -274,17 +329,19 @@ class Scheduler:
         pending = 0
         failed: str | None = None
         for dep in task.deps:
-            self._dependents[dep].append(tid)
-            done = self._results.get(dep)
+            done = self._ended.get(dep)
+            if dep in self._dependents:
+                self._dependents[dep].append(tid)
+                self._unended_dependents[dep] += 1
             if done is None:
                 pending += 1
-            elif not done.ok and failed is None:
+            elif done is not Status.SUCCEEDED and failed is None:
                 failed = dep
         self._pending[tid] = pending
         if self._loop is None:
             return  # before run(): picked up when it starts
         if failed is not None:
-            status = self._results[failed].status
+            status = self._ended[failed]
             self._finish(self._plain_result(tid, Status.SKIPPED, f"dependency {failed!r} {_verb(status)}", failed))
         elif pending == 0:
             self._make_ready(tid)
@@ -295,7 +352,7 @@ class Scheduler:
 
         Returns whether the task was still unfinished.
         """
-        if tid in self._results or tid not in self._tasks:
+        if tid in self._ended or tid not in self._tasks:
             return False
         running = self._running.get(tid)
         if running is not None:
@@ -326,6 +383,11 @@ class Scheduler:
         self._closed = True
         if self._loop is not None:
             self._check_done()
+
+    def held(self) -> int:
+        """How many tasks the scheduler still holds state for (ended ones it has not let go
+        of included): what bounds its memory."""
+        return len(self._tasks) + len(self._ended)
 
     @property
     def halted_by(self) -> str | None:
@@ -445,30 +507,64 @@ class Scheduler:
         assert self._loop is not None
         handle = self._loop.create_task(self._attempt(attempt), name=f"phalanx:{tid}#{number}")
         estimate = self._estimates[tid]
-        self._running[tid] = _Running(
+        running = _Running(
             task, number, now, request, slot_numbers, None if estimate is None else now + estimate, handle
         )
+        self._running[tid] = running
+        self._set_deadline(running, self._limit_of(task))
         self._max_concurrency = max(self._max_concurrency, len(self._running))
         self._emit(TaskStarted(tid, number, worker, now))
         handle.add_done_callback(lambda h, tid=tid: self._attempt_done(tid, h))  # type: ignore[misc]
 
+    def _limit_of(self, task: Task) -> float | None:
+        limit = task.timeout if self._timeout_for is None else self._timeout_for.limit(task)
+        return limit if limit is not None and limit > 0 else None  # 0 means no limit
+
+    def _set_deadline(self, running: _Running, limit: float | None) -> None:
+        """(Re)arm an attempt's deadline timer for ``limit`` seconds after its start."""
+        if running.deadline is not None:
+            running.deadline.cancel()
+            running.deadline = None
+        running.limit = limit
+        if limit is None:
+            return
+        assert self._loop is not None
+        at = self._t0 + running.started + limit
+        tid = running.task.id
+        running.deadline = self._loop.call_at(max(at, self._loop.time()), self._time_out, tid, running)
+
+    def _time_out(self, tid: str, running: _Running) -> None:
+        if self._running.get(tid) is not running or running.handle.done():
+            return
+        running.deadline = None
+        running.timed_out = running.limit
+        running.handle.cancel()  # the backend stops the work; `_attempt` reports the timeout
+
+    def _refresh_deadlines(self) -> None:
+        """A timeout rule may change its limits as tasks end: re-arm the running attempts'."""
+        if self._timeout_for is None:
+            return
+        for running in list(self._running.values()):
+            if running.timed_out is None:
+                limit = self._limit_of(running.task)
+                if limit != running.limit:
+                    self._set_deadline(running, limit)
+
     async def _attempt(self, attempt: Attempt) -> tuple[Status, Outcome]:
-        """Run one attempt under its timeout; a timeout is the scheduler's verdict, not the backend's."""
+        """Run one attempt; a timeout is the scheduler's verdict (its deadline timer cancels
+        the attempt, the backend stops the work), not the backend's."""
         task = attempt.task
-        timeout = task.timeout if self._timeout_for is None else self._timeout_for(task)
         backend: Backend | None = None
         try:
             backend = self._backend_for(task)
-            if timeout is None:
-                outcome = await backend.run(attempt)
-            else:
-                async with asyncio.timeout(timeout):
-                    outcome = await backend.run(attempt)
-        except TimeoutError:
-            reason = f"timed out after {format_duration(timeout or 0.0)}"
-            return Status.TIMED_OUT, replace(_stopped_outcome(backend, attempt), reason=reason)
+            outcome = await backend.run(attempt)
         except asyncio.CancelledError:
-            self._stopped_outputs[task.id] = _stopped_outcome(backend, attempt)
+            running = self._running.get(task.id)
+            stopped = _stopped_outcome(backend, attempt)
+            if running is not None and running.timed_out is not None and self._stopping is None:
+                reason = f"timed out after {format_duration(running.timed_out)}"
+                return Status.TIMED_OUT, replace(stopped, reason=reason)
+            self._stopped_outputs[task.id] = stopped
             raise
         except Exception as error:  # a backend bug must end this task, not wedge the run
             return Status.FAILED, Outcome(
@@ -480,6 +576,8 @@ class Scheduler:
 
     def _attempt_done(self, tid: str, handle: asyncio.Task[tuple[Status, Outcome]]) -> None:
         running = self._running.pop(tid)
+        if running.deadline is not None:
+            running.deadline.cancel()
         self._pool.release(running.request, running.slot_numbers)
         now = self._now()
         self._busy[tid] += now - running.started
@@ -497,28 +595,35 @@ class Scheduler:
             and running.number <= task.retry.count
             and task.retry.allows(outcome.exit_code)
         ):
-            self._retry_later(task, running.number, outcome.reason or str(status))
+            self._retry_later(task, running.number, outcome)
         else:
-            result = self._attempt_result(task, running, now, status, outcome)
-            self._finish(result)
-            self._consider_halting(result)
+            self._finish(self._attempt_result(task, running, now, status, outcome))
         self._dispatch()
 
     def _consider_halting(self, result: TaskResult) -> None:
-        if self._stopping is not None or len(self._results) == len(self._tasks):
-            return
+        """Ask the halt rule (and fail-fast) about a task that ended, the last one included."""
+        decision: HaltDecision = self._halt(result) if self._halt is not None else None
         if self._fail_fast and result.status in FAILED_FOR_GOOD:
-            self._halted_by = result.task_id
-            self.cancel(CancelReason.FAIL_FAST)
+            decision = "now"
+        if decision is None or self._nothing_left():
             return
-        decision = self._halt(result) if self._halt is not None else None
-        if decision is not None:
+        if self._stopping is not None and not (decision == "now" and self._stopping_soon):
+            return
+        if self._stopping is None:
             self._halted_by = result.task_id
-            self.cancel(CancelReason.HALT, stop_running=decision == "now")
+        reason = CancelReason.FAIL_FAST if self._fail_fast and result.status in FAILED_FOR_GOOD else CancelReason.HALT
+        self.cancel(reason, stop_running=decision == "now")
 
-    def _retry_later(self, task: Task, failed_number: int, reason: str) -> None:
+    def _nothing_left(self) -> bool:
+        return self._ended_count == self._submitted and (self._closed or not self._open)
+
+    def _retry_later(self, task: Task, failed_number: int, outcome: Outcome) -> None:
         delay = task.retry.delay(failed_number, self._rng)
-        self._emit(TaskRetrying(task.id, failed_number, delay, reason, self._now()))
+        reason = outcome.reason or "failed"
+        if outcome.retry_action is not None:
+            # Only part of the work failed (a batch's items): the retry runs just that part.
+            self._tasks[task.id] = replace(task, action=outcome.retry_action)
+        self._emit(TaskRetrying(task.id, failed_number, delay, reason, self._now(), value=outcome.value))
         if delay <= 0:
             self._make_ready(task.id)
             return
@@ -574,36 +679,98 @@ class Scheduler:
         )
 
     def _finish(self, first: TaskResult) -> None:
-        """Record terminal results and release or skip dependents (a worklist: chains can be long)."""
-        work = deque([first])
+        """Record terminal results and release or skip dependents (a worklist: chains can be
+        long), then show each to the halt rule, in the order they ended."""
+        work = deque([(first, first.status)])
         queued = {first.task_id}
         while work:
-            result = work.popleft()
+            result, root_status = work.popleft()
             tid = result.task_id
-            assert tid not in self._results, f"task {tid!r} ended twice"
-            self._results[tid] = result
+            assert tid not in self._ended and tid in self._tasks, f"task {tid!r} ended twice"
+            self._ended[tid] = result.status
+            self._ended_count += 1
+            self._account(result)
             self._emit(TaskFinished(result, result.end or 0.0))
+            if self._timeout_for is not None:
+                self._timeout_for.observe(result)
+            self._halt_queue.append(result)
             if result.status is Status.SUCCEEDED:
                 for dependent in self._dependents[tid]:
                     self._pending[dependent] -= 1
-                    if self._pending[dependent] == 0 and dependent not in self._results:
+                    if self._pending[dependent] == 0 and dependent not in self._ended:
                         self._make_ready(dependent)
-                continue
-            root = result.blocked_by or tid
-            for dependent in self._dependents[tid]:
-                if dependent in self._results or dependent in queued:
-                    continue
-                queued.add(dependent)
-                if result.status is Status.SKIPPED:
-                    why = f"dependency {tid!r} was skipped ({root!r} {_verb(self._results[root].status)})"
-                else:
-                    why = f"dependency {tid!r} {_verb(result.status)}"
-                work.append(self._plain_result(dependent, Status.SKIPPED, why, blocked_by=root))
+            else:
+                root = result.blocked_by or tid
+                for dependent in self._dependents[tid]:
+                    if dependent in self._ended or dependent in queued:
+                        continue
+                    queued.add(dependent)
+                    if result.status is Status.SKIPPED:
+                        why = f"dependency {tid!r} was skipped ({root!r} {_verb(root_status)})"
+                    else:
+                        why = f"dependency {tid!r} {_verb(result.status)}"
+                    skipped = self._plain_result(dependent, Status.SKIPPED, why, blocked_by=root)
+                    work.append((skipped, root_status))
+            self._let_go(tid)
+        self._refresh_deadlines()
+        while self._halt_queue:
+            self._consider_halting(self._halt_queue.popleft())
         self._check_done()
 
+    def _account(self, result: TaskResult) -> None:
+        """Add an ended task to the summary (and to the report, if results are kept)."""
+        tid = result.task_id
+        self._counts[result.status] += 1
+        self._flaky += result.flaky
+        busy = result.busy_time
+        self._busy_total.add(busy)
+        for key, value in result.data.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self._totals[key] = self._totals.get(key, 0) + value
+        if result.attempts:
+            entry = (busy, -self._ended_count, tid)
+            if len(self._slowest) < _SLOWEST:
+                heapq.heappush(self._slowest, entry)
+            elif entry > self._slowest[0]:
+                heapq.heapreplace(self._slowest, entry)
+        # The longest chain of measured busy time ending here: through the heaviest dependency.
+        best: tuple[float, _Chain] | None = None
+        for dep in self._tasks[tid].deps:
+            path = self._paths.get(dep)
+            if path is not None and (best is None or path[0] > best[0]):
+                best = path
+        path = (busy, _Chain(tid, None)) if best is None else (best[0] + busy, _Chain(tid, best[1]))
+        self._paths[tid] = path
+        if self._longest is None or path[0] > self._longest[0]:
+            self._longest = path
+        if self._kept is not None:
+            self._kept[tid] = result
+
+    def _let_go(self, tid: str) -> None:
+        """Drop the state of ``tid`` and of its dependencies once nothing still waiting
+        depends on them (an open run would otherwise grow with every task)."""
+        for dep in self._tasks[tid].deps:
+            if dep in self._unended_dependents:
+                self._unended_dependents[dep] -= 1
+                if dep in self._ended and dep in self._tasks:
+                    self._maybe_release(dep)
+        self._maybe_release(tid)
+
+    def _maybe_release(self, tid: str) -> None:
+        if self._unended_dependents.get(tid, 0) > 0 or tid not in self._ended:
+            return
+        if not self._open:
+            return  # a graph given whole is held by its caller anyway: nothing to gain
+        for table in (self._tasks, self._dependents, self._unended_dependents, self._estimates, self._keys,
+                      self._requests, self._pending, self._attempts, self._first_start, self._busy):
+            table.pop(tid, None)
+        if tid not in self._referable:
+            # No later task may name it: forget it altogether.
+            del self._ended[tid]
+            self._paths.pop(tid, None)
+
     def _check_done(self) -> None:
-        finished = len(self._results) == len(self._tasks) and (self._closed or not self._open)
-        if finished and self._done is not None and not self._done.done():
+        if self._nothing_left() and self._done is not None and not self._done.done():
             self._done.set_result(None)
 
     async def _drain(self) -> None:
@@ -612,36 +779,28 @@ class Scheduler:
             await asyncio.gather(*(r.handle for r in list(self._running.values())), return_exceptions=True)
 
     def _report(self, started_at: float) -> RunReport:
-        results = {tid: self._results[tid] for tid in self._tasks}
-        counts = {status: 0 for status in Status}
-        for result in results.values():
-            counts[result.status] += 1
+        results: dict[str, TaskResult] = {}
+        if self._kept is not None:
+            order = self._order
+            results = {tid: self._kept[tid] for tid in sorted(self._kept, key=lambda tid: order.get(tid, 0))}
         wall = self._now()
-        busy = sum(self._busy.values())
-        measured = {tid: self._busy[tid] for tid in results}
-        chain, chain_time = critical_path(Graph(self._tasks.values()), measured)
-        slowest = sorted(
-            ((tid, r.busy_time) for tid, r in results.items() if r.attempts), key=lambda item: -item[1]
-        )[:5]
-        totals: dict[str, float] = {}
-        for result in results.values():
-            for key, value in result.data.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    totals[key] = totals.get(key, 0) + value
+        busy = self._busy_total.value
+        chain, chain_time = ((), 0.0) if self._longest is None else (self._longest[1].ids(), self._longest[0])
+        slowest = tuple((tid, seconds) for seconds, _, tid in sorted(self._slowest, reverse=True))
         summary = RunSummary(
-            total=len(results),
-            counts=counts,
-            flaky=sum(1 for r in results.values() if r.flaky),
+            total=self._ended_count,
+            counts=dict(self._counts),
+            flaky=self._flaky,
             wall_time=wall,
             busy_time=busy,
             max_workers=self._max_workers,
             achieved_parallelism=busy / wall if wall > 0 else 0.0,
             max_concurrency=self._max_concurrency,
-            critical_path=tuple(chain),
+            critical_path=chain,
             critical_path_time=chain_time,
             lower_bound=max(chain_time, busy / self._max_workers),
-            slowest=tuple(slowest),
-            data_totals=totals,
+            slowest=slowest,
+            data_totals=self._totals,
             started_at=started_at,
             cancelled_by=self._stopping,
             halted_by=self._halted_by,
@@ -649,14 +808,33 @@ class Scheduler:
         return RunReport(results, summary)
 
 
-def _stopped_outcome(backend: Backend | None, attempt: Attempt) -> Outcome:
-    """What a stopped attempt had done so far (its output files), if its backend kept it.
+class _ExactSum:
+    """A running float sum with Neumaier's compensation: the total of many task times does
+    not depend on the order they ended in (a plain running sum drifts in the last digit)."""
 
-    ``stopped_outcome`` is an optional backend hook: the command backend has it.
-    """
-    hook = getattr(backend, "stopped_outcome", None)
-    partial = hook(attempt) if hook is not None else None
-    return partial if isinstance(partial, Outcome) else Outcome(ok=False)
+    __slots__ = ("_compensation", "_total")
+
+    def __init__(self) -> None:
+        self._total = 0.0
+        self._compensation = 0.0
+
+    def add(self, value: float) -> None:
+        total = self._total + value
+        if abs(self._total) >= abs(value):
+            self._compensation += (self._total - total) + value
+        else:
+            self._compensation += (value - total) + self._total
+        self._total = total
+
+    @property
+    def value(self) -> float:
+        return self._total + self._compensation
+
+
+def _stopped_outcome(backend: Backend | None, attempt: Attempt) -> Outcome:
+    """What a stopped attempt had done so far (its output files), if its backend kept it."""
+    partial = backend.stopped_outcome(attempt) if backend is not None else None
+    return partial if partial is not None else Outcome(ok=False)
 
 
 def _verb(status: Status) -> str:

@@ -54,6 +54,8 @@ class Outcome:
         value: what a callable returned.
         data: structured data the task reported.
         pid: the process that ran it, if any.
+        retry_action: what a retry should run instead of the task's action, when only part
+            of the work failed (a batch's failed items); the scheduler decides whether to.
     """
 
     ok: bool
@@ -70,6 +72,7 @@ class Outcome:
     stdout_path: str | None = None
     stderr_path: str | None = None
     exception: BaseException | None = field(default=None, repr=False, compare=False)
+    retry_action: Any = field(default=None, repr=False, compare=False)
 
 
 class Backend(Protocol):
@@ -77,6 +80,11 @@ class Backend(Protocol):
 
     async def run(self, attempt: Attempt) -> Outcome:
         """Run the attempt to its end and describe it. Cancellation must stop the work."""
+        ...
+
+    def stopped_outcome(self, attempt: Attempt) -> Outcome | None:
+        """What a stopped (cancelled or timed-out) attempt had done so far, such as the output
+        a command printed before it was killed; None if the backend keeps nothing."""
         ...
 
     async def aclose(self) -> None:

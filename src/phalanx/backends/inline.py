@@ -29,6 +29,9 @@ class InlineBackend:
             return raised(error)
         return succeeded(value)
 
+    def stopped_outcome(self, attempt: Attempt) -> Outcome | None:
+        return None  # a stopped call leaves nothing behind
+
     async def aclose(self) -> None:
         return None
 

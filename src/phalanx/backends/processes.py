@@ -48,7 +48,7 @@ import cloudpickle
 
 from .. import _worker
 from .._worker import ONE, STAR, STAR_KW
-from ..errors import ConfigError
+from ..errors import ConfigError, WorkerInitError
 from ..results import ErrorInfo, Status
 from .base import Attempt, Outcome
 from .batch import Batch, BatchResult, ItemResult, function_key
@@ -469,6 +469,9 @@ class ProcessBackend:
                     await worker.gone.wait()
         await self._discard(worker)
 
+    def stopped_outcome(self, attempt: Attempt) -> Outcome | None:
+        return None  # a stopped item leaves nothing behind
+
     async def aclose(self) -> None:
         """Stop every worker; none is left running."""
         self._closing = True
@@ -681,11 +684,3 @@ def _main_module_hidden() -> Iterator[None]:
     finally:
         main.__dict__.pop("__spec__", None)
         main.__dict__.update(saved)
-
-
-class WorkerInitError(RuntimeError):
-    """A worker could not start: its initializer raised, or it died while starting."""
-
-    def __init__(self, error: ErrorInfo) -> None:
-        super().__init__(f"a worker could not start: {error}")
-        self.error = error

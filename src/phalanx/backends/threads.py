@@ -54,5 +54,8 @@ class ThreadBackend:
         """How many attempts were given up on while their thread still ran."""
         return self._abandoned
 
+    def stopped_outcome(self, attempt: Attempt) -> Outcome | None:
+        return None  # a stopped call leaves nothing behind
+
     async def aclose(self) -> None:
         return None

@@ -1,0 +1,341 @@
+"""Running a `phalanx map` plan: jobs as tasks on the scheduler and the command backend.
+
+Every job is a task: its command rendered from the template and its arguments, run in its
+own process group, its output captured to files and printed grouped (or in order with
+``-k``). The joblog, the results file and the progress bar are sinks; ``--halt`` and
+``--timeout N%`` are rules the scheduler applies (`GnuHalt`, `GnuTimeout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import shutil
+import signal
+import sys
+from bisect import insort
+from dataclasses import replace
+from pathlib import Path
+
+from ..backends.base import Attempt, Outcome
+from ..backends.command import CommandBackend
+from ..errors import PhalanxError
+from ..events import Event, RunFinished, RunStarted, Sink
+from ..model import Graph, RetryPolicy, Task
+from ..policy import HaltDecision
+from ..results import CancelReason, RunReport, Status, TaskResult
+from ..scheduler import FAILED_FOR_GOOD
+from ..session import make_run_dir, run_session
+from ..sinks.joblog import JoblogSink, RecordFile, StreamRecords, complete_lines, exit_columns
+from ..sinks.results import CsvResults, DirectoryResults, JobInfo, JsonlResults, complete_csv_records
+from ..workers import optimal_workers
+from .args import Halt, MapOptions
+from .jobs import JobPlan
+from .output import MapOutput
+
+EXIT_USAGE = 255
+EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE
+
+#: SIGTERM to a stopped job's process group, then SIGKILL this much later. GNU parallel's
+#: default --termseq (TERM,200,TERM,100,TERM,50,KILL,25) also ends within about 0.4 s.
+GRACE_SECONDS = 0.4
+
+
+def usage_error(error: PhalanxError | OSError) -> int:
+    sys.stderr.write(f"phalanx map: {error}\n")
+    return EXIT_USAGE
+
+
+def worker_count(spec: str | None, jobs: int) -> int:
+    """``-j``: N, +N (CPUs + N), -N (CPUs - N), N% (of CPUs), 0 (one per job)."""
+    cpus = optimal_workers("commands").count
+    if spec is None:
+        return cpus
+    if spec.endswith("%"):
+        return max(1, math.floor(cpus * float(spec[:-1]) / 100))
+    if spec.startswith("+"):
+        return cpus + int(spec[1:])
+    if spec.startswith("-"):
+        return max(1, cpus - int(spec[1:]))
+    return int(spec) if int(spec) > 0 else max(1, jobs)
+
+
+class MapRun:
+    """One execution of a `JobPlan`: sinks, backend, rules, and GNU parallel's exit status."""
+
+    def __init__(self, plan: JobPlan) -> None:
+        self.plan = plan
+        self.options: MapOptions = plan.options
+        self.slots: dict[str, int] = {}  # task id -> the slot its last attempt ran in, for {%}
+        self.output: MapOutput | None = None
+
+    def _slot_of(self, task_id: str) -> int:
+        return self.slots.get(task_id, 1)
+
+    def run(self) -> int:
+        """Run every job of the plan; returns GNU parallel's exit status."""
+        plan, options = self.plan, self.options
+        workers = worker_count(options.jobs, len(plan.jobs))
+        run_dir = make_run_dir("phalanx-map-")
+        halt = GnuHalt(options.halt, len(plan.jobs))
+        timeout = GnuTimeout(options.timeout)
+        try:
+            sinks = self._sinks(str(run_dir))
+        except (OSError, PhalanxError) as error:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            return usage_error(error)
+        # GNU's --retries N is N attempts in all, each retried at once (a backoff of 0).
+        retry = RetryPolicy(count=options.retries - 1, initial=0)
+        tasks = [
+            Task(
+                str(job.seq),
+                job.command if job.command is not None else plan.template.text,
+                env=plan.environment(job, None) if not plan.dynamic else {},
+                retry=retry,
+                timeout=timeout.fixed,
+            )
+            for job in plan.jobs
+        ]
+
+        async def run_jobs() -> RunReport:
+            backend = _MapBackend(self, CommandBackend(grace=GRACE_SECONDS))
+            return await run_session(
+                Graph(tasks),
+                backend_for=lambda task: backend,
+                close_backends=backend.aclose,
+                max_workers=workers,
+                sinks=sinks,
+                log_dir=run_dir,
+                handle_signals=True,
+                halt=halt if options.halt.when != "never" else None,
+                start_interval=options.delay,
+                timeout_for=timeout if timeout.percent is not None else None,
+            )
+
+        try:
+            report = asyncio.run(run_jobs())
+        except (OSError, ValueError) as error:  # a sink could not write (disk full, a file where a folder goes)
+            sys.stderr.write(f"phalanx map: {error}\n")
+            return EXIT_USAGE
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return self._exit_status(report, halt)
+
+    def _sinks(self, run_dir: str) -> list[Sink]:
+        """The output, joblog, results and progress sinks (closed again if one cannot be made)."""
+        options = self.options
+        sinks: list[Sink] = []
+        if options.results is None:
+            # As GNU parallel: with --results, the output goes there and is not printed.
+            order = [job.seq for job in self.plan.jobs] if options.keep_order else None
+            reader_gone = _ReaderGone()
+            self.output = MapOutput(
+                sys.stdout.buffer, sys.stderr.buffer, seq_of=self._seq_of, order=order,
+                tag=self.plan.tagger(self._slot_of), line_buffer=options.line_buffer, run_dir=run_dir,
+                on_broken_pipe=reader_gone,
+            )
+            sinks += [reader_gone, self.output]
+        try:
+            # The results sink before the joblog: a job the joblog records (and --resume
+            # skips) always has its results record, even if phalanx is killed between the two.
+            if options.results is not None:
+                sinks.append(self._results_sink(options.results))
+            if options.joblog is not None:
+                records: RecordFile | StreamRecords
+                if options.joblog == "-":
+                    records = StreamRecords(sys.stdout.buffer)
+                else:
+                    path = Path(options.joblog)
+                    # The sink owns the file for the whole run and closes it at the end.
+                    records = RecordFile(path, append=options.resume and path.exists(), complete=complete_lines)
+                sinks.append(JoblogSink(records, self._joblog_fields, header=records.empty))
+            if options.bar:
+                from ..sinks.progress import ProgressBar
+
+                sinks.append(ProgressBar(len(self.plan.jobs)))
+        except BaseException:
+            for sink in sinks:
+                sink.close()
+            raise
+        return sinks
+
+    def _results_sink(self, target: str) -> Sink:
+        """``--results``: F.csv, F.tsv, F.json or F.jsonl (JSON lines; ``-.csv`` etc. is
+        standard output), else a directory."""
+        path = Path(target)
+        append = self.options.resume and path.exists()
+        kind = target.lower().rsplit(".", 1)[-1] if "." in Path(target).name else ""
+        if kind not in ("csv", "tsv", "json", "jsonl"):
+            return DirectoryResults(path, self._info)
+        records: RecordFile | StreamRecords
+        if Path(target).name == f"-.{kind}" and "/" not in target:
+            records = StreamRecords(sys.stdout.buffer)
+        elif kind in ("csv", "tsv"):
+            delimiter = "\t" if kind == "tsv" else ","
+            records = RecordFile(path, append=append, complete=lambda data: complete_csv_records(data, delimiter))
+        else:
+            records = RecordFile(path, append=append, complete=complete_lines)
+        if kind in ("csv", "tsv"):
+            return CsvResults(records, self._info, self.plan.arity, delimiter="\t" if kind == "tsv" else ",")
+        return JsonlResults(records, self._info)
+
+    def _seq_of(self, task_id: str) -> int:
+        return self.plan.by_id[task_id].seq
+
+    def _joblog_fields(self, result: TaskResult) -> tuple[int, str]:
+        job = self.plan.by_id[result.task_id]
+        return job.seq, self.plan.command_of(job, slot=result.worker)
+
+    def _info(self, result: TaskResult) -> JobInfo:
+        job = self.plan.by_id[result.task_id]
+        return JobInfo(job.seq, job.args, self.plan.command_of(job, slot=result.worker), self.plan.names)
+
+    def _exit_status(self, report: RunReport, halt: GnuHalt) -> int:
+        if self.output is not None and self.output.broken_pipe:
+            return EXIT_BROKEN_PIPE
+        cancelled_by = report.summary.cancelled_by
+        if cancelled_by is CancelReason.INTERRUPT:
+            return 130
+        if cancelled_by is CancelReason.TERMINATE:
+            return 143
+        if halt.exit_status is not None:
+            return halt.exit_status
+        failed = sum(1 for r in report.results.values() if r.status in FAILED_FOR_GOOD)
+        if self.options.halt.when != "never" and self.options.halt.percent:
+            started = sum(1 for r in report.results.values() if r.attempts)
+            return math.ceil(failed / (started or 1) * 100)
+        return min(failed, 101)
+
+
+class _ReaderGone:
+    """Whoever read our output has gone (``phalanx map ... | head``): stop the run as
+    SIGTERM would (every job's group stopped and reaped), print nothing more, and exit
+    with the status of a process killed by SIGPIPE, as GNU parallel does.
+
+    A sink too: the SIGTERM is only sent between RunStarted and RunFinished, while the
+    runner's handler turns it into a clean stop.
+    """
+
+    def __init__(self) -> None:
+        self._running = False
+
+    def __call__(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            os.dup2(devnull, stream.fileno())  # what is still buffered goes nowhere, quietly
+        os.close(devnull)
+        if self._running:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, RunStarted | RunFinished):
+            self._running = isinstance(event, RunStarted)
+
+    def close(self) -> None:
+        self._running = False
+
+
+class _MapBackend:
+    """The command backend, with each job's command and environment rendered for its slot
+    when the template uses ``{%}`` (the slot is known only when the job starts)."""
+
+    def __init__(self, run: MapRun, inner: CommandBackend) -> None:
+        self._run = run
+        self._inner = inner
+
+    async def run(self, attempt: Attempt) -> Outcome:
+        plan = self._run.plan
+        self._run.slots[attempt.task.id] = attempt.worker
+        if plan.dynamic:
+            job = plan.by_id[attempt.task.id]
+            task = replace(
+                attempt.task,
+                action=plan.command_of(job, slot=attempt.worker),
+                env=plan.environment(job, attempt.worker),
+            )
+            attempt = replace(attempt, task=task)
+        return await self._inner.run(attempt)
+
+    def stopped_outcome(self, attempt: Attempt) -> Outcome | None:
+        return self._inner.stopped_outcome(attempt)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class GnuHalt:
+    """GNU parallel's ``--halt``, with its exit status worked out when it triggers.
+
+    The scheduler asks it about every task that ends, the last one included (GNU parallel
+    applies ``--halt`` to that one too, and its exit status follows); it counts the jobs
+    that ran and ended of their own accord.
+    """
+
+    def __init__(self, halt: Halt, total: int) -> None:
+        self._halt = halt
+        self._total = total
+        self._failed = 0
+        self._completed = 0
+        self.exit_status: int | None = None
+
+    def __call__(self, result: TaskResult) -> HaltDecision:
+        if not result.attempts or result.status is Status.CANCELLED or self._halt.when == "never":
+            return None  # never ran, or stopped by us: not a job's own end
+        return self._decide(result)
+
+    def _decide(self, result: TaskResult) -> HaltDecision:
+        """GNU parallel's ``should_we_halt``."""
+        self._completed += 1
+        failed = result.status in FAILED_FOR_GOOD
+        self._failed += failed
+        why = self._halt.why
+        if why == "fail" and not failed:
+            return None
+        if why == "success" and failed:
+            return None
+        limit = {"fail": self._failed, "success": self._completed - self._failed, "done": self._completed}[why]
+        needed = self._total * self._halt.count / 100 if self._halt.percent else self._halt.count
+        if limit < needed:
+            return None
+        if why == "success":
+            self.exit_status = 0
+        elif self.exit_status is None:
+            if needed == 1:
+                # As GNU: the job's own status, bash's 128 + N for a signal, -1 (255) for a timeout.
+                exitval, signal = exit_columns(result)
+                self.exit_status = (exitval or (signal + 128 if signal else 0)) % 256
+            elif self._halt.percent:
+                self.exit_status = math.ceil(self._failed / (self._total or 1) * 100)
+            else:
+                self.exit_status = min(self._failed, 101)
+        return "now" if self._halt.when == "now" else "soon"
+
+
+class GnuTimeout:
+    """``--timeout``: a fixed duration, or N% of the median runtime of the jobs that succeeded
+    so far (no limit until one has), as GNU parallel does: the limit of a running job follows
+    the median as it changes, so a job started before the first one ended is held to it too."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.fixed: float | None = None
+        self.percent: float | None = None
+        self._runtimes: list[float] = []
+        if spec is None:
+            return
+        if spec.endswith("%"):
+            self.percent = float(spec[:-1]) / 100 or None  # GNU: 0 is no timeout
+        else:
+            from ..durations import parse_duration
+
+            self.fixed = parse_duration(spec, what="--timeout") or None
+
+    def limit(self, task: Task) -> float | None:
+        """The scheduler asks at each start and after each job ends."""
+        if self.percent is None or not self._runtimes:
+            return self.fixed
+        return self.percent * self._runtimes[(len(self._runtimes) - 1) // 2]
+
+    def observe(self, result: TaskResult) -> None:
+        if self.percent is not None and result.ok:
+            insort(self._runtimes, result.duration)

@@ -1,0 +1,114 @@
+"""One run of the scheduler as a front end needs it: a run directory, signals turned into a
+clean stop, and every backend and sink closed at the end, whatever happened.
+
+`phalanx.run` and `phalanx map` both start their runs here, so neither front end imports
+the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from .backends.base import Backend
+from .events import Sink
+from .model import Graph, Task
+from .ordering import CostModel, OrderingPolicy
+from .policy import HaltRule, TimeoutRule
+from .results import CancelReason, RunReport
+from .scheduler import Scheduler
+
+
+def make_run_dir(prefix: str = "phalanx-") -> Path:
+    """A fresh directory only this user can enter (``mkdtemp``: a name nobody can plant
+    links at in advance, mode 0700)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+async def run_session(
+    graph: Graph,
+    *,
+    backend_for: Callable[[Task], Backend],
+    close_backends: Callable[[], Awaitable[None]],
+    max_workers: int,
+    sinks: Iterable[Sink] = (),
+    log_dir: str | Path | None = None,
+    handle_signals: bool = False,
+    capacities: Mapping[str, float] | None = None,
+    fail_fast: bool = False,
+    policy: OrderingPolicy | None = None,
+    cost_model: CostModel | None = None,
+    rng: random.Random | None = None,
+    halt: HaltRule | None = None,
+    start_interval: float = 0.0,
+    timeout_for: TimeoutRule | None = None,
+) -> RunReport:
+    """Run ``graph`` to the end and return its report.
+
+    Without ``log_dir`` the output files live in a temporary run directory removed at the
+    end, and the results keep only the output's tail. With ``handle_signals``, SIGINT and
+    SIGTERM stop the run cleanly (exit 130 / 143 follow from the report).
+    """
+    all_sinks = list(sinks)
+    temporary = log_dir is None
+    run_dir = make_run_dir() if log_dir is None else Path(log_dir)
+    scheduler = Scheduler(
+        graph,
+        backend_for=backend_for,
+        max_workers=max_workers,
+        capacities=capacities,
+        fail_fast=fail_fast,
+        policy=policy,
+        cost_model=cost_model,
+        sinks=all_sinks,
+        run_dir=run_dir,
+        rng=rng,
+        halt=halt,
+        start_interval=start_interval,
+        timeout_for=timeout_for,
+    )
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if handle_signals:
+        handled = ((signal.SIGINT, CancelReason.INTERRUPT), (signal.SIGTERM, CancelReason.TERMINATE))
+        for signum, reason in handled:
+            loop.add_signal_handler(signum, scheduler.cancel, reason)
+            installed.append(signum)
+    try:
+        report = await scheduler.run()
+        if temporary:
+            # The output files go with the temporary run directory: keep only the tails.
+            results = {
+                tid: replace(result, stdout_path=None, stderr_path=None) for tid, result in report.results.items()
+            }
+            report = replace(report, results=results)
+        return report
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        await close_backends()
+        try:
+            close_all(all_sinks)
+        finally:
+            if temporary and os.path.isdir(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def close_all(sinks: Iterable[Sink]) -> None:
+    """Close every sink, even when one fails (each owns a file that must be flushed);
+    the first failure is raised afterwards."""
+    error: Exception | None = None
+    for sink in sinks:
+        try:
+            sink.close()
+        except Exception as raised:
+            error = error or raised
+    if error is not None:
+        raise error
