@@ -46,6 +46,9 @@ _PER_TASK_ONLY = ("cmd", "deps", "for_each")  # meaningless as a default: they d
 _DEFAULT_KEYS = tuple(key for key in _TASK_KEYS if key not in _PER_TASK_ONLY)
 _RETRY_KEYS = ("count", "backoff", "initial", "max", "jitter", "on_exit_codes")
 _ITEM = "{item}"
+# How deep tables and arrays may nest below the top of a task file. Real files need 5 (tasks.NAME.retries
+# .on_exit_codes); the cap keeps every walk over a value, repr() included, far from the recursion limit.
+_MAX_NESTING = 64
 
 
 class _Node:
@@ -138,18 +141,15 @@ class _LineIndex:
 
     def _walk(self, path: _Path) -> list[_Node]:
         """The nodes of ``path`` under the root, as far as they exist: [the root's, ...]."""
-        node: _Node | None = self._tree
-        for key in self.root:
-            node = node.children.get(key)
-            if node is None:
-                return []
-        nodes = [node]
-        for key in path:
-            node = node.children.get(key)
-            if node is None:
+        node = self._tree
+        nodes = [node]  # nodes[i]: the node at depth i
+        for key in (*self.root, *path):
+            child = node.children.get(key)
+            if child is None:
                 break
+            node = child
             nodes.append(node)
-        return nodes
+        return nodes[len(self.root):]
 
     def get(self, *path: str) -> int | None:
         """The line of ``path`` (under the root), or None if it was not found."""
@@ -218,7 +218,7 @@ def _has_phalanx_table(pyproject: Path) -> bool:
     text = pyproject.read_bytes().decode("utf-8", errors="replace")
     try:
         tool = tomllib.loads(text).get("tool")
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError, MemoryError):
         # Broken, but apparently meant for us: pick it so the loader reports the error and its line.
         return "tool.phalanx" in text
     return isinstance(tool, dict) and "phalanx" in tool
@@ -270,6 +270,12 @@ def _parse(source: Path, file: str) -> tuple[str, dict[str, Any]]:
     text = text.removeprefix("\ufeff")  # editors on Windows add a BOM; tomllib refuses it
     try:
         return text, tomllib.loads(text)
+    except RecursionError:
+        # tomllib parses arrays and inline tables recursively: a few hundred levels exhaust the stack.
+        message = "arrays or inline tables nested too deep to parse (a task file needs a few levels at most)"
+        raise ConfigError(message, file=file, line=_too_deep_line(text)) from None
+    except MemoryError:
+        raise ConfigError("too large to parse: out of memory", file=file) from None
     except tomllib.TOMLDecodeError as error:
         # The position is only in the message: "... (at line 3, column 7)" or "(at end of document)".
         line, message = 1, str(error)
@@ -277,6 +283,46 @@ def _parse(source: Path, file: str) -> tuple[str, dict[str, Any]]:
             line = int(found.group(1)) if found.group(1) else text.count("\n") + (not text.endswith("\n"))
             message = message[: found.start()]
         raise ConfigError(f"invalid TOML: {message}", file=file, line=max(line, 1)) from None
+
+
+# What can hold a bracket without nesting anything (strings, comments), else a bracket.
+_BRACKET_TOKENS = re.compile("|".join((
+    r'"""(?:[^\\]|\\[\s\S])*?""""{0,2}',  # multi-line basic string: may end with two more quotes
+    r"'''[\s\S]*?''''{0,2}",  # multi-line literal string: likewise
+    r'"(?:[^"\\\n]|\\.)*"',  # basic string (a quoted key too)
+    r"'[^'\n]*'",  # literal string
+    r"#[^\n]*",  # comment
+    r"[\[\]{}]",
+)))
+
+
+def _too_deep_line(text: str) -> int | None:
+    """The line of the first value whose arrays or inline tables nest deeper than `_MAX_NESTING`.
+
+    Only called once tomllib has given up, so it stops at the first such value: tomllib read
+    (and checked) at least that far, while what follows may be anything.
+    """
+    depth, start = 0, 0
+    for token in _BRACKET_TOKENS.finditer(text):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            if depth == 0:
+                start = token.start()  # where the value (or a header) begins: its key's line
+            depth += 1
+            if depth > _MAX_NESTING:
+                return text.count("\n", 0, start) + 1
+        elif bracket in ("]", "}"):
+            depth = max(depth - 1, 0)
+    return None
+
+
+def _nesting_owner(path: _Path) -> str:
+    """Who a too-deep value at ``path`` belongs to, for the error message."""
+    if len(path) >= 3 and path[0] == "tasks":
+        return f"task {path[1]!r}: {path[2]}"
+    if len(path) >= 2 and path[0] in _TOP_KEYS:
+        return f"[{path[0]}]: {path[1]}"
+    return f"top-level key {path[0]!r}"
 
 
 def _hint(word: str, known: Any) -> str:
@@ -318,7 +364,28 @@ class _Loader:
             self.fail(f"{what} must be a table, got {value!r}", *path)
         return value
 
+    def check_nesting(self, document: dict[str, Any]) -> None:
+        """Reject tables or arrays nested deeper than `_MAX_NESTING`, before anything recurses into them.
+
+        Iterative, so a table header thousands of keys deep (which tomllib reads without
+        recursing) cannot exhaust the stack here, nor later in the repr() of an error message.
+        """
+        stack: list[tuple[object, _Path, int]] = [(document, (), 0)]
+        while stack:
+            value, path, depth = stack.pop()
+            if isinstance(value, dict):
+                children = [(child, (*path, key)) for key, child in value.items()]
+            elif isinstance(value, list):
+                children = [(child, path) for child in value]  # an item has no key: blame the array's
+            else:
+                continue
+            if depth > _MAX_NESTING:
+                self.fail(f"{_nesting_owner(path)} nests tables or arrays more than {_MAX_NESTING} levels deep",
+                          *path)
+            stack.extend((child, where, depth + 1) for child, where in reversed(children))
+
     def load(self, document: dict[str, Any]) -> TaskFile:
+        self.check_nesting(document)
         for key in document:
             if key not in _TOP_KEYS:
                 self.fail(f"unknown top-level key {key!r}{_hint(key, _TOP_KEYS)}", key)
