@@ -301,9 +301,24 @@ class Executor:
         if self.backend_name == "threads" and not isinstance(task.action, _ThreadCall):
             task = dataclasses.replace(task, action=_ThreadCall(task.action))  # type: ignore[arg-type]
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._call(self._submit_call, task, future, referable)
+        if referable:
+            self._call(self._submit_call, task, future, referable)  # a bad task raises here
+        else:
+            # A plain call cannot be refused (its id is new, it has no dependencies): hand it
+            # to the loop without waiting for it there, so a caller can submit quickly.
+            try:
+                self._loop.call_soon_threadsafe(self._submit_quietly, task, future)
+            except RuntimeError:
+                raise RuntimeError("cannot submit to an Executor after shutdown") from None
         future.add_done_callback(lambda f, tid=task.id: self._on_future_done(f, tid))  # type: ignore[misc]
         return future
+
+    def _submit_quietly(self, task: Task, future: concurrent.futures.Future[Any]) -> None:
+        try:
+            self._submit_call(task, future, False)
+        except BaseException as error:  # the executor closed meanwhile
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(error)
 
     def _submit_call(self, task: Task, future: concurrent.futures.Future[Any], referable: bool) -> None:
         self._scheduler.submit(task, referable=referable)
