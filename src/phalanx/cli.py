@@ -143,7 +143,7 @@ def run(
     import asyncio
 
     from .render import summary_text
-    from .runner import run_async
+    from .session import StandardBackends, run_session
     from .sinks.console import ConsoleReporter
     from .workers import optimal_workers
 
@@ -158,12 +158,15 @@ def run(
         return
     human = sys.stderr if as_json else sys.stdout
     reporter = ConsoleReporter(human, output=output)  # type: ignore[arg-type]
+    backends = StandardBackends("auto", grace=2.0)
     try:
         report = asyncio.run(
-            run_async(
+            run_session(
                 graph,
+                backend_for=backends.for_task,
+                close_backends=backends.aclose,
                 max_workers=workers,
-                resources=task_file.capacities,
+                capacities=task_file.capacities,
                 fail_fast=fail_fast,
                 sinks=[reporter],
                 log_dir=log_dir,

@@ -19,8 +19,8 @@ from .fakeclock import run_virtual
 from .model import Graph
 from .ordering import CostModel, DeclaredCosts, OrderingPolicy, critical_path, estimate_costs, path_weights
 from .results import RunReport
-from .runner import TaskSource, build_graph
 from .scheduler import Scheduler
+from .tasksource import TaskSource, build_graph
 from .workers import optimal_workers
 
 

@@ -11,61 +11,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .backends.base import Backend
-from .backends.inline import InlineBackend
-from .backends.threads import ThreadBackend
-from .durations import parse_duration
-from .errors import ConfigError
 from .events import Event, Sink, TaskFinished, TaskRetrying, TaskStarted
-from .model import Action, Graph, Task, is_coroutine_action
+from .model import Task
 from .ordering import CostModel, OrderingPolicy
 from .policy import HaltRule, TimeoutRule
 from .results import RunReport
-from .session import run_session
+from .session import BackendName, StandardBackends, run_session
+from .tasksource import TaskSource, build_graph
 from .workers import optimal_workers
-
-BackendName = Literal["auto", "threads", "inline"]
-TaskSource = Graph | Iterable[Task] | Mapping[str, Action | Task]
-
-
-def build_graph(
-    tasks: TaskSource,
-    *,
-    deps: Mapping[str, Sequence[str]] | None = None,
-    timeout: float | str | None = None,
-) -> Graph:
-    """A graph from any accepted task source, with a default per-task timeout applied.
-
-    Raises:
-        ConfigError: ``deps`` given with a Graph or names a task that is not there.
-    """
-    default_timeout = None if timeout is None else parse_duration(timeout, what="timeout")
-    if isinstance(tasks, Graph) and deps is None and default_timeout is None:
-        return tasks
-    if isinstance(tasks, Mapping):
-        items: list[Task] = []
-        for name, action in tasks.items():
-            if isinstance(action, Task):
-                items.append(action if action.id == name else replace(action, id=name))
-            else:
-                items.append(Task(id=name, action=action))
-    else:
-        items = list(tasks)
-    if deps:
-        ids = {task.id for task in items}
-        for name in deps:
-            if name not in ids:
-                raise ConfigError(f"deps names {name!r}, which is not one of the tasks")
-        items = [
-            replace(task, deps=(*task.deps, *deps[task.id])) if task.id in deps else task for task in items
-        ]
-    if default_timeout is not None:
-        items = [task if task.timeout is not None else replace(task, timeout=default_timeout) for task in items]
-    return Graph(items)
 
 
 class _CallbackSink:
@@ -92,40 +49,6 @@ class _CallbackSink:
 
     def close(self) -> None:
         return None
-
-
-class _Backends:
-    """One instance of each backend a run needs, made on first use, closed at the end."""
-
-    def __init__(self, callables: BackendName, grace: float) -> None:
-        self._callables = callables
-        self._grace = grace
-        self._made: dict[str, Backend] = {}
-
-    def for_task(self, task: Task) -> Backend:
-        if task.is_command:
-            kind = "command"
-        elif self._callables == "inline" or is_coroutine_action(task.action):
-            kind = "inline"
-        else:
-            kind = "threads"
-        backend = self._made.get(kind)
-        if backend is None:
-            backend = self._made[kind] = self._make(kind)
-        return backend
-
-    def _make(self, kind: str) -> Backend:
-        if kind == "command":
-            from .backends.command import CommandBackend
-
-            return CommandBackend(grace=self._grace)
-        if kind == "inline":
-            return InlineBackend()
-        return ThreadBackend()
-
-    async def aclose(self) -> None:
-        for backend in self._made.values():
-            await backend.aclose()
 
 
 async def run_async(
@@ -163,7 +86,7 @@ async def run_async(
     all_sinks: list[Sink] = list(sinks)
     if on_event is not None or progress_callback is not None:
         all_sinks.append(_CallbackSink(on_event, progress_callback))
-    backends = _Backends(backend, grace)
+    backends = StandardBackends(backend, grace)
     return await run_session(
         graph,
         backend_for=backend_for or backends.for_task,

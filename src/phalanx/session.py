@@ -16,14 +16,55 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 from .backends.base import Backend
+from .backends.inline import InlineBackend
+from .backends.threads import ThreadBackend
 from .events import Sink
-from .model import Graph, Task
+from .model import Graph, Task, is_coroutine_action
 from .ordering import CostModel, OrderingPolicy
 from .policy import HaltRule, TimeoutRule
 from .results import CancelReason, RunReport
 from .scheduler import Scheduler
+
+BackendName = Literal["auto", "threads", "inline"]
+
+
+class StandardBackends:
+    """One instance of each backend a run needs, made on first use, closed at the end:
+    commands as subprocesses, ``async def`` on the loop itself, other callables in threads
+    (or all callables on the loop with ``"inline"``)."""
+
+    def __init__(self, callables: BackendName, grace: float) -> None:
+        self._callables = callables
+        self._grace = grace
+        self._made: dict[str, Backend] = {}
+
+    def for_task(self, task: Task) -> Backend:
+        if task.is_command:
+            kind = "command"
+        elif self._callables == "inline" or is_coroutine_action(task.action):
+            kind = "inline"
+        else:
+            kind = "threads"
+        backend = self._made.get(kind)
+        if backend is None:
+            backend = self._made[kind] = self._make(kind)
+        return backend
+
+    def _make(self, kind: str) -> Backend:
+        if kind == "command":
+            from .backends.command import CommandBackend
+
+            return CommandBackend(grace=self._grace)
+        if kind == "inline":
+            return InlineBackend()
+        return ThreadBackend()
+
+    async def aclose(self) -> None:
+        for backend in self._made.values():
+            await backend.aclose()
 
 
 def make_run_dir(prefix: str = "phalanx-") -> Path:
