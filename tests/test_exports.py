@@ -11,7 +11,7 @@ PUBLIC = {
     "SelectionError", "Sink", "Status", "SubmissionOrder", "Task", "TaskFinished", "TaskResult", "TaskRetrying",
     "TaskStarted", "UnknownDependencyError", "__version__", "get_execution_plan", "run",
     "run_async", "Executor", "RemoteTraceback", "TaskError", "TaskTimedOut", "WorkerChoice", "WorkerCrashed",
-    "map", "optimal_workers",
+    "map", "optimal_workers", "starmap",
 }
 
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         TaskStarted as TaskStarted,
     )
     from .executor import Executor as Executor
-    from .mapper import map as map
+    from .mapper import map as map, starmap as starmap
     from .model import Graph as Graph, RetryPolicy as RetryPolicy, Task as Task
     from .ordering import (
         CostModel as CostModel,
@@ -66,6 +66,7 @@ _LAZY = {
     "WorkerChoice": ".workers",
     "WorkerCrashed": ".errors",
     "map": ".mapper",
+    "starmap": ".mapper",
     "optimal_workers": ".workers",
     "CancelReason": ".results",
     "ConfigError": ".errors",
@@ -157,6 +158,7 @@ __all__ = [
     "get_execution_plan",
     "map",
     "optimal_workers",
+    "starmap",
     "run",
     "run_async",
 ]

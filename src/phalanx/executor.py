@@ -124,8 +124,10 @@ class Executor:
                     raise ConfigError(f"{name} needs backend='processes' (threads share one process)")
             if start_method != "auto":
                 raise ConfigError("start_method needs backend='processes'")
-        if max_workers is not None and (isinstance(max_workers, bool) or max_workers < 1):
-            raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise ConfigError(f"max_workers must be a positive integer or None, got {max_workers!r}")
         self.max_workers = max_workers or optimal_workers(backend).count
         self.backend_name = backend
         self.isolate = isolate
@@ -343,6 +345,7 @@ class Executor:
         partition: Partition = "auto",
         weights: Weights | None = None,
         as_results: bool = False,
+        star: bool = False,
     ) -> Iterator[Any]:
         """Like the built-in ``map``, in parallel: values as they are ready (in input order
         when ``ordered``); a failed item raises where its value would be. With
@@ -360,6 +363,7 @@ class Executor:
                 argument tuple with several iterables) or a sequence in item order.
             retries: extra attempts for a failed item (default: the executor's); only the
                 failed items of a batch run again, after the policy's backoff.
+            star: each item is an argument tuple, ``fn(*item)`` (what `starmap` does).
 
         The work starts at once; later batches are sent as results are read (at most two
         batches per worker ahead of the reader), and the scheduler lets go of each batch
@@ -376,9 +380,19 @@ class Executor:
             batch_size=batch_size,
             partition=partition,
             weights=weights,
+            star=star,
         )
         run.start()
         return run.results(as_results)
+
+    def starmap(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        **options: Any,
+    ) -> Iterator[Any]:
+        """`map` with each item an argument tuple: ``fn(*item)``, like `itertools.starmap`."""
+        return self.map(fn, iterable, star=True, **options)
 
     @staticmethod
     def as_completed(futures: Iterable[concurrent.futures.Future[Any]]) -> Iterator[concurrent.futures.Future[Any]]:
@@ -525,7 +539,11 @@ def check_timeout(timeout: float | None) -> float | None:
 
 def retry_policy(retries: int | RetryPolicy) -> RetryPolicy:
     """``retries=N`` (N more attempts, at once) or a full `RetryPolicy` (with backoff)."""
-    return retries if isinstance(retries, RetryPolicy) else RetryPolicy(count=retries)
+    if isinstance(retries, RetryPolicy):
+        return retries
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be a non-negative integer or a RetryPolicy, got {retries!r}")
+    return RetryPolicy(count=retries)
 
 
 class _Raised(Exception):

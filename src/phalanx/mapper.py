@@ -38,7 +38,7 @@ from .backends.base import Attempt, Backend, Outcome
 from .backends.batch import ONE, STAR, Batch, BatchResult, ItemResult, function_key
 from .errors import ConfigError
 from .events import TaskFinished, TaskRetrying
-from .executor import Executor, ExecutorBackend, raise_for
+from .executor import Executor, ExecutorBackend, check_timeout, raise_for, retry_policy
 from .model import RetryPolicy, Task
 from .results import ErrorInfo, Status, TaskResult
 
@@ -119,6 +119,7 @@ class MapRun:
         batch_size: int | Literal["auto"],
         partition: Partition,
         weights: Weights | None,
+        star: bool = False,
     ) -> None:
         if not iterables:
             raise TypeError("map() needs at least one iterable")
@@ -135,7 +136,9 @@ class MapRun:
         self._fn = fn
         threads = executor.backend_name == "threads"
         self._key = "" if threads else function_key(fn)[0]
-        self._mode = ONE if len(iterables) == 1 else STAR
+        if star and len(iterables) != 1:
+            raise TypeError("starmap() takes one iterable of argument tuples")
+        self._mode = STAR if star or len(iterables) > 1 else ONE
         try:
             self._total: int | None = min(len(it) for it in iterables)  # type: ignore[arg-type]
         except TypeError:
@@ -418,7 +421,47 @@ def _partition(
 
 def map(
     fn: Callable[..., Any],
-    items: Iterable[Any],
+    *iterables: Iterable[Any],
+    max_workers: int | None = None,
+    backend: ExecutorBackend = "processes",
+    batch_size: int | Literal["auto"] = "auto",
+    partition: Partition = "auto",
+    weights: Weights | None = None,
+    ordered: bool = True,
+    timeout: float | None = None,
+    retries: int | RetryPolicy = 0,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple[Any, ...] = (),
+    isolate: bool = False,
+    start_method: str = "auto",
+    max_tasks_per_worker: int | None = None,
+    max_memory_per_worker: int | None = None,
+    as_results: bool = False,
+) -> Iterator[Any]:
+    """``fn`` over ``iterables`` on warm workers, like the built-in ``map`` but in parallel.
+
+    With several iterables, ``fn`` takes one argument from each (``phalanx.map(pow, a, b)``),
+    stopping at the shortest. Values come as they are ready, in input order when
+    ``ordered``; a failed item raises its exception where its value would be
+    (``TaskTimedOut`` for a timeout, ``WorkerCrashed`` when its worker died), like the
+    built-in. With ``as_results=True`` it yields each item's `TaskResult` instead and never
+    raises for an item. Items are sent in batches sized to about 20 ms of work each (or in
+    fixed ``partition``s: see `Executor.map`); each item keeps its own result, timeout and
+    order. ``retries`` is a count of extra attempts or a `RetryPolicy` with backoff: a
+    failed item runs again after the scheduler's backoff. The workers start on the first
+    ``next()`` and stop when the iterator is exhausted, closed or interrupted.
+
+    Raises:
+        ConfigError: an option is invalid (named in the message), at the call, before
+            anything starts.
+        TypeError: ``fn`` is not callable, or there is no iterable.
+    """
+    return _map(fn, iterables, False, locals())
+
+
+def starmap(
+    fn: Callable[..., Any],
+    iterable: Iterable[Iterable[Any]],
     *,
     max_workers: int | None = None,
     backend: ExecutorBackend = "processes",
@@ -436,34 +479,83 @@ def map(
     max_memory_per_worker: int | None = None,
     as_results: bool = False,
 ) -> Iterator[Any]:
-    """``fn`` over ``items`` on warm workers, like the built-in ``map`` but in parallel.
+    """`map` with each item an argument tuple, ``fn(*item)``, like `itertools.starmap`."""
+    return _map(fn, (iterable,), True, locals())
 
-    Values come as they are ready, in input order when ``ordered``; a failed item raises its
-    exception where its value would be (``TaskTimedOut`` for a timeout, ``WorkerCrashed``
-    when its worker died), like the built-in. With ``as_results=True`` it yields each
-    item's `TaskResult` instead and never raises for an item. Items are sent in batches
-    sized to about 20 ms of work each (or in fixed ``partition``s: see `Executor.map`);
-    each item keeps its own result, timeout and order. ``retries`` is a count of extra
-    attempts or a `RetryPolicy` with backoff: a failed item runs again after the
-    scheduler's backoff. The workers are stopped when the iterator is exhausted, closed
-    or interrupted.
-    """
-    executor = Executor(
-        max_workers,
-        backend=backend,
-        start_method=start_method,
-        initializer=initializer,
-        initargs=initargs,
-        max_tasks_per_worker=max_tasks_per_worker,
-        max_memory_per_worker=max_memory_per_worker,
-        isolate=isolate,
-        timeout=timeout,
-        retries=retries,
-    )
+
+_EXECUTOR_OPTIONS = ("max_workers", "backend", "start_method", "initializer", "initargs", "max_tasks_per_worker",
+                     "max_memory_per_worker", "isolate", "timeout", "retries")
+_MAP_OPTIONS = ("ordered", "batch_size", "partition", "weights", "as_results")
+
+
+def _map(fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], star: bool,
+         options: dict[str, Any]) -> Iterator[Any]:
+    """Check every option now (a generator would check them only at the first ``next()``),
+    then return the generator that starts the workers."""
+    if not callable(fn):
+        raise TypeError(f"map() needs a callable, got {fn!r}")
+    if not iterables:
+        raise TypeError("map() needs at least one iterable")
+    executor_options = {name: options[name] for name in _EXECUTOR_OPTIONS}
+    map_options = {name: options[name] for name in _MAP_OPTIONS}
+    check_options(**executor_options, **map_options)
+    return _generate(fn, iterables, star, executor_options, map_options)
+
+
+def _generate(fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], star: bool,
+              executor_options: dict[str, Any], map_options: dict[str, Any]) -> Iterator[Any]:
+    executor = Executor(**executor_options)
     failed = True
     try:
-        yield from executor.map(fn, items, ordered=ordered, batch_size=batch_size, partition=partition,
-                                weights=weights, as_results=as_results)
+        yield from executor.map(fn, *iterables, star=star, **map_options)
         failed = False
     finally:
         executor.shutdown(wait=True, cancel_futures=failed)
+
+
+def check_options(
+    *,
+    max_workers: Any = None,
+    backend: Any = "processes",
+    start_method: Any = "auto",
+    initializer: Any = None,
+    initargs: Any = (),
+    max_tasks_per_worker: Any = None,
+    max_memory_per_worker: Any = None,
+    isolate: Any = False,
+    timeout: Any = None,
+    retries: Any = 0,
+    ordered: Any = True,
+    batch_size: Any = "auto",
+    partition: Any = "auto",
+    weights: Any = None,
+    as_results: Any = False,
+) -> None:
+    """Refuse a bad option with a message that names it (the same checks `Executor` makes)."""
+    def positive_int(name: str, value: Any, *, optional: bool) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            what = "a positive integer or None" if optional else "a positive integer"
+            raise ConfigError(f"{name} must be {what}, got {value!r}")
+
+    positive_int("max_workers", max_workers, optional=True)
+    positive_int("max_tasks_per_worker", max_tasks_per_worker, optional=True)
+    positive_int("max_memory_per_worker", max_memory_per_worker, optional=True)
+    if backend not in ("processes", "threads"):
+        raise ConfigError(f"backend must be 'processes' or 'threads', got {backend!r}")
+    if not isinstance(start_method, str):
+        raise ConfigError(f"start_method must be a string, got {start_method!r}")
+    if initializer is not None and not callable(initializer):
+        raise ConfigError(f"initializer must be callable, got {initializer!r}")
+    if not isinstance(initargs, tuple):
+        raise ConfigError(f"initargs must be a tuple, got {initargs!r}")
+    check_timeout(timeout)
+    retry_policy(retries)
+    if batch_size != "auto":
+        positive_int("batch_size", batch_size, optional=False)
+    if partition not in ("auto", "round_robin", "weighted"):
+        raise ConfigError(f"partition must be 'auto', 'round_robin' or 'weighted', got {partition!r}")
+    for name, value in (("ordered", ordered), ("isolate", isolate), ("as_results", as_results)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False, got {value!r}")
