@@ -181,8 +181,14 @@ def test_fail_fast_stops_a_running_task(tmp_path: Path) -> None:
     assert_all_gone(read_pids(tmp_path))
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_everything_and_prints_summary(tmp_path: Path, signum: int, code: int) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "label"),
+    [
+        pytest.param(signal.SIGINT, 130, "interrupt", id="SIGINT"),
+        pytest.param(signal.SIGTERM, 143, "terminate", id="SIGTERM"),
+    ],
+)
+def test_signal_stops_everything_and_prints_summary(tmp_path: Path, signum: int, code: int, label: str) -> None:
     write(
         tmp_path / "phalanx.toml",
         """
@@ -212,7 +218,9 @@ def test_signal_stops_everything_and_prints_summary(tmp_path: Path, signum: int,
             process.kill()
     assert process.returncode == code, stderr
     assert "Summary: 3 tasks" in stdout
-    assert "stopped: interrupt" in stdout or "stopped: terminate" in stdout
+    assert f"[stopped: {label}]" in stdout
+    other = {"interrupt": "terminate", "terminate": "interrupt"}[label]
+    assert f"stopped: {other}" not in stdout
     assert "Traceback" not in stderr
     assert_all_gone(pids)
 

@@ -2,8 +2,10 @@
 ``isolate=True``, and commands (``phalanx.run``).
 
 Each case is written once, as job *specs* (see `conformance_support`), and runs on every
-backend through its adapter. Where a case cannot mean the same thing on a backend, the
-test asserts that backend's documented behaviour instead of skipping:
+backend through its adapter. Where a case cannot mean the same thing on every backend, it
+is split into cases of their own, one per behaviour, each parametrised with the backends
+that behave so (`on`): together they cover every backend, and none skips or returns
+early. A backend's documented behaviour is then a case of its own, with its id:
 
 * threads cannot be stopped: a timed-out or cancelled item ends ``timed_out`` /
   ``cancelled`` at once and its thread is abandoned (it runs on, as the test shows by
@@ -116,6 +118,18 @@ def crash_in_thread_script(spec: str) -> str:
     )
 
 
+# ---------------------------------------------------------------------------- backends
+
+PYTHON = ("threads", "processes", "processes-isolate")  # callables: Executor / phalanx.map
+WORKERS = ("processes", "processes-isolate")  # callables in warm worker processes
+STOPPABLE = ("processes", "processes-isolate", "command")  # work that can be killed
+
+
+def on(*names: str) -> pytest.MarkDecorator:
+    """A case for the named backends only: one case each, with the backend's name as its id."""
+    return pytest.mark.parametrize("backend", [BACKENDS[name] for name in names], ids=names)
+
+
 # ---------------------------------------------------------------------------- ordering
 
 
@@ -144,170 +158,272 @@ def test_unordered_results_come_as_they_finish(backend: Any, flags: Path) -> Non
 
 # ---------------------------------------------------------------------------- exceptions
 
+FAILING = [["value", 1], ["raise", "boom at 1"], ["value", 3]]
 
-def test_exceptions_keep_their_type_message_and_remote_traceback(backend: Any) -> None:
-    specs = [["value", 1], ["raise", "boom at 1"], ["value", 3]]
-    results = backend.run(specs)
+
+def run_failing(backend: Any) -> list[Any]:
+    """Item 1 raises: its siblings succeed, and its traceback is the worker-side one."""
+    results = backend.run(FAILING)
     assert statuses(results) == ["succeeded", "failed", "succeeded"]
     assert [backend.value(results[0]), backend.value(results[2])] == [2, 6]
     text = backend.error_text(results[1])
     assert "ValueError: boom at 1" in text
     assert "in job" in text  # the worker-side frame: where it was raised
-    if backend.kind == "command":
-        # A command's failure is its exit status; phalanx.run reports, never raises.
-        assert results[1].exit_code == 1
-        report = phalanx.run([backend.task(0, ["raise", "boom"], None)], max_workers=1)
-        assert not report.ok and report["0"].status is phalanx.Status.FAILED
-        return
+    return results
+
+
+@on(*PYTHON)
+def test_exceptions_keep_their_type_message_and_remote_traceback(backend: Any) -> None:
+    results = run_failing(backend)
     assert results[1].error.type == "ValueError"
     assert results[1].error.message == "boom at 1"
+
+
+@on(*PYTHON)
+def test_map_raises_the_original_exception_where_its_value_would_be(backend: Any) -> None:
     # Without as_results, map raises the original exception where its value would be.
     seen: list[Any] = []
     with pytest.raises(ValueError, match="boom at 1") as caught:
-        for value in phalanx.map(job, specs, backend=backend.backend, max_workers=2, **backend.options):
+        for value in phalanx.map(job, FAILING, backend=backend.backend, max_workers=2, **backend.options):
             seen.append(value)
     assert seen == [2]
     assert isinstance(caught.value.__cause__, phalanx.RemoteTraceback)
     assert "in job" in str(caught.value.__cause__)
 
 
+@on("command")
+def test_a_raising_command_fails_with_its_exit_status(backend: Any) -> None:
+    # Documented: a command's failure is its exit status; its traceback is its stderr.
+    results = run_failing(backend)
+    assert results[1].exit_code == 1
+
+
+@on("command")
+def test_phalanx_run_reports_a_failing_command_and_never_raises(backend: Any) -> None:
+    report = phalanx.run([backend.task(0, ["raise", "boom"], None)], max_workers=1)
+    assert not report.ok and report["0"].status is phalanx.Status.FAILED
+
+
 # ---------------------------------------------------------------------------- timeouts
 
 
-@pytest.mark.usefixtures("no_leftovers")
-def test_timeout_stops_the_item_and_its_siblings_complete(backend: Any, flags: Path) -> None:
-    # One batch of five (0-4) and one of three: item 2 blocks and times out; 3 and 4,
-    # behind it in its batch, still run.
+def run_timing_out(backend: Any, flags: Path) -> tuple[list[Any], int]:
+    """One batch of five (0-4) and one of three: item 2 blocks and times out; 3 and 4,
+    behind it in its batch, still run. Returns the results and the pid that ran item 2."""
     specs: list[Any] = [["value", i] for i in range(8)]
     specs[2] = ["block", str(flags), "slow"]
     results = backend.run(specs, timeout=1.0, batch_size=5)  # time enough for a command to start
     assert statuses(results) == ["succeeded"] * 2 + ["timed_out"] + ["succeeded"] * 5
     assert [backend.value(r) for i, r in enumerate(results) if i != 2] == [2 * i for i in range(8) if i != 2]
-    ran_it = started_pid(flags, "slow")
-    if backend.kind == "python" and not backend.processes:
-        # Documented: a thread cannot be stopped; it is abandoned and runs on.
-        assert "abandoned" in results[2].reason
-        assert alive(os.getpid()) and ran_it == os.getpid()
-        mark(flags / "release")
-        assert (wait_for(flags / "finished-slow") and (flags / "finished-slow").read_text() == "released")
-        return
+    return results, started_pid(flags, "slow")
+
+
+def assert_stopped(results: list[Any], ran_it: int, flags: Path) -> None:
+    """The timed-out item was stopped: its process is gone and the job never finished."""
     assert "timed out" in results[2].reason
     assert not wait_gone([ran_it]), "the timed-out item's process still runs"
     assert not (flags / "finished-slow").exists()
-    if backend.kind == "python" and backend.isolate:
-        # Only the item's forked child was killed: the warm worker ran its siblings.
-        worker = int((flags / "started-slow").read_text().split()[1])
-        assert results[3].pid == results[4].pid == worker
-    elif backend.kind == "python":
-        # The worker itself was killed and replaced: its siblings ran on the new one.
-        # (Items 0 and 1 may have run again there too: results are sent every ~20 ms,
-        # and those of the dead worker not yet sent are redone, never lost.)
-        assert results[3].pid == results[4].pid != ran_it
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@on("threads")
+def test_a_timed_out_thread_is_abandoned_and_runs_on(backend: Any, flags: Path) -> None:
+    # Documented: a thread cannot be stopped; it is abandoned and runs on.
+    results, ran_it = run_timing_out(backend, flags)
+    assert "abandoned" in results[2].reason
+    assert alive(os.getpid()) and ran_it == os.getpid()
+    mark(flags / "release")
+    assert (wait_for(flags / "finished-slow") and (flags / "finished-slow").read_text() == "released")
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@on("command")
+def test_timeout_stops_the_command_and_its_siblings_complete(backend: Any, flags: Path) -> None:
+    results, ran_it = run_timing_out(backend, flags)
+    assert_stopped(results, ran_it, flags)
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@on("processes")
+def test_timeout_replaces_the_worker_and_its_siblings_complete_on_the_new_one(backend: Any, flags: Path) -> None:
+    results, ran_it = run_timing_out(backend, flags)
+    assert_stopped(results, ran_it, flags)
+    # The worker itself was killed and replaced: its siblings ran on the new one.
+    # (Items 0 and 1 may have run again there too: results are sent every ~20 ms,
+    # and those of the dead worker not yet sent are redone, never lost.)
+    assert results[3].pid == results[4].pid != ran_it
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@on("processes-isolate")
+def test_timeout_kills_only_the_items_child_and_the_worker_runs_its_siblings(backend: Any, flags: Path) -> None:
+    results, ran_it = run_timing_out(backend, flags)
+    assert_stopped(results, ran_it, flags)
+    # Only the item's forked child was killed: the warm worker ran its siblings.
+    worker = int((flags / "started-slow").read_text().split()[1])
+    assert results[3].pid == results[4].pid == worker
 
 
 # ---------------------------------------------------------------------------- crashes
 
+CRASHES = [
+    pytest.param(["exit", 3], 3, "exit(ed with)? code 3", id="os._exit"),
+    pytest.param(["segv"], -signal.SIGSEGV, "SIGSEGV", id="sigsegv"),
+]
 
-@pytest.mark.usefixtures("no_leftovers")
-@pytest.mark.parametrize(
-    ("spec", "exit_code", "named"),
-    [(["exit", 3], 3, "exit(ed with)? code 3"), (["segv"], -signal.SIGSEGV, "SIGSEGV")],
-    ids=["os._exit", "sigsegv"],
-)
-def test_a_crash_costs_only_its_item(backend: Any, spec: list[Any], exit_code: int, named: str) -> None:
+
+def run_crashing(backend: Any, spec: list[Any], exit_code: int, named: str) -> Any:
+    """Item 3 crashes (batches of four): every other item succeeds. Returns item 3's result."""
     specs: list[Any] = [["value", i] for i in range(8)]
     specs[3] = spec
-    if backend.kind == "python" and not backend.processes:
-        # Documented: a thread shares its process: the crash takes the whole process down.
-        done = run_script(crash_in_thread_script(repr(spec)))
-        assert done.returncode == exit_code and "survived" not in done.stdout
-        return
     results = backend.run(specs, batch_size=4)
     assert statuses(results)[:3] + statuses(results)[4:] == ["succeeded"] * 7
     assert [backend.value(r) for i, r in enumerate(results) if i != 3] == [2 * i for i in range(8) if i != 3]
     crashed = results[3]
     assert re.search(named, crashed.reason)
-    if backend.kind == "command":
-        # Documented: a command's own exit or signal is a failure of the command.
-        assert crashed.status is phalanx.Status.FAILED
-        assert (crashed.exit_code, crashed.signal) == ((exit_code, None) if exit_code > 0 else (None, -exit_code))
-        return
-    assert crashed.status is phalanx.Status.CRASHED
-    assert crashed.reason.startswith("WorkerCrashed: item 3:")
     assert (crashed.exit_code, crashed.signal) == ((exit_code, None) if exit_code > 0 else (None, -exit_code))
+    return crashed
 
 
 @pytest.mark.usefixtures("no_leftovers")
-def test_sigkill_from_outside_costs_only_its_item(backend: Any, flags: Path) -> None:
+@pytest.mark.parametrize(("spec", "exit_code", "named"), CRASHES)
+@on(*WORKERS)
+def test_a_crash_costs_only_its_item(backend: Any, spec: list[Any], exit_code: int, named: str) -> None:
+    crashed = run_crashing(backend, spec, exit_code, named)
+    assert crashed.status is phalanx.Status.CRASHED
+    assert crashed.reason.startswith("WorkerCrashed: item 3:")
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@pytest.mark.parametrize(("spec", "exit_code", "named"), CRASHES)
+@on("command")
+def test_a_crashing_command_is_a_failure_of_that_command(
+    backend: Any, spec: list[Any], exit_code: int, named: str
+) -> None:
+    # Documented: a command's own exit or signal is a failure of the command.
+    crashed = run_crashing(backend, spec, exit_code, named)
+    assert crashed.status is phalanx.Status.FAILED
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@pytest.mark.parametrize(("spec", "exit_code", "named"), CRASHES)
+@on("threads")
+def test_a_crash_in_a_thread_takes_its_whole_process_down(
+    backend: Any, spec: list[Any], exit_code: int, named: str
+) -> None:
+    # Documented: a thread shares its process: the crash takes the whole process down.
+    done = run_script(crash_in_thread_script(repr(spec)))
+    assert done.returncode == exit_code and "survived" not in done.stdout
+
+
+def run_killing(backend: Any, flags: Path, target: Any) -> tuple[list[Any], int]:
+    """Item 2 (batches of three) blocks; `target(handle, victim)` names the pid to SIGKILL.
+    Every other item succeeds, and so does nothing of what ran item 2. Returns the results
+    and the pid that ran item 2."""
     specs: list[Any] = [["value", i] for i in range(6)]
     specs[2] = ["block", str(flags), "victim"]
-    if backend.kind == "python" and not backend.processes:
-        # Documented: a thread's "worker" is the caller's process: killing it kills the caller.
-        script = (
-            "import os, signal, sys, pathlib, phalanx\n"
-            "from conformance_support import job, started_pid\n"
-            "flags = pathlib.Path(sys.argv[1])\n"
-            "with phalanx.Executor(2, backend='threads') as ex:\n"
-            "    ex.submit(job, ['block', str(flags), 'victim'])\n"
-            "    started_pid(flags, 'victim')\n"
-            "    (task,) = ex.active_tasks()\n"
-            "    assert task['pid'] == os.getpid() and ex.worker_pids() == []\n"
-            "    os.kill(task['pid'], signal.SIGKILL)\n"
-        )
-        done = run_script(script, str(flags))
-        assert done.returncode == -signal.SIGKILL, done.stderr
-        return
     handle = backend.start(specs, batch_size=3)
     victim = started_pid(flags, "victim")
-    if backend.kind == "python":
-        (running,) = [task for task in handle.active() if task.get("item") == 2]
-        assert running["pid"] == victim  # the process running the item (the child with isolate)
-        assert running["worker_pid"] in handle.worker_pids()
-        target = running["worker_pid"]  # the warm worker itself, even with isolate
-    else:
-        target = victim
-    os.kill(target, signal.SIGKILL)
+    os.kill(target(handle, victim), signal.SIGKILL)
     results = handle.results()
-    assert statuses(results) == ["succeeded"] * 2 + [results[2].status.value] + ["succeeded"] * 3
     assert [backend.value(r) for i, r in enumerate(results) if i != 2] == [0, 2, 6, 8, 10]
     assert "SIGKILL" in results[2].reason
     assert results[2].signal == signal.SIGKILL
-    expected = phalanx.Status.FAILED if backend.kind == "command" else phalanx.Status.CRASHED
-    assert results[2].status is expected
     assert not wait_gone([victim])  # with isolate, the item's child went with its worker
+    return results, victim
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@on(*WORKERS)
+def test_sigkill_of_a_worker_from_outside_costs_only_its_item(backend: Any, flags: Path) -> None:
+    def the_worker(handle: Any, victim: int) -> int:
+        (running,) = [task for task in handle.active() if task.get("item") == 2]
+        assert running["pid"] == victim  # the process running the item (the child with isolate)
+        assert running["worker_pid"] in handle.worker_pids()
+        return int(running["worker_pid"])  # the warm worker itself, even with isolate
+
+    results, _ = run_killing(backend, flags, the_worker)
+    assert statuses(results) == ["succeeded"] * 2 + ["crashed"] + ["succeeded"] * 3
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@on("command")
+def test_sigkill_of_a_command_from_outside_fails_only_that_command(backend: Any, flags: Path) -> None:
+    results, _ = run_killing(backend, flags, lambda handle, victim: victim)
+    assert statuses(results) == ["succeeded"] * 2 + ["failed"] + ["succeeded"] * 3
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@on("threads")
+def test_sigkill_of_a_threads_worker_kills_the_caller(backend: Any, flags: Path) -> None:
+    # Documented: a thread's "worker" is the caller's process: killing it kills the caller.
+    script = (
+        "import os, signal, sys, pathlib, phalanx\n"
+        "from conformance_support import job, started_pid\n"
+        "flags = pathlib.Path(sys.argv[1])\n"
+        "with phalanx.Executor(2, backend='threads') as ex:\n"
+        "    ex.submit(job, ['block', str(flags), 'victim'])\n"
+        "    started_pid(flags, 'victim')\n"
+        "    (task,) = ex.active_tasks()\n"
+        "    assert task['pid'] == os.getpid() and ex.worker_pids() == []\n"
+        "    os.kill(task['pid'], signal.SIGKILL)\n"
+    )
+    done = run_script(script, str(flags))
+    assert done.returncode == -signal.SIGKILL, done.stderr
 
 
 # ---------------------------------------------------------------------------- cancellation
 
 
+def blocked(flags: Path) -> list[Any]:
+    """Two blocking items (on the two workers) and two waiting behind them."""
+    return [["block", str(flags), "a"], ["block", str(flags), "b"], ["value", 1], ["value", 2]]
+
+
+def cancel_all_submitted(executor: Any, flags: Path) -> list[int]:
+    """Submit `blocked`, cancel everything once both blockers run; returns their pids."""
+    futures = [executor.submit(job, spec) for spec in blocked(flags)]
+    pids = [started_pid(flags, name) for name in "ab"]
+    assert executor.cancel_all() == 4
+    assert all(future.cancelled() for future in futures)
+    wait_idle(executor)
+    return pids
+
+
 @pytest.mark.usefixtures("no_leftovers")
+@on(*WORKERS)
 def test_cancel_stops_running_work_and_cancels_the_rest(backend: Any, flags: Path) -> None:
-    specs = [["block", str(flags), "a"], ["block", str(flags), "b"], ["value", 1], ["value", 2]]
-    if backend.kind == "command":
-        handle = backend.start(specs)
-        pids = [started_pid(flags, name) for name in "ab"]
-        handle.cancel()  # what Ctrl-C does to a run
-        results = handle.results()
-        assert statuses(results) == ["cancelled"] * 4
-        assert not wait_gone(pids)
-        return
     with backend.executor(2) as executor:
-        futures = [executor.submit(job, spec) for spec in specs]
-        pids = [started_pid(flags, name) for name in "ab"]
-        assert executor.cancel_all() == 4
-        assert all(future.cancelled() for future in futures)
-        wait_idle(executor)
-        if backend.processes:
-            assert not wait_gone(pids), "cancelled work still runs"
-        else:
-            # Documented: threads cannot be stopped: the cancelled items' threads run on.
-            assert all(alive(pid) for pid in pids)
-            mark(flags / "release")
-            assert wait_for(flags / "finished-a") and wait_for(flags / "finished-b")
-            assert executor.stats()["abandoned_threads"] == 2
+        pids = cancel_all_submitted(executor, flags)
+        assert not wait_gone(pids), "cancelled work still runs"
         # The executor goes on working after a cancellation.
         assert executor.submit(job, ["value", 21]).result(timeout=10) == 42
-    assert not (flags / "finished-a").exists() or not backend.processes
+    assert not (flags / "finished-a").exists()
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@on("threads")
+def test_cancelled_threads_are_abandoned_and_run_on(backend: Any, flags: Path) -> None:
+    with backend.executor(2) as executor:
+        pids = cancel_all_submitted(executor, flags)
+        # Documented: threads cannot be stopped: the cancelled items' threads run on.
+        assert all(alive(pid) for pid in pids)
+        mark(flags / "release")
+        assert wait_for(flags / "finished-a") and wait_for(flags / "finished-b")
+        assert executor.stats()["abandoned_threads"] == 2
+        # The executor goes on working after a cancellation.
+        assert executor.submit(job, ["value", 21]).result(timeout=10) == 42
+
+
+@pytest.mark.usefixtures("no_leftovers")
+@on("command")
+def test_cancelling_a_run_stops_its_commands_and_cancels_the_rest(backend: Any, flags: Path) -> None:
+    handle = backend.start(blocked(flags))
+    pids = [started_pid(flags, name) for name in "ab"]
+    handle.cancel()  # what Ctrl-C does to a run
+    results = handle.results()
+    assert statuses(results) == ["cancelled"] * 4
+    assert not wait_gone(pids)
 
 
 def wait_idle(executor: Any) -> None:
@@ -350,71 +466,130 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.parametrize("entry", ["map", "executor"])
-def test_ctrl_c_stops_everything_and_leaves_no_process(backend: Any, flags: Path, entry: str) -> None:
-    if backend.kind == "command":
-        if entry == "executor":
-            # An Executor runs callables only; commands go through phalanx.run (entry "map").
-            with phalanx.Executor(1, backend="threads") as executor, pytest.raises(phalanx.ConfigError):
-                executor.submit_task(phalanx.Task("c", "true"))
-            return
-        code, stderr, pids = interrupt_when_started(COMMANDS_INTERRUPTED, flags, ["a", "b"])
-    else:
-        isolate = "1" if backend.isolate else "0"
-        code, stderr, pids = interrupt_when_started(PYTHON_INTERRUPTED, flags, ["a", "b"], backend.backend,
-                                                    isolate, entry)
+def interrupt_python(backend: Any, flags: Path, entry: str) -> list[int]:
+    """Ctrl-C a program running two blocking callables: it exits 130 and leaves no process.
+    Returns the pids it had started."""
+    isolate = "1" if backend.isolate else "0"
+    code, stderr, pids = interrupt_when_started(PYTHON_INTERRUPTED, flags, ["a", "b"], backend.backend,
+                                                isolate, entry)
     assert code == 130, stderr
     assert not wait_gone(pids), "a process outlived the interrupted program"
-    assert not (flags / "finished-a").exists() or (backend.kind == "python" and not backend.processes)
+    return pids
+
+
+@pytest.mark.parametrize("entry", ["map", "executor"])
+@on(*WORKERS)
+def test_ctrl_c_stops_everything_and_leaves_no_process(backend: Any, flags: Path, entry: str) -> None:
+    interrupt_python(backend, flags, entry)
+    assert not (flags / "finished-a").exists()  # stopped, not run to the end
+
+
+@pytest.mark.parametrize("entry", ["map", "executor"])
+@on("threads")
+def test_ctrl_c_on_threads_ends_the_program_and_leaves_no_process(backend: Any, flags: Path, entry: str) -> None:
+    # Threads cannot be stopped: they end with their process (whether a blocked one got to
+    # write "finished-a" first is not part of the contract).
+    interrupt_python(backend, flags, entry)
+
+
+@on("command")
+def test_ctrl_c_stops_every_command_and_leaves_no_process(backend: Any, flags: Path) -> None:
+    code, stderr, pids = interrupt_when_started(COMMANDS_INTERRUPTED, flags, ["a", "b"])
+    assert code == 130, stderr
+    assert not wait_gone(pids), "a process outlived the interrupted program"
+    assert not (flags / "finished-a").exists()
+
+
+@on("command")
+def test_commands_go_through_run_not_an_executor(backend: Any) -> None:
+    # An Executor runs callables only; commands go through phalanx.run (interrupted above).
+    with phalanx.Executor(1, backend="threads") as executor, pytest.raises(phalanx.ConfigError):
+        executor.submit_task(backend.task(0, ["value", 1], None))
 
 
 # ---------------------------------------------------------------------------- pickling
 
 
-def test_unpicklable_arguments_fail_only_their_item(backend: Any) -> None:
+@pytest.fixture
+def unpicklable() -> Iterator[tuple[threading.Lock, socket.socket]]:
     lock, sock = threading.Lock(), socket.socket()
-    try:
-        if backend.kind == "command":
-            # Documented: a command's arguments are strings; nothing is pickled, and
-            # anything else is refused when the task is made.
-            with pytest.raises(phalanx.ConfigError, match="list of strings"):
-                phalanx.Task("t", ("echo", lock))  # type: ignore[arg-type]
-            return
-        specs = [["value", 1], ["same", lock], ["value", 3], ["same", sock]]
-        results = backend.run(specs)
-        assert [backend.value(results[0]), backend.value(results[2])] == [2, 6]
-        if not backend.processes:
-            # Documented: threads get their arguments by reference: the very same objects.
-            assert statuses(results) == ["succeeded"] * 4
-            assert results[1].value is lock and results[3].value is sock
-            return
-        assert statuses(results) == ["succeeded", "failed", "succeeded", "failed"]
-        assert "item 1" in results[1].reason and "type lock" in results[1].reason
-        assert "item 3" in results[3].reason and "type socket" in results[3].reason
-        assert "cannot be pickled" in results[1].reason
-    finally:
-        sock.close()
+    with sock:
+        yield lock, sock
+
+
+def run_unpicklable(backend: Any, lock: threading.Lock, sock: socket.socket) -> list[Any]:
+    """Items 1 and 3 take arguments that cannot be pickled; items 0 and 2 succeed."""
+    results = backend.run([["value", 1], ["same", lock], ["value", 3], ["same", sock]])
+    assert [backend.value(results[0]), backend.value(results[2])] == [2, 6]
+    return results
+
+
+@on(*WORKERS)
+def test_unpicklable_arguments_fail_only_their_item(
+    backend: Any, unpicklable: tuple[threading.Lock, socket.socket]
+) -> None:
+    results = run_unpicklable(backend, *unpicklable)
+    assert statuses(results) == ["succeeded", "failed", "succeeded", "failed"]
+    assert "item 1" in results[1].reason and "type lock" in results[1].reason
+    assert "item 3" in results[3].reason and "type socket" in results[3].reason
+    assert "cannot be pickled" in results[1].reason
+
+
+@on("threads")
+def test_threads_get_their_arguments_by_reference(
+    backend: Any, unpicklable: tuple[threading.Lock, socket.socket]
+) -> None:
+    # Documented: threads get their arguments by reference: the very same objects.
+    lock, sock = unpicklable
+    results = run_unpicklable(backend, lock, sock)
+    assert statuses(results) == ["succeeded"] * 4
+    assert results[1].value is lock and results[3].value is sock
+
+
+@on("command")
+def test_a_commands_arguments_are_strings_and_nothing_else_is_accepted(
+    backend: Any, unpicklable: tuple[threading.Lock, socket.socket]
+) -> None:
+    # Documented: a command's arguments are strings; nothing is pickled, and anything
+    # else is refused when the task is made.
+    lock, _ = unpicklable
+    with pytest.raises(phalanx.ConfigError, match="list of strings"):
+        phalanx.Task("t", ("echo", lock))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- recycling
 
+SIX_PIDS = [["pid"]] * 6  # each item says which process ran it, and that process's parent
 
-def test_max_tasks_per_worker_replaces_workers(backend: Any) -> None:
-    specs = [["pid"]] * 6
-    if backend.kind == "command":
-        # Documented: every command is a process of its own.
-        results = backend.run(specs)
-        assert len({tuple(backend.value(r)) for r in results}) == 6
-        return
-    if not backend.processes:
-        # Documented: threads share one process: there is no worker process to recycle.
-        with pytest.raises(phalanx.ConfigError, match="max_tasks_per_worker needs backend='processes'"):
-            backend.run(specs, max_tasks_per_worker=2)
-        return
-    results = backend.run(specs, max_workers=1, max_tasks_per_worker=2)
-    assert statuses(results) == ["succeeded"] * 6
-    pids = [r.value[1] if backend.isolate else r.value[0] for r in results]  # the worker's pid
+
+def assert_recycled_every_two(pids: list[int]) -> None:
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5] != pids[0]
-    if backend.isolate:
-        assert len({r.value[0] for r in results}) == 6  # and a fresh child for every item
     assert forkserver_pid() not in pids
+
+
+@on("processes")
+def test_max_tasks_per_worker_replaces_workers(backend: Any) -> None:
+    results = backend.run(SIX_PIDS, max_workers=1, max_tasks_per_worker=2)
+    assert statuses(results) == ["succeeded"] * 6
+    assert_recycled_every_two([r.value[0] for r in results])  # the worker ran the item
+
+
+@on("processes-isolate")
+def test_max_tasks_per_worker_replaces_workers_and_each_item_gets_a_fresh_child(backend: Any) -> None:
+    results = backend.run(SIX_PIDS, max_workers=1, max_tasks_per_worker=2)
+    assert statuses(results) == ["succeeded"] * 6
+    assert_recycled_every_two([r.value[1] for r in results])  # the worker forked the item's child
+    assert len({r.value[0] for r in results}) == 6  # and a fresh child for every item
+
+
+@on("threads")
+def test_threads_refuse_max_tasks_per_worker(backend: Any) -> None:
+    # Documented: threads share one process: there is no worker process to recycle.
+    with pytest.raises(phalanx.ConfigError, match="max_tasks_per_worker needs backend='processes'"):
+        backend.run(SIX_PIDS, max_tasks_per_worker=2)
+
+
+@on("command")
+def test_every_command_is_a_process_of_its_own(backend: Any) -> None:
+    results = backend.run(SIX_PIDS)
+    assert len({tuple(backend.value(r)) for r in results}) == 6
