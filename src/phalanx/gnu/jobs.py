@@ -46,6 +46,11 @@ class JobPlan:
     def build(cls, options: MapOptions) -> JobPlan:
         sources = options.sources or [InputSource("stdin")]
         uses_stdin = any(s.kind == "stdin" or s.path == "-" for s in sources)
+        if uses_stdin and sys.stdin.isatty():
+            # As GNU parallel: someone who forgot ::: should not wait on a silent prompt.
+            sys.stderr.write("phalanx map: warning: input is read from the terminal; press Ctrl-D to end it "
+                             "(or give inputs after ::: or ::::, or pipe them in)\n")
+            sys.stderr.flush()
         inputs = read_inputs(
             sources,
             stdin=sys.stdin.buffer if uses_stdin else None,

@@ -15,13 +15,15 @@ import shutil
 import signal
 import sys
 from bisect import insort
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TextIO
 
 from ..backends.base import Attempt, Outcome
 from ..backends.command import CommandBackend
 from ..errors import PhalanxError
-from ..events import Event, RunFinished, RunStarted, Sink
+from ..events import Event, RunCancelling, RunFinished, RunStarted, Sink, TaskFinished
 from ..model import Graph, RetryPolicy, Task
 from ..policy import HaltDecision
 from ..results import CancelReason, RunReport, Status, TaskResult
@@ -136,6 +138,7 @@ class MapRun:
                 on_broken_pipe=reader_gone,
             )
             sinks += [reader_gone, self.output]
+        sinks.append(JobWarnings(sys.stderr, self._command_of))
         try:
             # The results sink before the joblog: a job the joblog records (and --resume
             # skips) always has its results record, even if phalanx is killed between the two.
@@ -183,6 +186,10 @@ class MapRun:
     def _seq_of(self, task_id: str) -> int:
         return self.plan.by_id[task_id].seq
 
+    def _command_of(self, result: TaskResult) -> str:
+        job = self.plan.by_id[result.task_id]
+        return self.plan.command_of(job, slot=result.worker)
+
     def _joblog_fields(self, result: TaskResult) -> tuple[int, str]:
         job = self.plan.by_id[result.task_id]
         return job.seq, self.plan.command_of(job, slot=result.worker)
@@ -206,6 +213,45 @@ class MapRun:
             started = sum(1 for r in report.results.values() if r.attempts)
             return math.ceil(failed / (started or 1) * 100)
         return min(failed, 101)
+
+
+class JobWarnings:
+    """Says on stderr what GNU parallel says there: a job that could not start (when its own
+    stderr is silent about it), a job killed by ``--timeout``, jobs stopped by ``--halt``."""
+
+    def __init__(self, stream: TextIO, command_of: Callable[[TaskResult], str]) -> None:
+        self._stream = stream
+        self._command_of = command_of
+        self._halting = False
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, RunCancelling):
+            self._halting = event.reason is CancelReason.HALT
+            return
+        if not isinstance(event, TaskFinished):
+            return
+        result = event.result
+        if result.status is Status.TIMED_OUT:
+            self._say(f"warning: this job was killed because it {result.reason}: {self._command_of(result)}")
+        elif result.status is Status.CANCELLED and result.attempts and self._halting:
+            self._say(f"warning: this job was killed by --halt: {self._command_of(result)}")
+        elif result.status is Status.FAILED and not result.stderr_tail and _could_not_start(result):
+            self._say(f"{result.reason}")
+
+    def _say(self, text: str) -> None:
+        try:
+            self._stream.write(f"phalanx map: {text}\n")
+            self._stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # nobody is reading stderr any more: nothing to tell
+
+    def close(self) -> None:
+        return None
+
+
+def _could_not_start(result: TaskResult) -> bool:
+    reason = result.reason or ""
+    return result.exit_code in (126, 127) or reason.startswith(("cannot start", "command not"))
 
 
 class _ReaderGone:
