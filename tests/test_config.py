@@ -76,7 +76,7 @@ def test_every_key_becomes_the_exact_task_field(tmp_path: Path) -> None:
         ),
         env={"SHARED": "d", "OVERRIDE": "task", "OWN": "x"},
         cwd=str(tmp_path / "sub"),
-        tags=frozenset({"lint", "python"}),
+        tags=frozenset({"default", "lint", "python"}),  # tags add up: the defaults' and the task's
         cost=90.0,
         group=None,
     )
@@ -305,6 +305,7 @@ def test_find_task_file_prefers_phalanx_toml(tmp_path: Path, monkeypatch: pytest
 
 
 def test_find_task_file_ignores_a_pyproject_without_tool_phalanx(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()  # the search goes no further up
     write(tmp_path / "pyproject.toml", "[project]", 'name = "x"', "[tool.ruff]", "line-length = 100")
     with pytest.raises(ConfigError, match=r"no phalanx.toml \(or \[tool.phalanx\] in pyproject.toml\) in "):
         find_task_file(tmp_path)

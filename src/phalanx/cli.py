@@ -1,15 +1,20 @@
 """The command line: parse, build the model, call the engine, turn the outcome into an exit code.
 
-Exit codes (``run``, ``plan``, ``graph``): 0 all succeeded; 1 some task did not; 2 bad
-usage or input, nothing ran; 130 interrupted (SIGINT); 143 terminated (SIGTERM).
+Exit codes (``run``, ``plan``, ``graph``, ``list``): 0 all succeeded; 1 some task did not;
+2 bad usage or input, nothing ran; 130 interrupted (SIGINT); 143 terminated (SIGTERM).
 Bad input is one line on stderr naming the file and line, never a traceback.
+
+``phalanx map`` is routed to its own front end before click is imported (`phalanx._entry`);
+the ``map`` command here only lists it in ``phalanx --help`` and in shell completion.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -19,19 +24,69 @@ from . import __version__
 from .errors import PhalanxError, SelectionError, did_you_mean
 
 if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
     from .config import TaskFile
-    from .model import Graph
+    from .model import Graph, Task
 
 EXIT_BAD_INPUT = 2
+
+MAIN_EPILOG = """
+\b
+Examples:
+  phalanx run                      # the tasks of phalanx.toml, here or above
+  phalanx list                     # the tasks, their tags and dependencies
+  phalanx map gzip -9 ::: *.log    # one job per input, as GNU parallel
+  phalanx run --help               # each command has its own help and examples
+
+\b
+Task files: docs/taskfile.md. Shell completion (task names for --select too):
+  bash:  eval "$(_PHALANX_COMPLETE=bash_source phalanx)"    # in ~/.bashrc
+  zsh:   eval "$(_PHALANX_COMPLETE=zsh_source phalanx)"     # in ~/.zshrc
+  fish:  _PHALANX_COMPLETE=fish_source phalanx | source     # in config.fish
+"""
 
 RUN_EXAMPLES = """
 \b
 Examples:
-  phalanx run                      # phalanx.toml (or [tool.phalanx] in pyproject.toml) here
+  phalanx run                      # phalanx.toml (or [tool.phalanx] in pyproject.toml)
   phalanx run examples/ci.toml -j 8
   phalanx run --select mypy        # mypy and what it depends on
-  phalanx run --select tag:lint --no-deps --output always
+  phalanx run examples/ci.toml --select tag:lint --no-deps --output always
+  phalanx run --timeout 5m         # for tasks that set no timeout (0: none)
   phalanx run --fail-fast --json > report.json
+"""
+
+PLAN_EXAMPLES = """
+\b
+Examples:
+  phalanx plan                     # phalanx.toml (or [tool.phalanx] in pyproject.toml)
+  phalanx plan examples/ci.toml -j 8
+  phalanx plan -j 2                # how much slower on two workers?
+"""
+
+GRAPH_EXAMPLES = """
+\b
+Examples:
+  phalanx graph                    # each task under its level, with its dependencies
+  phalanx graph examples/ci.toml --format mermaid > ci.mmd
+  phalanx graph --format dot | dot -Tsvg > graph.svg
+"""
+
+LIST_EXAMPLES = """
+\b
+Examples:
+  phalanx list                     # phalanx.toml (or [tool.phalanx] in pyproject.toml)
+  phalanx list examples/ci.toml --select tag:yaml
+  phalanx list --json | jq -r '.tasks[].id'
+"""
+
+MAP_HELP = """Run COMMAND once per input, in parallel, as GNU parallel does.
+
+\b
+Its options keep GNU parallel's names and meanings; see: phalanx map --help
+  phalanx map gzip -9 ::: *.log
+  find . -name '*.tar.gz' | phalanx map -j 8 -k tar xzf {}
 """
 
 
@@ -41,6 +96,7 @@ def _fail(error: PhalanxError | str) -> NoReturn:
 
 
 def _load(file: str | None) -> TaskFile:
+    """The task file: FILE, or the one found here or above."""
     from .config import find_task_file, load_task_file
 
     try:
@@ -48,6 +104,110 @@ def _load(file: str | None) -> TaskFile:
         return load_task_file(path)
     except PhalanxError as error:
         _fail(error)
+
+
+def _warn(task_file: TaskFile) -> None:
+    """Print the task file's warnings, once each: after the command line has been checked, so
+    that bad usage stays one line, and before any output."""
+    for warning in task_file.warnings:
+        click.echo(f"phalanx: warning: {warning}", err=True)
+
+
+def _complete_select(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion for ``--select``: the task ids, ``for_each`` names and ``tag:`` values."""
+    from click.shell_completion import CompletionItem
+
+    from .config import find_task_file, load_task_file
+
+    try:
+        # Before an unfinished option, click leaves FILE unparsed among the context's args.
+        file = ctx.params.get("file") or next((arg for arg in ctx.args if not arg.startswith("-")), None)
+        graph = load_task_file(Path(file) if file else find_task_file()).graph
+    except Exception:  # a broken or missing file: offer nothing rather than a traceback at the prompt
+        return []
+    offers: dict[str, str] = {}
+    for task in graph:
+        if task.group is not None:
+            offers.setdefault(task.group, f"every {task.group}[...] task")
+        offers[task.id] = task.describe()
+    for tag in sorted({tag for task in graph for tag in task.tags}):
+        offers[f"tag:{tag}"] = "the tasks tagged " + tag
+    return [CompletionItem(value, help=text) for value, text in offers.items() if value.startswith(incomplete)]
+
+
+def _register_bash_completion() -> None:
+    """Teach click's bash completion that bash splits words at ``:`` (``COMP_WORDBREAKS``).
+
+    Bash hands over ``--select tag:li`` as the words ``tag``, ``:``, ``li`` and replaces only
+    the text after the last ``:``: the words are joined back before completing, and each
+    reply loses what precedes that ``:`` (as bash-completion's ``__ltrim_colon_completions``).
+    """
+    from click.shell_completion import BashComplete, add_completion_class
+
+    class ColonBashComplete(BashComplete):
+        def get_completion_args(self) -> tuple[list[str], str]:
+            args, incomplete = super().get_completion_args()
+            words: list[str] = []
+            split = False  # whether bash split the last word at a ":"
+            for word in [*args, incomplete]:
+                split = bool(words) and (word.startswith(":") or words[-1].endswith(":"))
+                if split:
+                    words[-1] += word
+                else:
+                    words.append(word)
+            self._colon_prefix = words[-1][: words[-1].rfind(":") + 1] if split else ""
+            return words[:-1], words[-1]
+
+        def format_completion(self, item: CompletionItem) -> str:
+            prefix = getattr(self, "_colon_prefix", "")
+            if prefix and item.value.startswith(prefix):
+                item.value = item.value[len(prefix):]
+            return super().format_completion(item)
+
+    add_completion_class(ColonBashComplete, "bash")
+
+
+if os.environ.get("_PHALANX_COMPLETE", "").startswith("bash"):
+    _register_bash_completion()
+
+
+def _select_option(function: Any) -> Any:
+    return click.option(
+        "--select",
+        "selects",
+        multiple=True,
+        metavar="ID|tag:T",
+        shell_complete=_complete_select,
+        help="Only these tasks (a task, a for_each name or tag:NAME; repeatable), with what they depend on.",
+    )(function)
+
+
+def _no_deps_option(function: Any) -> Any:
+    return click.option(
+        "--no-deps", is_flag=True, help="With --select: do not bring the selected tasks' dependencies."
+    )(function)
+
+
+def _file_argument(function: Any) -> Any:
+    return click.argument("file", required=False, type=click.Path())(function)
+
+
+def _colour_option(function: Any) -> Any:
+    return click.option(
+        "--color",
+        "colour",
+        type=click.Choice(["auto", "always", "never"]),
+        default="auto",
+        show_default=True,
+        help="Colour the output: auto (on a terminal, unless NO_COLOR is set; FORCE_COLOR forces it), "
+        "always, never.",
+    )(function)
+
+
+def _colour(choice: str, stream: Any) -> bool:
+    from .sinks.console import wants_colour
+
+    return wants_colour(choice, stream)
 
 
 def _locate(error: PhalanxError, task_file: TaskFile, key: str | None = None) -> PhalanxError:
@@ -95,10 +255,14 @@ def select(graph: Graph, patterns: Sequence[str], *, with_deps: bool) -> Graph:
     return graph.subgraph(chosen, keep_deps=with_deps)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EPILOG)
 @click.version_option(__version__, prog_name="phalanx")
 def main() -> None:
-    """phalanx: run shell commands, task DAGs and Python callables in parallel."""
+    """phalanx: run shell commands, task DAGs and Python callables in parallel.
+
+    A task file is phalanx.toml, or the [tool.phalanx] table of pyproject.toml, in the
+    current directory or the nearest directory above it (up to the repository root).
+    """
 
 
 def _jobs_option(function: Any) -> Any:
@@ -112,12 +276,17 @@ def _jobs_option(function: Any) -> Any:
     )(function)
 
 
-@main.command(epilog=RUN_EXAMPLES)
-@click.argument("file", required=False)
+@main.command(epilog=RUN_EXAMPLES, short_help="Run the tasks, each as soon as its dependencies succeed.")
+@_file_argument
 @_jobs_option
 @click.option("--fail-fast", is_flag=True, help="On the first failure, stop everything (default: keep going).")
-@click.option("--select", "selects", multiple=True, metavar="ID|tag:T", help="Run only these (repeatable).")
-@click.option("--no-deps", is_flag=True, help="With --select: do not bring the selected tasks' dependencies.")
+@_select_option
+@_no_deps_option
+@click.option(
+    "--timeout",
+    metavar="DURATION",
+    help="A timeout per attempt (30, 90s, 2m) for the tasks that set none; 0: no timeout (the default).",
+)
 @click.option("--dry-run", is_flag=True, help="Print what would run, in order, and run nothing.")
 @click.option(
     "--output",
@@ -128,36 +297,46 @@ def _jobs_option(function: Any) -> Any:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (people's text on stderr).")
 @click.option("--log-dir", type=click.Path(file_okay=False), help="Keep every task's output files here.")
+@_colour_option
 def run(
     file: str | None,
     jobs: int | None,
     fail_fast: bool,
     selects: tuple[str, ...],
     no_deps: bool,
+    timeout: str | None,
     dry_run: bool,
     output: str,
     as_json: bool,
     log_dir: str | None,
+    colour: str,
 ) -> None:
-    """Run the tasks of FILE (default: ./phalanx.toml), each as soon as its dependencies succeed."""
+    """Run the tasks of FILE, each as soon as its dependencies succeed.
+
+    FILE defaults to phalanx.toml, or [tool.phalanx] in pyproject.toml, in the current
+    directory or the nearest one above it. Commands run in the task file's directory
+    (or the task's cwd), wherever phalanx is started.
+    """
     import asyncio
 
     from .render import summary_text
     from .session import StandardBackends, run_session
-    from .sinks.console import ConsoleReporter
+    from .sinks.console import ConsoleReporter, paint_summary
     from .workers import optimal_workers
 
     task_file = _load(file)
     try:
-        graph = select(task_file.graph, selects, with_deps=not no_deps)
+        graph = _with_timeout(select(task_file.graph, selects, with_deps=not no_deps), timeout)
     except PhalanxError as error:
         _fail(error)
+    _warn(task_file)
     workers = jobs or optimal_workers("commands").count
+    human = sys.stderr if as_json else sys.stdout
+    painted = _colour(colour, human)
     if dry_run:
         _dry_run(task_file, graph, workers)
         return
-    human = sys.stderr if as_json else sys.stdout
-    reporter = ConsoleReporter(human, output=output)  # type: ignore[arg-type]
+    reporter = ConsoleReporter(human, output=output, colour=painted)  # type: ignore[arg-type]
     backends = StandardBackends("auto", grace=2.0)
     try:
         report = asyncio.run(
@@ -175,12 +354,28 @@ def run(
         )
     except PhalanxError as error:
         _fail(_locate(error, task_file, "resources"))
-    human.write(summary_text(report) + "\n")
+    summary = summary_text(report)
+    human.write((paint_summary(summary, report.exit_code == 0) if painted else summary) + "\n")
     human.flush()
     if as_json:
         json.dump(report.to_dict(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     sys.exit(report.exit_code)
+
+
+def _with_timeout(graph: Graph, timeout: str | None) -> Graph:
+    """``--timeout``: the graph with a timeout for every task that sets none (0: none at all).
+
+    Raises:
+        DurationError: not a duration.
+    """
+    from .durations import parse_duration
+    from .model import Graph
+
+    seconds = None if timeout is None else parse_duration(timeout, what="--timeout")
+    if not seconds:
+        return graph
+    return Graph(replace(task, timeout=seconds) if task.timeout is None else task for task in graph)
 
 
 def _dry_run(task_file: TaskFile, graph: Graph, workers: int) -> None:
@@ -190,19 +385,27 @@ def _dry_run(task_file: TaskFile, graph: Graph, workers: int) -> None:
         plan = get_execution_plan(graph, max_workers=workers, resources=task_file.capacities)
     except PhalanxError as error:
         _fail(_locate(error, task_file, "resources"))
-    click.echo(f"Would run {len(graph)} tasks on {workers} workers, in this order (by estimate):")
+    from .render import plural
+
+    click.echo(f"Would run {plural(len(graph), 'task')} on {plural(workers, 'worker')}, in this order (by estimate):")
     width = len(str(len(plan.start_order)))
     for position, tid in enumerate(plan.start_order, 1):
         click.echo(f"  {position:>{width}}. {tid}: {graph[tid].describe()}")
 
 
-@main.command()
-@click.argument("file", required=False)
+@main.command(epilog=PLAN_EXAMPLES, short_help="Show levels, critical path and start order; run nothing.")
+@_file_argument
 @_jobs_option
-def plan(file: str | None, jobs: int | None) -> None:
-    """Show levels, the critical path, the widest level and the start order of FILE's tasks."""
+@_colour_option
+def plan(file: str | None, jobs: int | None, colour: str) -> None:
+    """Show levels, the critical path, the widest level and the start order of FILE's tasks.
+
+    Nothing runs: the start order comes from the scheduler itself, on estimated durations
+    (each task's cost, else the depth of the graph below it).
+    """
     from .plan import get_execution_plan
     from .render import plan_text
+    from .sinks.console import paint_plan
     from .workers import optimal_workers
 
     task_file = _load(file)
@@ -212,20 +415,103 @@ def plan(file: str | None, jobs: int | None) -> None:
         )
     except PhalanxError as error:
         _fail(_locate(error, task_file, "resources"))
-    click.echo(plan_text(execution_plan, task_file.graph))
+    _warn(task_file)
+    text = plan_text(execution_plan, task_file.graph)
+    painted = _colour(colour, sys.stdout)
+    click.echo(paint_plan(text) if painted else text, color=painted)
 
 
-@main.command()
-@click.argument("file", required=False)
+@main.command(epilog=GRAPH_EXAMPLES, short_help="Print the dependency graph as text, Mermaid or DOT.")
+@_file_argument
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "mermaid", "dot"]),
+    default="text",
+    show_default=True,
+    help="text for people; mermaid and dot for other programs (never coloured).",
 )
-def graph(file: str | None, fmt: str) -> None:
+@_colour_option
+def graph(file: str | None, fmt: str, colour: str) -> None:
     """Print FILE's dependency graph as text, Mermaid or Graphviz DOT."""
     from .render import GRAPH_FORMATS
+    from .sinks.console import paint_graph
 
     task_file = _load(file)
-    click.echo(GRAPH_FORMATS[fmt](task_file.graph))
+    _warn(task_file)
+    text = GRAPH_FORMATS[fmt](task_file.graph)
+    painted = fmt == "text" and _colour(colour, sys.stdout)
+    click.echo(paint_graph(text) if painted else text, color=painted)
+
+
+@main.command("list", epilog=LIST_EXAMPLES, short_help="List the tasks with their tags and dependencies.")
+@_file_argument
+@_select_option
+@_no_deps_option
+@click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON, every setting included.")
+@_colour_option
+def list_command(file: str | None, selects: tuple[str, ...], no_deps: bool, as_json: bool, colour: str) -> None:
+    """List FILE's tasks (for_each ones expanded), with their tags and dependencies.
+
+    Every task id, for_each name and tag here can be given to --select.
+    """
+    from .render import task_list_text
+    from .sinks.console import paint_table
+
+    task_file = _load(file)
+    try:
+        chosen = select(task_file.graph, selects, with_deps=not no_deps)
+    except PhalanxError as error:
+        _fail(error)
+    _warn(task_file)
+    if as_json:
+        document = {"file": str(task_file.path), "tasks": [_task_dict(task) for task in chosen]}
+        click.echo(json.dumps(document, indent=2))
+        return
+    text = task_list_text(chosen)
+    painted = _colour(colour, sys.stdout)
+    click.echo(paint_table(text) if painted else text, color=painted)
+
+
+def _task_dict(task: Task) -> dict[str, Any]:
+    """A task of a task file as JSON: every setting, in the units the model keeps (seconds)."""
+    retry = task.retry
+    return {
+        "id": task.id,
+        "group": task.group,
+        "cmd": task.describe() if isinstance(task.action, str) or callable(task.action) else list(task.action),
+        "deps": list(task.deps),
+        "tags": sorted(task.tags),
+        "priority": task.priority,
+        "timeout": task.timeout or None,  # 0 is no timeout, as None is
+        "retries": {
+            "count": retry.count,
+            "backoff": retry.backoff,
+            "initial": retry.initial,
+            "max": retry.max,
+            "jitter": retry.jitter,
+            "on_exit_codes": None if retry.on_exit_codes is None else sorted(retry.on_exit_codes),
+        },
+        "resources": dict(task.resources),
+        "env": dict(task.env),
+        "cwd": task.cwd,
+        "cost": task.cost,
+    }
+
+
+@main.command(
+    "map",
+    help=MAP_HELP,
+    short_help="Run a command once per input, as GNU parallel does.",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def map_command(args: tuple[str, ...]) -> None:
+    # `phalanx map` never gets here (`_entry` routes it first, without click): this command
+    # lists it in `phalanx --help` and completion, and serves callers of `main` itself.
+    from .gnu.cli import main as map_main
+
+    sys.exit(map_main(list(args)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,7 @@
 """Load a task file (``phalanx.toml``, or ``[tool.phalanx]`` in ``pyproject.toml``) into the model.
 
     [defaults]                                # any task key but cmd/deps/for_each; task keys win
+                                              # (tags are merged: the defaults' and the task's)
     [resources]                               # named capacities: db = 1 (slots are -j, not here)
     [tasks.test]
     cmd = "pytest {item}"                     # a string runs with sh -c; a list is an argv
@@ -44,6 +45,9 @@ _TOP_KEYS = ("defaults", "resources", "tasks")
 _TASK_KEYS = ("cmd", "deps", "priority", "timeout", "retries", "resources", "env", "cwd", "tags", "cost", "for_each")
 _PER_TASK_ONLY = ("cmd", "deps", "for_each")  # meaningless as a default: they define the task
 _DEFAULT_KEYS = tuple(key for key in _TASK_KEYS if key not in _PER_TASK_ONLY)
+_FOR_EACH_KEYS = ("glob",)
+_FOR_EACH_FORMS = ('a list of items (for_each = ["a", "b"]) or a table whose only key is glob '
+                   '(for_each = { glob = "*.py" })')
 _RETRY_KEYS = ("count", "backoff", "initial", "max", "jitter", "on_exit_codes")
 _ITEM = "{item}"
 # How deep tables and arrays may nest below the top of a task file. Real files need 5 (tasks.NAME.retries
@@ -173,11 +177,14 @@ class TaskFile:
         graph: the tasks; checked for unknown dependencies and cycles, but not frozen
             (the runner validates it when a run starts).
         capacities: the ``[resources]`` table; never contains ``slots`` (that is ``-j``).
+        warnings: located, one-line messages about things that load but are probably
+            mistakes (``{item}`` in a task without ``for_each``), for the front end to print.
     """
 
     path: Path
     graph: Graph
     capacities: Mapping[str, float]
+    warnings: tuple[str, ...] = ()
     _lines: _LineIndex = field(default_factory=_LineIndex, repr=False, compare=False)
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # id -> NAME
 
@@ -193,25 +200,44 @@ class TaskFile:
 
 
 def find_task_file(directory: Path | None = None) -> Path:
-    """The task file in ``directory`` (default: the current one).
+    """The task file for ``directory`` (default: the current one), searched upwards as git does.
+
+    Each directory from ``directory`` up is checked for ``phalanx.toml``, then for a
+    ``pyproject.toml`` with ``[tool.phalanx]``; the nearest wins. The search stops at the
+    filesystem root, and at a directory that contains ``.git`` (after checking it), so a
+    task file outside the repository is never picked up.
 
     Args:
-        directory: where to look; the path returned is relative when this is None.
-
-    Returns:
-        ``phalanx.toml`` if it exists, else ``pyproject.toml`` if it has ``[tool.phalanx]``.
+        directory: where to start; when None the path returned is relative to the current
+            directory (``phalanx.toml``, ``../../phalanx.toml``), so errors read as the user
+            would type the path.
 
     Raises:
-        ConfigError: neither exists.
+        ConfigError: no directory on the way has one.
     """
-    where = Path(".") if directory is None else Path(directory)
+    start = Path.cwd() if directory is None else Path(directory).absolute()
+    for where in (start, *start.parents):
+        found = _task_file_in(where)
+        if found is not None:
+            if directory is None:
+                return Path(os.path.relpath(found, start))
+            return Path(directory) / found.name if where == start else found
+        if (where / ".git").exists():
+            above = "" if where == start else f" or above it up to the repository root {where}"
+            break
+    else:
+        above = " or any directory above it"
+    raise ConfigError(f"no phalanx.toml (or [tool.phalanx] in pyproject.toml) in {start}{above}")
+
+
+def _task_file_in(where: Path) -> Path | None:
     candidate = where / "phalanx.toml"
     if candidate.is_file():
         return candidate
     pyproject = where / "pyproject.toml"
     if pyproject.is_file() and _has_phalanx_table(pyproject):
         return pyproject
-    raise ConfigError(f"no phalanx.toml (or [tool.phalanx] in pyproject.toml) in {where.absolute()}")
+    return None
 
 
 def _has_phalanx_table(pyproject: Path) -> bool:
@@ -346,6 +372,7 @@ class _Loader:
         self.source = source
         self.base = source.absolute().parent  # cwd and globs are relative to the file, like make
         self.lines = lines
+        self.warnings: list[str] = []
 
     def fail(self, message: str, *path: str, error: type[PhalanxError] = ConfigError) -> NoReturn:
         raise error(message, file=self.file, line=self.lines.best(*path))
@@ -424,7 +451,8 @@ class _Loader:
             Graph(graph).validate()  # on a copy: the runner gets an unfrozen graph and validates it itself
         except CycleError as error:
             raise error.located(self.file, self.lines.best("tasks", sources[error.cycle[0]])) from None
-        return TaskFile(self.source, graph, MappingProxyType(capacities), self.lines, MappingProxyType(sources))
+        return TaskFile(self.source, graph, MappingProxyType(capacities), tuple(self.warnings),
+                        self.lines, MappingProxyType(sources))
 
     def capacities(self, resources: dict[str, Any]) -> dict[str, float]:
         capacities: dict[str, float] = {}
@@ -452,6 +480,7 @@ class _Loader:
         cmd, cwd, fields = self.fields(name, table, defaults, capacities)
         env = self.env(name, defaults, table)
         if "for_each" not in table:
+            self.warn_item(name, table, cmd, env, cwd)
             return [self.guard(None, here, Task, id=name, action=cmd, env=env, cwd=self.cwd(cwd), **fields)]
 
         tasks: dict[str, Task] = {}
@@ -471,10 +500,26 @@ class _Loader:
             )
         return list(tasks.values())
 
+    def warn_item(self, name: str, table: dict[str, Any], cmd: str | list[str], env: dict[str, str], cwd: str) -> None:
+        """Warn (once per task) that ``{item}`` in a task without ``for_each`` stays as it is."""
+        texts = {"cmd": [cmd] if isinstance(cmd, str) else cmd, "env": list(env.values()), "cwd": [cwd]}
+        keys = [key for key, values in texts.items() if any(_ITEM in text for text in values)]
+        if not keys:
+            return
+        first = keys[0]
+        line = self.lines.best(*(("tasks", name, first) if first in table else ("defaults", first)))
+        self.warnings.append(
+            f"{self.file}:{line}: task {name!r}: {_ITEM} in {' and '.join(keys)} stays as written: "
+            f"the task has no for_each (add one, or remove {_ITEM})"
+        )
+
     def fields(
         self, name: str, table: dict[str, Any], defaults: dict[str, Any], capacities: dict[str, float]
     ) -> tuple[str | list[str], str, dict[str, Any]]:
-        """The checked cmd, the cwd as written, and the other `Task` fields (but env) of a task."""
+        """The checked cmd, the cwd as written, and the other `Task` fields (but env) of a task.
+
+        A task's own setting replaces the default, except ``tags``, which are merged.
+        """
         settings = {**defaults, **table}
         # Where each setting was written, so that an error in a default points at [defaults].
         origin = {key: ("defaults", key) for key in defaults} | {key: ("tasks", name, key) for key in table}
@@ -492,10 +537,17 @@ class _Loader:
         expect("cmd", (isinstance(cmd, str) or _is_str_list(cmd)) and bool(cmd),
                "a command string or a non-empty list of strings")
         expect("deps", _is_str_list(settings.get("deps", [])), "a list of task names")
-        expect("tags", _is_str_list(settings.get("tags", [])), "a list of strings")
+        for where, whose, tags in (
+            (("defaults", "tags"), "[defaults]", defaults.get("tags", [])),
+            (("tasks", name, "tags"), f"task {name!r}", table.get("tags", [])),
+        ):
+            if not _is_str_list(tags):
+                self.fail(f"{whose}: tags must be a list of strings, got {tags!r}", *where)
         expect("cwd", isinstance(settings.get("cwd", ""), str), "a path string")
 
-        fields: dict[str, Any] = {"deps": tuple(settings.get("deps", ())), "tags": frozenset(settings.get("tags", ()))}
+        # Tags add up: the defaults' and the task's own (a default tag is not lost by tagging a task).
+        tags = frozenset((*defaults.get("tags", ()), *table.get("tags", ())))
+        fields: dict[str, Any] = {"deps": tuple(settings.get("deps", ())), "tags": tags}
         if "priority" in settings:
             fields["priority"] = self.guard(who("priority"), origin["priority"], parse_priority, settings["priority"])
         for key in ("timeout", "cost"):
@@ -560,20 +612,25 @@ class _Loader:
     def items(self, name: str, where: _Path, value: object) -> list[str]:
         """The ``for_each`` items: a list (numbers become strings) or the sorted matches of a glob."""
         who = f"task {name!r}: for_each"
+        forms = _FOR_EACH_FORMS
         if isinstance(value, dict):
             for key in value:
-                if key != "glob":
-                    self.fail(f"{who}: unknown key {key!r}{_hint(key, ['glob'])}", *where, key)
+                if key not in _FOR_EACH_KEYS:
+                    self.fail(f"{who}: unknown key {key!r}{_hint(key, _FOR_EACH_KEYS)}; for_each is {forms}",
+                              *where, key)
             pattern = value.get("glob")
+            if "glob" not in value:
+                self.fail(f"{who}: missing 'glob'; for_each is {forms}", *where)
             if not isinstance(pattern, str) or not pattern:
-                self.fail(f"{who}: glob must be a pattern string, got {pattern!r}", *where)
+                self.fail(f"{who}: glob must be a pattern string such as \"tests/test_*.py\", got {pattern!r}",
+                          *where)
             # root_dir: patterns are relative to the file, and so are the paths given as items.
             matches = sorted(glob.glob(pattern, root_dir=self.base, recursive=True))
             if not matches:
                 self.fail(f"{who} glob {pattern!r} matched no files", *where)
             return matches
         if not isinstance(value, list):
-            self.fail(f"{who} must be a list or {{ glob = \"PATTERN\" }}, got {value!r}", *where)
+            self.fail(f"{who} must be {forms}, got {value!r}", *where)
         if not value:
             self.fail(f"{who} is an empty list: the task would never run", *where)
         for item in value:

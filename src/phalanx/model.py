@@ -117,7 +117,8 @@ class Task:
         priority: higher starts first among ready tasks (``high`` = 10, ``low`` = -10).
         resources: named amounts held while running, e.g. ``{"db": 1, "slots": 4}``;
             every task holds one slot unless it asks for a different number.
-        timeout: seconds per attempt, or None.
+        timeout: seconds per attempt; None or 0 for no timeout (0, as in GNU parallel, says
+            so explicitly: a run's default timeout does not replace it, as it replaces None).
         retry: the retry policy.
         env: variables merged over the parent environment (commands only).
         cwd: working directory (commands only); None for the current one.

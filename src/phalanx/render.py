@@ -32,8 +32,13 @@ def task_line(result: TaskResult) -> str:
     return line
 
 
+def plural(count: float, word: str, many: str | None = None) -> str:
+    """``1 task``, ``2 tasks``, ``0 tasks`` (``many`` for irregular plurals)."""
+    return f"{count:g} {word if count == 1 else many or word + 's'}"
+
+
 def _seconds(value: float, costs_known: bool = True) -> str:
-    return format_duration(value) if costs_known else f"{value:g} tasks"
+    return format_duration(value) if costs_known else plural(value, "task")
 
 
 def summary_text(report: RunReport) -> str:
@@ -41,12 +46,12 @@ def summary_text(report: RunReport) -> str:
     s = report.summary
     counts = [f"{s.counts[Status.SUCCEEDED]} succeeded" + (f" ({s.flaky} flaky)" if s.flaky else "")]
     counts += [f"{n} {status.value.replace('_', ' ')}" for status, n in s.counts.items() if n and not status.ok]
-    head = f"Summary: {s.total} tasks in {format_duration(s.wall_time)}: " + ", ".join(counts)
+    head = f"Summary: {plural(s.total, 'task')} in {format_duration(s.wall_time)}: " + ", ".join(counts)
     if s.cancelled_by is not None:
         head += f"  [stopped: {s.cancelled_by.label}]"
     lines = [head]
     lines.append(
-        f"  busy {format_duration(s.busy_time)} on {s.max_workers} workers: "
+        f"  busy {format_duration(s.busy_time)} on {plural(s.max_workers, 'worker')}: "
         f"parallelism {s.achieved_parallelism:.2f}x (speedup over sequential), peak {s.max_concurrency} at once"
     )
     efficiency = f": {s.efficiency:.0%} of ideal" if s.wall_time > 0 else ""
@@ -69,12 +74,15 @@ def summary_text(report: RunReport) -> str:
 def plan_text(plan: ExecutionPlan, graph: Graph) -> str:
     """``phalanx plan``: levels, critical path, widest level, start order."""
     unit = plan.costs_known
-    lines = [f"Plan: {len(graph)} tasks, {len(plan.levels)} levels, {plan.max_workers} workers"]
+    lines = [
+        f"Plan: {plural(len(graph), 'task')}, {plural(len(plan.levels), 'level')}, "
+        f"{plural(plan.max_workers, 'worker')}"
+    ]
     for index, level in enumerate(plan.levels):
         lines.append(f"  level {index} ({len(level)}): " + ", ".join(level))
     widest = plan.widest_level
     if plan.levels:
-        lines.append(f"  widest level: {widest} ({len(plan.levels[widest])} tasks)")
+        lines.append(f"  widest level: {widest} ({plural(len(plan.levels[widest]), 'task')})")
     lines.append(
         f"  critical path ({_seconds(plan.critical_path_length, unit)}): " + " -> ".join(plan.critical_path)
     )
@@ -128,6 +136,40 @@ def graph_dot(graph: Graph) -> str:
         for dep in task.deps:
             lines.append(f"    {_dot_id(dep)} -> {_dot_id(task.id)};")
     lines.append("}")
+    return "\n".join(lines)
+
+
+def _written_deps(deps: tuple[str, ...], groups: dict[str, list[str]]) -> list[str]:
+    """Dependencies as a task file names them: every expansion of a ``for_each`` task by its name."""
+    names: list[str] = []
+    given = set(deps)
+    for dep in deps:
+        group = dep.split("[", 1)[0]
+        if group in groups and given.issuperset(groups[group]):
+            if group not in names:
+                names.append(group)
+        else:
+            names.append(dep)
+    return names
+
+
+def task_list_text(graph: Graph) -> str:
+    """``phalanx list``: a table of the tasks with their tags and dependencies, and the tags in use."""
+    groups: dict[str, list[str]] = {}
+    for task in graph:
+        if task.group is not None:
+            groups.setdefault(task.group, []).append(task.id)
+    rows = [("TASK", "TAGS", "DEPENDS ON")]
+    for task in graph:
+        deps = ", ".join(_written_deps(task.deps, groups))
+        rows.append((task.id, ", ".join(sorted(task.tags)) or "-", deps or "-"))
+    widths = [max(len(row[column]) for row in rows) for column in range(2)]
+    lines = [f"{task:<{widths[0]}}  {tags:<{widths[1]}}  {deps}" for task, tags, deps in rows]
+    tags = sorted({tag for task in graph for tag in task.tags})
+    footer = plural(len(graph), "task")
+    if tags:
+        footer += f"; {plural(len(tags), 'tag')}: " + ", ".join(tags)
+    lines.append(footer)
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend
+from .durations import parse_duration
 from .events import Event, Sink, TaskFinished, TaskRetrying, TaskStarted
 from .model import Task
 from .ordering import CostModel, OrderingPolicy
@@ -81,6 +82,8 @@ async def run_async(
     attempt's timeout, asked at its start) and ``backend_for`` (their own backend choice),
     and ``handle_signals`` to turn SIGINT/SIGTERM into a clean stop.
     """
+    if timeout is not None and parse_duration(timeout, what="timeout") == 0:
+        timeout = None  # 0 means no timeout, as in GNU parallel: there is no default to apply
     graph = build_graph(tasks, deps=deps, timeout=timeout)
     workers = optimal_workers().count if max_workers is None else max_workers
     all_sinks: list[Sink] = list(sinks)
@@ -133,7 +136,8 @@ def run(
         max_workers: how many tasks run at once (slots); default: the usable CPUs.
         resources: named capacities beyond slots, ``{"db": 1}``.
         fail_fast: on the first task that fails for good, cancel everything else.
-        timeout: a default per-attempt timeout for tasks that set none.
+        timeout: a default per-attempt timeout (seconds or ``"2m"``) for tasks that set
+            none; None or 0: no timeout. A task's own ``timeout=0`` keeps it without one.
         backend: where callables run: ``"auto"`` (coroutines on the loop, others in
             threads), ``"threads"``, or ``"inline"`` (on the loop itself).
         grace: seconds between SIGTERM and SIGKILL when a command is stopped.

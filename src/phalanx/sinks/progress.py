@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..events import Event, RunFinished, TaskFinished
 from ..results import Status
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class ProgressBar:
     """Jobs done out of the total, failures counted, an estimate of the time left."""
 
-    def __init__(self, total: int) -> None:
-        from rich.console import Console
+    def __init__(self, total: int, *, colour: bool | None = None) -> None:
+        """``colour``: True or False as ``--color always|never`` decided it; None leaves it
+        to rich, which reads ``NO_COLOR`` and ``FORCE_COLOR`` and asks the terminal."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
@@ -21,7 +25,7 @@ class ProgressBar:
             MofNCompleteColumn(),
             TextColumn("{task.fields[failed]} failed"),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=_console(colour),
             transient=False,
         )
         self._task: Any = self._progress.add_task("jobs", total=total, failed=0)
@@ -38,3 +42,13 @@ class ProgressBar:
 
     def close(self) -> None:
         self._progress.stop()
+
+
+def _console(colour: bool | None) -> Console:
+    from rich.console import Console
+
+    if colour is None:
+        return Console(stderr=True)
+    if colour:
+        return Console(stderr=True, force_terminal=True, no_color=False, color_system="standard")
+    return Console(stderr=True, no_color=True, color_system=None)
