@@ -259,3 +259,10 @@ def test_completion_offers_commands_and_never_fails(tmp_path: Path) -> None:
     assert complete("bash", "phalanx run --select x", tmp_path) == []  # no task file: nothing, no traceback
     (tmp_path / "phalanx.toml").write_text("[tasks.a\n")
     assert complete("bash", "phalanx run --select x", tmp_path) == []
+
+
+def test_map_help_has_examples_and_exit_statuses() -> None:
+    done = subprocess.run([sys.executable, "-m", "phalanx", "map", "--help"], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert "Examples:" in done.stdout and "Exit status:" in done.stdout
+    assert_snapshot("help_map.txt", done.stdout)

@@ -46,6 +46,16 @@ Options (GNU parallel's names and meanings):
   --env NAME=TEMPLATE       a per-job environment variable, e.g. --env ACTIVE_GREMLIN={}
   --shuf                    run the jobs in random order
   -0, --null; --colsep REGEX; --csv; --header :; -a FILE
+
+Examples:
+  phalanx map gzip -9 ::: *.log                     compress every log, one job per CPU
+  find . -name '*.tar.gz' | phalanx map -j 8 -k tar xzf {}
+  phalanx map --joblog jobs.log --resume ./crunch {1} {2} ::: a b c ::: 1 2 3
+  phalanx map --csv --header : --results out.csv 'curl -s {url}' :::: urls.csv
+  phalanx map --timeout 200% --retries 3 --halt soon,fail=10% ./test.sh ::: shard-{1..8}
+
+Exit status: 0 all succeeded, 1-100 the number of failed jobs, 101 more than 100,
+the failing job's status with --halt ...fail..., 255 bad usage, 130 interrupted.
 """
 
 
