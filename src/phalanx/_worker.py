@@ -31,17 +31,30 @@ and then its index into a small shared array, and with ``isolate`` the pid of th
 running it: the parent reads it to know which item a dead worker was running and how long
 an item has run, without a message per item. Between items (while sending results) the
 index is IDLE, so a worker that dies or is slow to send is never taken for a slow item.
+
+A worker does not outlive the process that owns it (the "owner", which made the
+`ProcessBackend`), however that process ends, SIGKILL included. A daemon thread sleeps in
+``poll()`` on a pidfd of the owner and on multiprocessing's parent sentinel (a pipe whose
+write end only the owner holds); when either fires it SIGKILLs the process group of the
+isolated item running now, if any, and ends the worker. It costs nothing per item: it never
+wakes until then. The forkserver ends when its liveness pipe reaches end-of-file, that is
+when every holder of the write end is gone; CPython gives every process it forks a copy, so
+a worker closes its copy first thing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import multiprocessing
 import os
 import pickle
+import select
 import signal
 import sys
+import threading
 import time
+import warnings
 from array import array
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
@@ -62,11 +75,14 @@ ONE, STAR, STAR_KW = 0, 1, 2
 _FLUSH_SECONDS = 0.02
 
 
+#: The exit status of a worker that ended because its owner died (nobody is left to read it).
+_OWNER_GONE = 70
+
 _prctl: Any = None
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process if its parent dies, however it dies."""
+def _die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process if its parent dies, however it dies (0: don't)."""
     global _prctl
     if not sys.platform.startswith("linux"):
         return
@@ -76,7 +92,91 @@ def _die_with_parent() -> None:
 
             _prctl = ctypes.CDLL(None, use_errno=True).prctl
         PR_SET_PDEATHSIG = 1
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def _release_forkserver() -> None:
+    """Close this worker's copy of the forkserver's liveness pipe.
+
+    The server exits when the write end of that pipe is closed everywhere. The owner holds
+    one; CPython's forkserver (``_serve_one``) hands another to every process it forks, as
+    ``_forkserver._forkserver_alive_fd``: as long as one worker kept it, the server - and
+    through it every worker - would outlive the owner. Nothing in a worker needs it (a
+    forkserver the worker's own code starts is a new one, with a pipe of its own).
+    """
+    module = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(module, "_forkserver", None)
+    if server is None or getattr(server, "_inherited_fds", None) is None:
+        return  # not started by a forkserver (spawn, fork): there is no such copy
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        server._forkserver_alive_fd = None
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _watch_owner(owner: int, slots: Any) -> None:
+    """End this worker (and its isolated item's process group) soon after ``owner`` dies.
+
+    Two signs, either enough: a pidfd of the owner becomes readable when it exits (exact,
+    Linux 5.3+), and multiprocessing's parent sentinel reaches end-of-file when the last
+    copy of its write end closes (portable; only the owner holds it, except that processes
+    the owner forks without exec inherit it: then the pidfd answers first). Checking the
+    sentinel too also covers an owner that died, its pid reused, before the pidfd opened.
+    """
+    fds: list[int] = []
+    if owner > 0 and hasattr(os, "pidfd_open"):
+        try:
+            fds.append(os.pidfd_open(owner))
+        except ProcessLookupError:
+            os._exit(_OWNER_GONE)  # gone already
+        except OSError:
+            pass  # no pidfds here (an old kernel, a seccomp filter): the sentinel alone
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        with contextlib.suppress(ValueError, AttributeError):
+            fds.append(parent.sentinel)
+    if not fds:
+        return
+    poller = select.poll()  # not select(): the fds may be above FD_SETSIZE
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    watcher = threading.Thread(
+        target=_owner_watch, args=(poller, len(fds), slots), name="phalanx-owner-watch", daemon=True
+    )
+    watcher.start()
+
+
+def _owner_watch(poller: select.poll, count: int, slots: Any) -> None:
+    """The watcher thread: asleep in ``poll()`` (the GIL released) until the owner is gone."""
+    while True:
+        events = poller.poll()
+        if any(not event & select.POLLNVAL for _, event in events):
+            break  # readable or hung up: the owner has exited
+        for fd, _ in events:  # closed under us by the user's code: stop watching it
+            poller.unregister(fd)
+            count -= 1
+        if count == 0:
+            return
+    # The item's child is the leader of its own group: everything the item started goes too.
+    child = int(slots[CHILD_PID])
+    if child > 0:
+        with contextlib.suppress(OSError):
+            os.killpg(child, signal.SIGKILL)
+    os._exit(_OWNER_GONE)
+
+
+if sys.version_info >= (3, 12):
+
+    def _fork() -> int:
+        # The owner watcher is a second thread, asleep in poll() and holding no lock: the
+        # fork is safe, and the warning CPython 3.12+ gives for it (an error under -W error) is not.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return os.fork()
+
+else:
+    _fork = os.fork
 
 
 def failure(error: BaseException) -> tuple[str, ErrorInfo, bytes | None]:
@@ -123,20 +223,25 @@ def dumps(message: Any) -> bytes:
         return cast(bytes, cloudpickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
 
-def main(conn: Connection, shared: Any, setup: bytes) -> None:
+def main(conn: Connection, shared: Any, setup: bytes, owner: int = 0) -> None:
     """Serve batches until told to stop or the parent goes away.
 
     ``setup`` is the initializer and its arguments, cloudpickled by the parent (so a lambda
     or a function of the user's ``__main__`` works, which multiprocessing's own pickling of
     a process's arguments would refuse or, worse, look up by name in the wrong module).
+    ``owner`` is the pid of the process that started this worker for its `ProcessBackend`.
     """
     # Ctrl-C reaches the whole process group; the parent decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Started by the forkserver, a worker's parent is the server, which exits when phalanx
-    # does: the death signal then reaches the worker too.
-    _die_with_parent()
+    _release_forkserver()  # first: until then the forkserver cannot see the owner go
     slots: Any = memoryview(shared).cast("B").cast("d")  # faster than the ctypes array
     slots[CURRENT_INDEX] = IDLE
+    slots[CHILD_PID] = 0
+    _watch_owner(owner, slots)
+    # Also a death signal from the parent: the forkserver, which now exits when the owner
+    # does (or the owner itself with spawn and fork). Unlike the watcher it needs no GIL,
+    # so it ends even a worker whose item holds the GIL in C code for minutes.
+    _die_with_parent()
     try:
         initializer, initargs = pickle.loads(setup)
         if initializer is not None:
@@ -265,14 +370,29 @@ def _run_here(
 def _run_isolated(
     conn: Connection, slots: Any, fn: Callable[..., Any], items: list[Any], mode: int, packed: bool
 ) -> None:
-    """Fork a fresh child of this warm process for every item: nothing leaks between items."""
+    """Fork a fresh child of this warm process for every item: nothing leaks between items.
+
+    The parent's death signal is off meanwhile: should the owner die, the watcher thread
+    must be the one to end this worker, after it killed the item's process group (the
+    worker waits in system calls here, GIL released: the watcher always gets to run).
+    """
+    _die_with_parent(0)
+    try:
+        _fork_each(conn, slots, fn, items, mode, packed)
+    finally:
+        _die_with_parent()
+
+
+def _fork_each(
+    conn: Connection, slots: Any, fn: Callable[..., Any], items: list[Any], mode: int, packed: bool
+) -> None:
     for index, item in enumerate(_items(items, packed)):
         read_fd, write_fd = os.pipe()
         started = time.monotonic()
         slots[STARTED_AT] = started
         slots[CURRENT_INDEX] = index
         parent = os.getpid()
-        pid = os.fork()
+        pid = _fork()
         if pid == 0:  # the child: run the item, write its outcome, leave without cleanup
             _child(conn, parent, read_fd, write_fd, fn, item, mode, packed)
         with contextlib.suppress(OSError):

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,7 +73,17 @@ def command_argv(command: str) -> list[str]:
 
 
 # Read-write: the same fd later gives the output's tail (fstat + pread), no reopening.
-_OUTPUT_FLAGS = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+# Always a new file (O_EXCL), never through a symlink (O_NOFOLLOW): the names in a kept log
+# directory are predictable, and a link planted at one must not make us write its target.
+_OUTPUT_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OUTPUT_MODE = 0o600
+
+# The result file is the task's to write; we only read a regular file it left at that name.
+# O_NONBLOCK: a FIFO there must not block the loop (it is refused below, not read).
+_RESULT_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+#: How often a name is unlinked and created again when something keeps reappearing there.
+_CREATE_TRIES = 3
 
 
 class CommandBackend:
@@ -118,14 +129,15 @@ class CommandBackend:
         try:
             files = self._files(attempt)
             # The run directory may be a kept log directory: a result file left by an
-            # earlier run must not pass for this attempt's data.
+            # earlier run must not pass for this attempt's data. Whatever is at that name
+            # goes (a planted symlink: the link, not its target); the command makes its own.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(files.result)
-            out_fd = os.open(files.stdout, _OUTPUT_FLAGS, 0o644)
+            out_fd = _create(files.stdout)
         except OSError as error:
             return Outcome(ok=False, reason=f"cannot create the output files: {error}")
         try:
-            err_fd = os.open(files.stderr, _OUTPUT_FLAGS, 0o644)
+            err_fd = _create(files.stderr)
         except OSError as error:
             os.close(out_fd)
             return Outcome(ok=False, reason=f"cannot create the output files: {error}")
@@ -251,7 +263,9 @@ class CommandBackend:
         if run_dir is None:
             # Absolute, because the command runs in task.cwd and must find its result file.
             run_dir = os.path.abspath(key)
-            os.makedirs(run_dir, exist_ok=True)
+            # Private when we create it (the output of commands can be sensitive); an existing
+            # directory (a kept --log-dir) keeps its mode. Only the last level gets 0o700.
+            os.makedirs(run_dir, mode=0o700, exist_ok=True)
             self._run_dirs[key] = run_dir
         stdout, stderr = output_paths(run_dir, attempt.task.id, attempt.number)
         return _Files(stdout=stdout, stderr=stderr, result=stdout[: -len(".out")] + ".result.json")
@@ -339,6 +353,23 @@ def _start_failure(error: Exception, program: str, cwd: str | None) -> tuple[str
     return f"cannot start {program}: {error.strerror or error}", None
 
 
+def _create(path: str) -> int:
+    """Open a new, empty output file at ``path`` (mode 0o600), replacing whatever is there.
+
+    The first try costs one ``open``; only if something is there (an earlier run's file in a
+    kept log directory, or a planted symlink) is it unlinked - the link itself, never its
+    target - and the name created again, exclusively: O_EXCL|O_NOFOLLOW never writes through
+    a link, even one planted again between the unlink and the open.
+    """
+    for _ in range(_CREATE_TRIES - 1):
+        try:
+            return os.open(path, _OUTPUT_FLAGS, _OUTPUT_MODE)
+        except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    return os.open(path, _OUTPUT_FLAGS, _OUTPUT_MODE)
+
+
 def _tail(fd: int, limit: int) -> str:
     """The last ``limit`` bytes of the file open as ``fd``, decoded (never the whole file)."""
     size = os.fstat(fd).st_size
@@ -361,14 +392,27 @@ def _result_data(path: str) -> Mapping[str, Any]:
     A broken result file does not change whether the attempt succeeded: the exit status
     says that, and retrying a command because its report is malformed would only repeat
     the side effects. The problem is reported in the data as ``result_file_error``.
+
+    The file must be one the command wrote: a symlink at the name is refused, not followed
+    (the data stays empty), and so is anything but a regular file.
     """
     try:
-        with open(path, "rb") as file:
-            raw = file.read()
+        fd = os.open(path, _RESULT_FLAGS)
     except FileNotFoundError:
         return {}
     except OSError as error:
+        if error.errno in (errno.ELOOP, errno.EMLINK):  # a symlink (EMLINK on the BSDs)
+            return {}
         return {"result_file_error": f"cannot read {path}: {error.strerror or error}"}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {"result_file_error": f"{path} is not a regular file"}
+        with open(fd, "rb", closefd=False) as file:  # O_NONBLOCK means nothing to a regular file
+            raw = file.read()
+    except OSError as error:
+        return {"result_file_error": f"cannot read {path}: {error.strerror or error}"}
+    finally:
+        os.close(fd)
     try:
         value = json.loads(raw)
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

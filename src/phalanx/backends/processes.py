@@ -38,6 +38,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -87,10 +88,13 @@ class _Worker:
         self.gone = asyncio.Event()
         self.exit_code: int | None = None
         self.current: _Chunk | None = None
+        self.discarded = False  # killed by us: it may not have exited yet, but it is done for
 
     @property
     def alive(self) -> bool:
-        return self.exit_code is None
+        """Running and usable: not exited, and not being killed (its exit takes milliseconds to
+        be seen; meanwhile nothing may be sent to it, or a new attempt would die with it)."""
+        return self.exit_code is None and not self.discarded
 
 
 class _Chunk:
@@ -204,7 +208,7 @@ class ProcessBackend:
             await asyncio.shield(worker.ready)  # another caller may be starting it
             return worker
         if worker is not None:
-            await self._discard(worker)  # died while idle (killed from outside)
+            await self._discard(worker)  # died while idle (killed from outside), or being killed
         return await self._start(slot)
 
     async def _start(self, slot: int) -> _Worker:
@@ -215,7 +219,7 @@ class ProcessBackend:
         shared = self._context.RawArray("d", 3)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_worker.main,
-            args=(child_conn, shared, self._setup),
+            args=(child_conn, shared, self._setup, os.getpid()),  # it ends when this process does
             daemon=True,
             name=f"phalanx-worker-{slot}",
         )
@@ -278,14 +282,20 @@ class ProcessBackend:
             asyncio.get_running_loop().remove_reader(conn.fileno())
 
     async def _discard(self, worker: _Worker) -> None:
-        """Kill a worker (and an isolated item's child) and wait until it is reaped."""
-        child = int(worker.shared[_worker.CHILD_PID])
-        if worker.alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGKILL)
-        if child:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child, signal.SIGKILL)
+        """Kill a worker (and an isolated item's child) and wait until it is reaped.
+
+        The kills are sent once, by the first caller; from then on the worker is not `alive`,
+        so that a slot being refilled waits for it to go and starts a replacement.
+        """
+        if not worker.discarded:
+            child = int(worker.shared[_worker.CHILD_PID])
+            if worker.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+            worker.discarded = True
+            if child:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child, signal.SIGKILL)
         await worker.gone.wait()
         with contextlib.suppress(Exception):
             worker.conn.close()
@@ -663,6 +673,15 @@ def _single_outcome(item: ItemResult) -> Outcome:
     )
 
 
+# Executors start workers from their own loop threads, maybe at the same moment: the first
+# to come hides ``__main__``'s attributes and the last to leave puts them back, so that no
+# worker starts with them visible and none are put back while another start needs them
+# hidden (nor is the None another left there "restored").
+_main_lock = threading.Lock()
+_main_users = 0
+_main_saved: tuple[Any, dict[str, Any]] | None = None  # the module, and what it had
+
+
 @contextlib.contextmanager
 def _main_module_hidden() -> Iterator[None]:
     """Start workers without re-running the user's main script in them.
@@ -672,15 +691,23 @@ def _main_module_hidden() -> Iterator[None]:
     "__main__"`` guard). phalanx ships callables with cloudpickle, so workers never need
     the main module: hide it while the process starts.
     """
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved: dict[str, Any] = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__dict__["__spec__"] = None
+    global _main_users, _main_saved
+    with _main_lock:
+        if _main_users == 0:
+            main = sys.modules.get("__main__")
+            if main is not None:
+                names = ("__file__", "__spec__")
+                _main_saved = main, {name: main.__dict__[name] for name in names if name in main.__dict__}
+                main.__dict__.pop("__file__", None)
+                main.__dict__["__spec__"] = None
+        _main_users += 1
     try:
         yield
     finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
+        with _main_lock:
+            _main_users -= 1
+            if _main_users == 0 and _main_saved is not None:
+                main, saved = _main_saved
+                main.__dict__.pop("__spec__", None)
+                main.__dict__.update(saved)
+                _main_saved = None
