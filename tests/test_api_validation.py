@@ -4,6 +4,9 @@ iterables as the built-in ``map`` does."""
 from __future__ import annotations
 
 import operator
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +52,23 @@ def test_timeout_zero_means_no_timeout() -> None:
     assert list(phalanx.map(abs, [-1, -2], backend="threads", timeout=0)) == [1, 2]
     with phalanx.Executor(1, backend="threads", timeout=0) as executor:
         assert executor.submit(abs, -3).result() == 3
+
+
+def test_a_workers_traceback_names_the_users_file_and_source_line(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import phalanx\n"
+        "def helper(x):\n"
+        "    raise ValueError(f'bad {x}')  # the failing line\n"
+        "def boom(x):\n"
+        "    return helper(x + 1)\n"
+        "if __name__ == '__main__':\n"
+        "    for isolate in (False, True):\n"
+        "        for result in phalanx.map(boom, [1], isolate=isolate, as_results=True):\n"
+        "            print(result.error.traceback)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True)
+    assert "<dynamic-code>" not in done.stdout
+    for shown in (f'File "{script}", line 5, in boom', "return helper(x + 1)",
+                  f'File "{script}", line 3, in helper', "raise ValueError(f'bad {x}')  # the failing line"):
+        assert done.stdout.count(shown) == 2, (shown, done.stdout)

@@ -6,6 +6,7 @@ user's initializer and callables need, once, and then serves batch after batch.
 Protocol (pickled tuples over a `multiprocessing` connection; one batch is two messages):
 
     parent -> worker  ("batch", fn_key, fn_blob_or_None, mode, isolate, packed, keys_to_forget)
+                      (fn_blob is the pickled pair (fn, code_origins(fn)))
                       items_blob                      the items, pickled on their own
                       ("stop",)
     worker -> parent  ("ready", pid)                  after the initializer ran
@@ -264,7 +265,8 @@ def main(conn: Connection, shared: Any, setup: bytes, owner: int = 0) -> None:
             functions.pop(key, None)
         try:
             if fn_blob is not None:
-                functions[fn_key] = cloudpickle.loads(fn_blob)
+                shipped, origins = cloudpickle.loads(fn_blob)
+                functions[fn_key] = restore_filenames(shipped, origins)
             fn = functions[fn_key]
         except BaseException as error:
             conn.send_bytes(dumps(("fn-failed", _error_info(error, "the callable cannot be loaded in the worker"))))
@@ -445,3 +447,63 @@ def _child(
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(0)
+
+
+#: cloudpickle names the file of every function it ships by value "<dynamic-code>" (for
+#: deterministic payloads), so a worker's traceback would say ``File "<dynamic-code>"``
+#: with no source line. The parent sends where each such function's code came from, and the
+#: worker puts the names back: tracebacks then show the user's file, line and source.
+_DYNAMIC = "<dynamic-code>"
+_ORIGINS_KEPT = 256
+
+
+def code_origins(fn: Any) -> dict[tuple[str, int], str]:
+    """The files of the code of ``fn`` and of the functions it reaches through its globals
+    and closure: ``(co_name, co_firstlineno) -> co_filename``."""
+    origins: dict[tuple[str, int], str] = {}
+    for function in _reachable_functions(fn):
+        for code in _codes(function.__code__):
+            origins.setdefault((code.co_name, code.co_firstlineno), code.co_filename)
+    return origins
+
+
+def restore_filenames(fn: Any, origins: dict[tuple[str, int], str]) -> Any:
+    """Give the functions cloudpickle shipped by value their files back (see `code_origins`)."""
+    if origins:
+        for function in _reachable_functions(fn):
+            code = function.__code__
+            if code.co_filename == _DYNAMIC:
+                with contextlib.suppress(AttributeError, TypeError, ValueError):
+                    function.__code__ = _renamed(code, origins)
+    return fn
+
+
+def _reachable_functions(fn: Any) -> list[Any]:
+    seen: dict[int, Any] = {}
+    todo = [getattr(fn, "__func__", fn)]
+    while todo and len(seen) < _ORIGINS_KEPT:
+        function = todo.pop()
+        code = getattr(function, "__code__", None)
+        if code is None or id(function) in seen:
+            continue
+        seen[id(function)] = function
+        namespace = getattr(function, "__globals__", {})
+        todo.extend(namespace[name] for name in code.co_names if name in namespace)
+        for cell in getattr(function, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                todo.append(cell.cell_contents)
+    return list(seen.values())
+
+
+def _codes(code: Any) -> Iterator[Any]:
+    yield code
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            yield from _codes(const)
+
+
+def _renamed(code: Any, origins: dict[tuple[str, int], str]) -> Any:
+    filename = origins.get((code.co_name, code.co_firstlineno), code.co_filename)
+    consts = tuple(_renamed(const, origins) if hasattr(const, "co_code") else const for const in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+

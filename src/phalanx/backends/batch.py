@@ -150,7 +150,7 @@ class Batch:
 def function_key(fn: Callable[..., Any]) -> tuple[str, bytes]:
     """A callable pickled once, and a key that names it so workers can cache it."""
     try:
-        blob = cloudpickle.dumps(fn)
+        blob = cloudpickle.dumps((fn, _worker.code_origins(fn)))
     except Exception as error:
         raise ConfigError(
             f"the callable {fn!r} cannot be pickled to send it to worker processes: {type(error).__name__}: {error}"
