@@ -72,7 +72,9 @@ CASES = [
     Case("colsep-on-args", ["--colsep", ",", "echo", "{2}{1}", ":::", "a,b", " c , d "]),
     Case("header-on-args", ["--header", ":", "echo", "{x}-{y}", ":::", "x", "1", "2", ":::", "y", "3", "4"]),
     Case("null-args-with-newlines", ["-0", "printf '<%s>'", ":::", "a\nb", "c"], joblog=True),
-    Case("quoted-template", ["echo \"<{}>\" '{}'", ":::", "a b", "it's", "$x"]),
+    # A replacement string inside quotes differs on purpose: test_quoted_template_prints_values_literally.
+    Case("quoted-words-bare-values", ["echo \"<\"{}\">\" '('{}')'", ":::", "a b", "it's", "$x"]),
+    Case("bare-in-substitutions", ["echo $(basename {}) \"$(dirname {})\" `basename {.}` ${x:-{}}", ":::", *PATHS]),
     Case("one-arg-per-job", ["-n1", "echo", ":::", "a", "b"]),
     # ---- output
     Case("keep-order-despite-finish-order", ["-j4", "sleep {}; echo {}", ":::", "0.3", "0.1", "0.2", "0"]),
@@ -125,6 +127,24 @@ CASES = [
     Case("joblog-quoting", ["printf '%s\\n' {}", ":::", "a b", "it's", "plain", "ü", ""], joblog=True),
     Case("joblog-stdout-stderr-sizes", ["printf 1234567; printf 12 >&2; exit {}", ":::", "0", "1"], joblog=True),
 ]
+
+
+def test_quoted_template_prints_values_literally(tmp_path: Path) -> None:
+    """The one deliberate difference: inside quotes a value is quoted for those quotes. GNU puts
+    its single-quoted text there too, which prints the quotes inside "...", breaks on a value
+    holding ', and expands $x and runs $(...) both inside "..." and inside '...'."""
+    gnu_dir, our_dir = tmp_path / "gnu", tmp_path / "phalanx"
+    gnu_dir.mkdir()
+    our_dir.mkdir()
+    args = ["-k", "-j1", "echo \"<{}>\" '{}'", ":::", "a b", "it's", "$x", "$(touch pwned)"]
+    gnu, ours = run_both(args, gnu_dir, args, our_dir)
+    assert (ours.stdout, ours.returncode, ours.stderr) == (
+        b"<a b> a b\n<it's> it's\n<$x> $x\n<$(touch pwned)> $(touch pwned)\n", 0, b""
+    )
+    assert not (our_dir / "pwned").exists()
+    assert gnu.stdout == b"<'a b'> a b\n<''> \n<''> \n"  # "it's" is a syntax error
+    assert gnu.returncode == 1
+    assert (gnu_dir / "pwned").exists()
 
 
 def _materialise(case: Case, directory: Path) -> list[str]:

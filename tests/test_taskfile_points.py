@@ -417,3 +417,22 @@ def test_taskfile_reference_covers_every_key_and_is_linked() -> None:
     for key in (*_TASK_KEYS, "[defaults]", "[resources]", "{item}", "glob", "[tool.phalanx]"):
         assert f"`{key}" in reference or f"{key} =" in reference, key
     assert "docs/taskfile.md" in (ROOT / "README.md").read_text()
+
+
+def test_an_item_inside_quotes_in_a_task_file_arrives_literally_and_never_runs(tmp_path: Path) -> None:
+    # `{item}` inside single and double quotes is quoted for that context, as in `phalanx map`.
+    (tmp_path / "phalanx.toml").write_text(
+        "[tasks.single]\n"
+        "cmd = \"printf '%s\\\\n' '<{item}>' >> out\"\n"
+        "for_each = ['$(touch PWNED)', \"it's\", 'a b']\n"
+        "[tasks.double]\n"
+        "cmd = 'printf \"%s\\\\n\" \"<{item}>\" >> out'\n"
+        "for_each = ['$(touch PWNED)', '`touch PWNED`', 'x\"y']\n"
+    )
+    done = subprocess.run([sys.executable, "-m", "phalanx", "run", "-j1"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "PWNED").exists()
+    assert sorted((tmp_path / "out").read_text().splitlines()) == sorted(
+        ["<$(touch PWNED)>", "<it's>", "<a b>", "<$(touch PWNED)>", "<`touch PWNED`>", '<x"y>']
+    )

@@ -1,9 +1,13 @@
 """Replacement strings and quoting: compared line for line with real GNU parallel's --dry-run,
-and a property test that a quoted value reaches the command byte for byte and never runs."""
+and a property test that a quoted value reaches the command byte for byte and never runs.
+
+A replacement string inside quotes is where phalanx differs from GNU on purpose: it is quoted
+for its quotes (`phalanx.shellquote`; its own tests are in test_quoting_canaries.py)."""
 
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import subprocess
 import tempfile
@@ -63,7 +67,10 @@ CASES = [
      [["a/b.x"], ["c/d.y"]]),
     ("{1 } {2  .} {1/.} {2/}", [["a/b.x"], ["c d/e.f"]]),  # blanks after the number
     ("{{}} { } {}{} {#}{%} {1}{2} {{1}} {%}{#}", [["a", "b c"], ["d"]]),
-    ("sh -c 'echo {}' && echo \"{}\" $HOME ${x}", [["it's", "$y"]]),  # GNU quotes even inside quotes
+    ("sh -c 'echo' {} && echo {} $HOME ${x}", [["it's", "$y"]]),  # quoted placeholders: see below
+    # Bare inside $(...), ${x:-...} and backticks: still GNU's quoting, byte for byte.
+    ("echo $(basename {}) \"$(dirname {})\" ${x:-{}} $(echo $(printf %s {/}))", [PATHS]),
+    ("echo `basename {}` \"`dirname {.}`\"", [[p for p in PATHS if "\\" not in p and "`" not in p]]),
     ("printf %s {=", [["a"]]),  # an unclosed {= is text
     ("echo {#} {%}", [[str(n) for n in range(12)]]),
     ("echo {3}-{2}-{1}", [["1", "2"], ["x", "y"], ["p", "q"]]),
@@ -94,6 +101,90 @@ def test_basename_of_a_value_with_a_newline_is_the_real_basename() -> None:
     # Deliberate difference: GNU's s:.*/:: stops at the newline and gives "b\nc/d.e".
     render = Template.parse("{/} {/.} {1/}").render
     assert render(["a/b\nc/d.e"], seq=1) == "d.e d d.e"
+
+
+# --- a quoted replacement string: quoted for its quotes, the one difference from GNU ---------
+def test_quoted_replacement_strings_differ_from_gnu_parallel_and_bare_ones_do_not() -> None:
+    template = "sh -c 'echo {}' && echo \"{}\" {} $HOME ${x}"
+    # GNU puts its single-quoted text inside the quotes too: the quotes of the value and of
+    # the template meet, and $y is expanded (inside "...", the quotes are printed).
+    assert gnu_dry_run(template, ["it's", "$y"]) == (
+        "sh -c 'echo 'it'\"'\"'s'' && echo \"'it'\"'\"'s'\" 'it'\"'\"'s' $HOME ${x}\n"
+        "sh -c 'echo '$y'' && echo \"'$y'\" '$y' $HOME ${x}\n"
+    )
+    assert ours(template, ["it's", "$y"]) == (
+        "sh -c 'echo it'\\''s' && echo \"it's\" 'it'\"'\"'s' $HOME ${x}\n"
+        "sh -c 'echo $y' && echo \"\\$y\" '$y' $HOME ${x}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "value", "rendered"),
+    [
+        ("echo \"<{}>\"", "a b", 'echo "<a b>"'),
+        ("echo '{}'", "it's", "echo 'it'\\''s'"),
+        ("echo '{}'", "$(touch X)", "echo '$(touch X)'"),
+        ("echo '{}'", "plain", "echo 'plain'"),  # what GNU prints too
+        ("echo \"{}\"", "$x `y` \"z\" \\ ' \n", 'echo "\\$x \\`y\\` \\"z\\" \\\\ \' \n"'),
+        ("echo 'a'{}'b'", "c d", "echo 'a''c d''b'"),  # bare between two quoted strings: GNU's
+        ("echo \"${x:-{}}\"", "}'", "echo \"${x:-\\}\"'\"}\""),
+        ("echo $'<{}>'", "a'b", "echo $'<''a'\"'\"'b'$'>'"),
+        ("echo $(( {} + 1 ))", "2*3", "echo $(( 2*3 + 1 ))"),
+        ("echo $(( {} + 1 ))", "1)); touch X; : $((1", "echo $(( 1\\)\\)\\;\\ touch\\ X\\;\\ \\:\\ \\$\\(\\(1 + 1 ))"),
+        ("cat <<EOF\n{}\nEOF", "a\nEOF\n$(b)", "cat <<EOF\n${-+}a\n${-+}EOF\n${-+}\\$(b)\nEOF"),
+        ("echo x # {}", "a\nb", "echo x # 'a\n#b'"),
+        ("echo `echo {}`", "a\\b", "echo `echo 'a\\\\b'`"),
+        ("echo \"`echo {}`\"", "it's", "echo \"`echo 'it'\"'\"'s'`\""),
+        ("echo \\{}", "a b", "echo \\\n'a b'"),  # the backslash: a line continuation
+        ("echo ${}", "a b", "echo $\"\"'a b'"),  # $ cannot start an expansion with the value
+        ("echo $\\\n{}", "a b", "echo $\\\n\"\"'a b'"),  # nor across a line continuation
+        ("echo \"$\\\n(echo {})\"", "a b", "echo \"$\\\n(echo 'a b')\""),  # that is $(
+    ],
+)
+def test_a_quoted_replacement_string_is_quoted_for_its_context(template: str, value: str, rendered: str) -> None:
+    assert Template.parse(template).render([value], seq=1) == rendered
+
+
+def test_several_args_in_quotes_are_joined_by_a_space_inside_them() -> None:
+    render = Template.parse("echo \"{}\" '{}'").render
+    assert render(["a b", "it's"], seq=1) == "echo \"a b it's\" 'a b it'\\''s'"
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["cat <<'EOF'\n{}\nEOF", "cat <<\"E\"\nx{1}\nE", "echo $'it\\'s' {}", "echo $(( '{}' ))", "cat <<{}"],
+)
+def test_a_replacement_string_no_quoting_makes_safe_is_refused(template: str) -> None:
+    with pytest.raises(ConfigError, match="cannot be"):
+        Template.parse(template)
+
+
+@pytest.mark.parametrize(
+    ("template", "warned"),
+    [
+        ("sh -c 'echo {}'", "{}"),
+        ("bash -ec \"echo {1} && ls\"", "{1}"),
+        ("nice /bin/dash -o errexit -c 'x=$(echo {})'", "{}"),
+        ("zsh -c -- {}", "{}"),
+        ("echo a; sh -c \"$(printf %s {})\"", "{}"),
+        ("env X=1 sh -xc 'echo \"$1\"' _ {} {2}", None),  # an argument: not parsed again
+        ("sh script.sh {}", None),
+        ("echo 'sh -c {}'", None),
+        ("{} -c 'echo {}'", None),  # a raw command: nothing is quoted at all
+    ],
+)
+def test_nested_shell_warning(template: str, warned: str | None) -> None:
+    warning = Template.parse(template, append_args=True).nested_shell_warning
+    if warned is None:
+        assert warning is None
+    else:
+        assert warning is not None
+        shell = re.search(r"\b(sh|bash|dash|zsh)\b", template)
+        assert shell is not None
+        assert warning == (
+            f"warning: {warned} inside the script of {shell.group(1)} -c is parsed again by that shell; "
+            f"pass it as an argument instead: {shell.group(1)} -c 'echo \"$1\"' _ {warned}"
+        )
 
 
 def test_empty_command_runs_the_args_unquoted_like_gnu_parallel() -> None:

@@ -158,7 +158,7 @@ __all__ = [
     "get_execution_plan",
     "map",
     "optimal_workers",
-    "starmap",
     "run",
     "run_async",
+    "starmap",
 ]

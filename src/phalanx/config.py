@@ -37,6 +37,7 @@ from .errors import (
     did_you_mean,
 )
 from .model import SLOTS, Graph, RetryPolicy, Task, parse_priority
+from .shellquote import ShellQuoteError, quote_placeholders
 
 _T = TypeVar("_T")
 _Path = tuple[str, ...]
@@ -374,6 +375,14 @@ class _Loader:
         self.lines = lines
         self.warnings: list[str] = []
 
+    def quoted_item(self, name: str, here: _Path, cmd: str, item: str) -> str:
+        """``{item}`` in a shell string, quoted for the context it stands in (bare, inside
+        single or double quotes, ...): nothing in an item ever runs."""
+        try:
+            return quote_placeholders(cmd, _ITEM, lambda _match: item, bare=shlex.quote)
+        except ShellQuoteError as error:
+            self.fail(f"task {name!r}: {error}", *here, "cmd")
+
     def fail(self, message: str, *path: str, error: type[PhalanxError] = ConfigError) -> NoReturn:
         raise error(message, file=self.file, line=self.lines.best(*path))
 
@@ -491,7 +500,7 @@ class _Loader:
                           *here, "for_each", error=DuplicateTaskError)
             # In a shell string the item is quoted, so that it arrives as one word and never runs;
             # an argv list is not parsed by a shell, so there it goes in verbatim.
-            action = (cmd.replace(_ITEM, shlex.quote(item)) if isinstance(cmd, str)
+            action = (self.quoted_item(name, here, cmd, item) if isinstance(cmd, str)
                       else [part.replace(_ITEM, item) for part in cmd])
             tasks[task_id] = self.guard(
                 None, here, Task, id=task_id, action=action, group=name,

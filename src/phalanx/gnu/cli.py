@@ -84,6 +84,8 @@ def _main(argv: Sequence[str]) -> int:
         plan = JobPlan.build(options)
     except PhalanxError as error:
         return usage_error(error)
+    if plan.template.nested_shell_warning:
+        sys.stderr.write(f"phalanx map: {plan.template.nested_shell_warning}\n")
     if options.dry_run:
         tag = plan.tagger()
         out = sys.stdout.buffer

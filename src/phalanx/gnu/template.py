@@ -29,6 +29,14 @@ unknown ``{word}`` is an error, so that a misspelt column does not reach the com
 
 As in GNU, a command whose first word holds a replacement string (``{}``, ``./{1}.sh``)
 runs the args as the command: nothing is quoted (``Template.raw_command``).
+
+Quoting differs from GNU in one rule: a replacement string is quoted for the shell context
+it stands in (`phalanx.shellquote`). Bare, it gets GNU's quoting byte for byte; inside
+``'...'``, ``"..."``, ``$'...'``, ``$((...))``, a here-document or backticks it gets what
+makes the value literal there, so ``echo "<{}>"`` with ``a b`` prints ``<a b>`` (GNU prints
+``<'a b'>``) and ``echo '{}'`` with ``$(touch x)`` prints it instead of running it. A
+replacement string inside the script of a nested shell (``sh -c 'echo {}'``) is parsed
+again by that shell: `Template.nested_shell_warning` says so.
 """
 
 from __future__ import annotations
@@ -39,28 +47,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import ConfigError, did_you_mean
+from ..shellquote import Placement, ShellQuoteError, analyse, quote as quote_for, shell_quote
 
 __all__ = ["Template", "shell_quote"]
-
-_SAFE = re.compile(r"[-_.+a-zA-Z0-9/]*")
-
-
-def shell_quote(value: str) -> str:
-    """Quote ``value`` for a POSIX shell exactly as GNU parallel's default quoting does.
-
-    A value made only of ``[-_.+a-zA-Z0-9/]`` is left as is; ``""`` becomes ``''``;
-    anything else is wrapped in single quotes with each ``'`` written as ``'"'"'``, and
-    then a ``''`` left at either end is dropped (``it's`` -> ``'it'"'"'s'``).
-    """
-    if value == "":
-        return "''"
-    if _SAFE.fullmatch(value):
-        return value
-    quoted = "'" + value.replace("'", "'\"'\"'") + "'"
-    # GNU strips these so a value starting or ending in ' reads ''"'"'x -> "'"'x.
-    quoted = quoted.removeprefix("''")
-    return quoted.removesuffix("''")
-
 
 # --- the per-arg transformations -------------------------------------------------------
 _EXTENSION = re.compile(r"\.[^/.]*\Z")  # GNU: s:\.[^/.]*$::
@@ -120,7 +109,14 @@ class _Replacement:
     position: int = 0
 
 
-_Part = str | _Replacement
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    # A replacement string where it stands: its meaning and its shell context.
+    replacement: _Replacement
+    placement: Placement
+
+
+_Part = str | _Slot
 _SIMPLE = {"": _Replacement("all"), "#": _Replacement("seq"), "%": _Replacement("slot")}
 _SIMPLE.update({op: _Replacement("all", op) for op in (".", "/", "//", "/.")})
 
@@ -165,6 +161,9 @@ class Template:
         raw_command: a command whose first word holds a replacement string (``{}``,
             ``./{1}.sh``, or an empty command): as in GNU the args are then the command
             and go in unquoted, whatever ``render`` is told.
+        nested_shell_warning: for a command with a replacement string inside the script of
+            ``sh -c`` (``bash``, ``dash``, ``zsh``, ``ksh`` ...), a one-line warning to print
+            once (without the program name or a newline); else None.
     """
 
     text: str
@@ -173,6 +172,7 @@ class Template:
     has_replacements: bool
     raw_command: bool = False
     parts: tuple[_Part, ...] = field(default=(), repr=False, compare=False)
+    nested_shell_warning: str | None = field(default=None, compare=False)
 
     @classmethod
     def parse(cls, text: str, *, names: Sequence[str] | None = None, append_args: bool = False) -> Template:
@@ -188,14 +188,15 @@ class Template:
                 makes it a ``raw_command``.
 
         Raises:
-            ConfigError: a ``{= perl =}`` expression, or with ``names``, a ``{word}`` that
-                names no column (``${word}`` is left to the shell).
+            ConfigError: a ``{= perl =}`` expression; with ``names``, a ``{word}`` that
+                names no column (``${word}`` is left to the shell); or a replacement string
+                where no quoting is safe (in a ``<<'EOF'`` here-document, or after ``\\'``
+                in ``$'...'``: see `phalanx.shellquote`).
         """
         if _PERL.search(text):
             raise ConfigError(f"perl expressions {{= =}} are not supported (in {text!r})")
         columns = _column_ids(names)
-        parts: list[_Part] = []
-        start = 0
+        found: list[tuple[int, int, _Replacement]] = []
         for match in _BRACES.finditer(text):
             replacement = _classify(match.group(1), columns)
             if replacement is None:
@@ -204,17 +205,34 @@ class Template:
                 if names is not None and column and not shell_variable:
                     raise _unknown_column(match.group(0), column.group(1), text, columns)
                 continue
-            parts += [text[start : match.start()], replacement]
-            start = match.end()
-        parts.append(text[start:])
-        if append_args and len(parts) == 1:
+            found.append((match.start(), match.end(), replacement))
+        if append_args and not found:
             text = text + " {}" if text.strip() else "{}"
-            parts = [text[:-2], _Replacement("all")]
-        kinds = {part.kind for part in parts if isinstance(part, _Replacement)}
+            found = [(len(text) - 2, len(text), _Replacement("all"))]
+        try:
+            analysis = analyse(text, [(start, end) for start, end, _ in found])
+        except ShellQuoteError as error:
+            raise ConfigError(f"{error} (in {text!r})") from None
+        parts: list[_Part] = []
+        start = 0
+        for (begin, end, replacement), placement in zip(found, analysis.placements, strict=True):
+            parts += [text[start:begin], _Slot(replacement, placement)]
+            start = end
+        parts.append(text[start:])
+        kinds = {replacement.kind for _, _, replacement in found}
         # GNU: if "@command" =~ /^[^ \t\n=]*\257</ it does not quote the args at all.
-        before = parts[0] if isinstance(parts[0], str) else ""  # the text before the first replacement
+        before = text[: found[0][0]] if found else ""  # the text before the first replacement
         raw = append_args and bool(kinds) and not re.search(r"[ \t\n=]", before)
-        return cls(text, "slot" in kinds, "seq" in kinds, bool(kinds), raw, tuple(p for p in parts if p != ""))
+        warning = None
+        if analysis.reparsed and not raw:
+            first = analysis.reparsed[0]
+            begin, end, _ = found[first.index]
+            shown, shell = text[begin:end], first.shell
+            warning = (
+                f"warning: {shown} inside the script of {shell} -c is parsed again by that shell; "
+                f"pass it as an argument instead: {shell} -c 'echo \"$1\"' _ {shown}"
+            )
+        return cls(text, "slot" in kinds, "seq" in kinds, bool(kinds), raw, tuple(p for p in parts if p != ""), warning)
 
     def render(self, args: Sequence[str], *, seq: int, slot: int | None = None, quote: bool = True) -> str:
         """The text with each replacement string replaced for one job.
@@ -237,18 +255,20 @@ class Template:
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
-            elif part.kind == "all":
-                out.append(" ".join(_quoted(_OPS[part.op](value), quote) for value in values))
-            elif part.kind == "pos":
-                index = _index(part.position, len(values))
-                out.append("" if index is None else _quoted(_OPS[part.op](values[index]), quote))
+                continue
+            replacement = part.replacement
+            if replacement.kind == "all":
+                out.append(" ".join(_quoted(_OPS[replacement.op](value), part, quote) for value in values))
+            elif replacement.kind == "pos":
+                index = _index(replacement.position, len(values))
+                out.append("" if index is None else _quoted(_OPS[replacement.op](values[index]), part, quote))
             else:
-                out.append(str(seq if part.kind == "seq" else slot))
+                out.append(str(seq if replacement.kind == "seq" else slot))
         return "".join(out)
 
 
-def _quoted(value: str, quote: bool) -> str:
-    return shell_quote(value) if quote else value
+def _quoted(value: str, slot: _Slot, quote: bool) -> str:
+    return quote_for(value, slot.placement) if quote else value
 
 
 def _index(position: int, count: int) -> int | None:
