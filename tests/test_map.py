@@ -68,16 +68,21 @@ def _values() -> st.SearchStrategy[list[str]]:
 )
 @given(values=_values())
 def test_every_value_reaches_the_command_unchanged_and_nothing_else_runs(values: list[str], tmp_path: Path) -> None:
-    # One invocation per example, every value a job: each job prints its value twice, alone
-    # and inside a word, NUL-terminated, and the value once more through --env (unquoted).
+    # One invocation per example, every value a job: each job prints its value, NUL-terminated,
+    # from every quoting context (bare, inside a word, inside '...' and "...", bare between
+    # two quoted strings) and once more through --env (unquoted).
+    # The examples are fixed (derandomize), but the CLI runs from the checkout: an edit to
+    # the package made while this runs (a module half moved) fails every example, and
+    # Hypothesis shrinks that to a trivial one such as values=['0'].
     work = tmp_path / f"w{os.getpid()}_{time.monotonic_ns()}"
     work.mkdir()
-    command = "printf '%s\\0' {} x{}y \"$PHALANX_MAP_VALUE\""
+    command = "printf '%s\\0' {} x{}y '{}' \"{}\" 'a'{}'b' '<{}>' \"<{}>\" \"$PHALANX_MAP_VALUE\""
     result = run_map(["-k", "-j2", "--env", "PHALANX_MAP_VALUE={}", command, ":::", *values], cwd=work)
     assert result.returncode == 0, result.stderr
     assert result.stderr == b""
     expected = b"".join(
-        b"%s\0x%sy\0%s\0" % (v.encode(), v.encode(), v.encode()) for v in values
+        b"\0".join(part.encode() for part in (v, f"x{v}y", v, v, f"a{v}b", f"<{v}>", f"<{v}>", v)) + b"\0"
+        for v in values
     )
     assert result.stdout == expected
     assert list(work.iterdir()) == []  # nothing created: no value ran as code
@@ -345,7 +350,7 @@ def _wait_for_files(directory: Path, pattern: str, count: int) -> None:
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_stops_every_job_group_and_logs_them(signum: int, status: int, tmp_path: Path) -> None:
+def test_a_signal_stops_every_job_group_and_logs_none_of_them(signum: int, status: int, tmp_path: Path) -> None:
     # Three running jobs: one with a background grandchild, one that ignores SIGTERM.
     jobs = [
         "touch up.1; sleep 30 & sleep 30",
@@ -372,9 +377,10 @@ def test_a_signal_stops_every_job_group_and_logs_them(signum: int, status: int, 
     assert_all_gone(children)
     assert not [pid for pid in psutil.pids() if in_groups(pid, groups) and alive(pid)]
     assert not (tmp_path / "never").exists()
-    rows = _joblog_rows(tmp_path / "log")
-    assert sorted((row[0], row[6], row[7]) for row in rows) == [("1", "-1", "15"), ("2", "-1", "15"), ("3", "-1", "15")]
-    assert sorted(r["Seq"] for r in _result_rows(tmp_path / "out.csv")) == ["1", "2", "3"]
+    # The stopped jobs did not finish: as GNU parallel, no joblog line and no results record,
+    # so --resume runs them again (tests/test_interrupt_resume.py).
+    assert _joblog_rows(tmp_path / "log") == []
+    assert _result_rows(tmp_path / "out.csv") == []
 
 
 def test_sigint_while_reading_stdin_exits_130_quietly(tmp_path: Path) -> None:

@@ -264,7 +264,11 @@ class Scheduler:
             return
         if self._stopping is not None:
             # A second request: cancel the attempts again, which backends take as "kill now".
-            self._stopping = max(self._stopping, reason)
+            if reason > self._stopping:
+                # A more severe reason (Ctrl-C after a halt "soon"): sinks must know that the
+                # attempts stopped from now on were stopped by it.
+                self._stopping = reason
+                self._emit(RunCancelling(reason, self._now()))
             self._stopping_soon = False
             for running in self._running.values():
                 running.handle.cancel()

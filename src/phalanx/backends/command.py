@@ -199,8 +199,15 @@ class CommandBackend:
         try:
             await self._reaper.exited(proc.pid)
         except asyncio.CancelledError:
-            await self._stop(proc)
-            raise
+            if not _has_exited(proc.pid):
+                await self._stop(proc)
+                raise
+            # It ended by itself before the stop came (the event loop had not yet told us):
+            # report how it ended, not a stop, or a job that did its work would be left out
+            # of the joblog as unfinished and run again by --resume.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
         if self._kill_leftovers:
             # Background processes (``server &``) would otherwise outlive their task,
             # hold its resources and, with a kept log directory, keep writing its files.
@@ -316,6 +323,14 @@ class _Files:
     stdout: str
     stderr: str
     result: str
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether child ``pid`` has exited (a zombie not yet reaped), without reaping it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # already reaped by someone else: it has certainly ended
 
 
 def _environment(base: dict[bytes, bytes], attempt: Attempt, result_file: str) -> dict[bytes, bytes]:

@@ -2,8 +2,9 @@
 tagged (``--tag``/``--tagstring``), or line by line as it comes (``--line-buffer``).
 
 Jobs write to files while they run; grouped output is copied from those files in one piece
-when the job ends, so two jobs' output never interleave and memory stays bounded. With
-``--retries`` only the last attempt's output is printed, as GNU parallel does.
+when the job ends, so two jobs' output never interleave. Every copy goes a bounded chunk
+at a time, so a job printing a gigabyte costs no more memory than one printing a line.
+With ``--retries`` only the last attempt's output is printed, as GNU parallel does.
 """
 
 from __future__ import annotations
@@ -12,18 +13,41 @@ import asyncio
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..events import Event, RunFinished, RunStarted, TaskFinished, TaskRetrying, TaskStarted
 from ..outputfiles import output_paths
 from ..results import TaskResult
 
-_CHUNK = 1 << 16
+_CHUNK = 1 << 20
 _POLL_SECONDS = 0.02  # how often --line-buffer looks for new lines
 
 
 _LINE_START = re.compile(rb"(?<=[\r\n])(?=.)", re.DOTALL)
+
+# Where a line starts as ``bytes.splitlines`` cuts lines ("\r\n" is one line end, not two).
+_SPLITLINES_START = re.compile(rb"(?:(?<=\n)|(?<=\r)(?!\n))(?=.)", re.DOTALL)
+
+
+def tag_lines(data: bytes, prefix: bytes, *, crlf: bool) -> bytes:
+    """``data`` with ``prefix`` after every line end that something follows in it: after
+    every ``\\r`` and ``\\n`` (GNU parallel's grouped output), or, with ``crlf``, after a
+    ``\\r\\n`` as one line end (how ``bytes.splitlines`` cuts lines, ``--line-buffer``'s).
+
+    Three ``bytes.replace`` passes in C, where a regex would test every byte or call a
+    function for every line (20 million for a gigabyte of short lines); a prefix that
+    holds a line end itself would be touched by them, so it takes the regex.
+    """
+    if b"\r" in prefix or b"\n" in prefix:
+        return (_SPLITLINES_START if crlf else _LINE_START).sub(lambda _: prefix, data)
+    tagged = data.replace(b"\n", b"\n" + prefix).replace(b"\r", b"\r" + prefix)
+    if crlf:
+        # A "\r" then prefix then "\n" was a "\r\n" (the prefix was put in after the "\r").
+        tagged = tagged.replace(b"\r" + prefix + b"\n", b"\r\n")
+    # Nothing follows a line end at the very end (yet): the next line's prefix waits for it.
+    return tagged[: len(tagged) - len(prefix)] if data.endswith((b"\n", b"\r")) else tagged
 
 
 def copy_tagged(source: BinaryIO, stream: BinaryIO, prefix: bytes) -> None:
@@ -40,8 +64,62 @@ def copy_tagged(source: BinaryIO, stream: BinaryIO, prefix: bytes) -> None:
     while chunk := source.read(_CHUNK):
         if at_line_start:
             stream.write(prefix)
-        stream.write(_LINE_START.sub(lambda _: prefix, chunk))
+        stream.write(tag_lines(chunk, prefix, crlf=False))
         at_line_start = chunk[-1:] in (b"\n", b"\r")
+
+
+def read_range(source: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """Bytes ``start`` to ``end`` of a file, at most `_CHUNK` at a time."""
+    source.seek(start)
+    while start < end:
+        chunk = source.read(min(_CHUNK, end - start))
+        if not chunk:
+            return
+        start += len(chunk)
+        yield chunk
+
+
+def copy_lines(chunks: Iterator[bytes], stream: BinaryIO, prefix: bytes) -> None:
+    """Copy whole lines to a stream, ``prefix`` before each (``--line-buffer``'s tagging).
+
+    Lines as ``bytes.splitlines`` cuts them, which is how whole lines were always printed:
+    ended by ``\\n``, ``\\r\\n`` or a lone ``\\r``. A ``\\r`` at the end of a chunk may be half
+    of a ``\\r\\n``, so it waits for the next chunk.
+    """
+    if not prefix:
+        for chunk in chunks:
+            stream.write(chunk)
+        return
+    at_line_start = True
+    held = b""
+    for chunk in chunks:
+        data = held + chunk
+        held = b"\r" if data.endswith(b"\r") else b""
+        data = data[: len(data) - len(held)]
+        if data:
+            if at_line_start:
+                stream.write(prefix)
+            stream.write(tag_lines(data, prefix, crlf=True))
+            # A "\r" it ends with is followed by the held "\r", not a "\n": it ends a line too.
+            at_line_start = data.endswith((b"\n", b"\r"))
+    if held:
+        stream.write(prefix + held if at_line_start else held)
+
+
+@dataclass(slots=True)
+class _LiveFile:
+    """How far ``--line-buffer`` got in one output file of a running job."""
+
+    printed: int = 0  # bytes printed (always up to a line end until the job ends)
+    scanned: int = 0  # bytes looked at for a line end: never read twice for one
+
+
+@dataclass(slots=True)
+class _LiveJob:
+    """A running job whose output ``--line-buffer`` prints as it comes."""
+
+    attempt: int
+    files: tuple[_LiveFile, _LiveFile] = field(default_factory=lambda: (_LiveFile(), _LiveFile()))
 
 
 class MapOutput:
@@ -81,7 +159,7 @@ class MapOutput:
         self._held: dict[int, TaskResult | None] = {}
         self._line_buffer = line_buffer
         self._run_dir = run_dir
-        self._live: dict[str, list[int]] = {}  # task id -> [attempt, stdout offset, stderr offset]
+        self._live: dict[str, _LiveJob] = {}  # task id -> its attempt printing now
         self._started: dict[int, str] = {}  # seq -> task id, for --line-buffer with -k
         self._poller: asyncio.TimerHandle | None = None
 
@@ -89,7 +167,7 @@ class MapOutput:
         if isinstance(event, TaskFinished):
             self._finished(event.result)
         elif self._line_buffer and isinstance(event, TaskStarted):
-            self._live[event.task_id] = [event.attempt, 0, 0]
+            self._live[event.task_id] = _LiveJob(event.attempt)
             self._started[self._seq_of(event.task_id)] = event.task_id
             self._schedule_poll()
         elif self._line_buffer and isinstance(event, TaskRetrying):
@@ -173,33 +251,34 @@ class MapOutput:
             self._next += 1
 
     def _poll_one(self, task_id: str, *, final: bool) -> None:
-        state = self._live.get(task_id)
-        if state is None or self._run_dir is None:
+        job = self._live.get(task_id)
+        if job is None or self._run_dir is None:
             return
-        attempt, *offsets = state
         prefix = self._tag(task_id) if self._tag else b""
-        paths = output_paths(self._run_dir, task_id, attempt)
-        for index, (path, stream) in enumerate(zip(paths, (self._out, self._err), strict=True)):
-            try:
-                with open(path, "rb") as source:
-                    source.seek(offsets[index])
-                    data = source.read()
-            except OSError:
-                continue
-            end = len(data) if final else data.rfind(b"\n") + 1
-            if end <= 0:
-                continue
-            state[index + 1] = offsets[index] + end
+        paths = output_paths(self._run_dir, task_id, job.attempt)
+        for path, stream, progress in zip(paths, (self._out, self._err), job.files, strict=True):
+            self._print_new(path, stream, progress, prefix, final=final)
+        if final:
+            del self._live[task_id]
+
+    def _print_new(self, path: str, stream: BinaryIO, progress: _LiveFile, prefix: bytes, *, final: bool) -> None:
+        """Print what a job wrote since the last poll: its whole lines, or everything once it has ended."""
+        try:
+            source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below; a missing file is no output
+        except OSError:
+            return
+        with source:
+            end = os.fstat(source.fileno()).st_size if final else _last_line_end(source, progress)
+            if end <= progress.printed:
+                return
+            start, progress.printed = progress.printed, end
             if self.broken_pipe:
-                continue
+                return
             try:
-                for line in data[:end].splitlines(keepends=True):
-                    stream.write(prefix + line)
+                copy_lines(read_range(source, start, end), stream, prefix)
                 stream.flush()
             except BrokenPipeError:
                 self._pipe_broke()
-        if final:
-            del self._live[task_id]
 
     def close(self) -> None:
         if self._poller is not None:
@@ -217,3 +296,21 @@ class MapOutput:
                 stream.flush()
             except BrokenPipeError:
                 self._pipe_broke()
+
+
+def _last_line_end(source: BinaryIO, progress: _LiveFile) -> int:
+    """Where the job's whole lines end now (where printing stopped, if no line ended since),
+    from what was not yet scanned.
+
+    Only what the job wrote since the last poll is read, up to the size the file has now
+    (a job writing faster than we read cannot keep us here), so a long line still being
+    written costs one read of each byte, not a read of the whole line at every poll.
+    """
+    end = progress.printed
+    size = os.fstat(source.fileno()).st_size
+    for chunk in read_range(source, progress.scanned, size):
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            end = progress.scanned + newline + 1
+        progress.scanned += len(chunk)
+    return end

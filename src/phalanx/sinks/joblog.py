@@ -3,26 +3,41 @@
 The nine columns and their formats are GNU parallel's exactly, so tools that read its
 joblogs read ours: ``Seq Host Starttime JobRuntime Send Receive Exitval Signal Command``;
 Host ``:`` is this machine; Starttime is Unix time with 3 decimals; JobRuntime is
-``%10.3f``; a job phalanx killed (timeout, halt, interrupt) has Exitval -1 and Signal 15;
-a job that died of a signal by itself has Exitval 0 and that signal (GNU's ``$? >> 8`` and
-``$? & 127``). A newline in the command is written as NUL, as GNU does, so that one job is
-always one line. Each line is written and flushed before the next job's line, so a kill -9
-of phalanx leaves every finished job's line complete.
+``%10.3f``; a job phalanx killed (timeout, halt) has Exitval -1 and Signal 15; a job that
+died of a signal by itself has Exitval 0 and that signal (GNU's ``$? >> 8`` and
+``$? & 127``). A job phalanx stopped because phalanx itself was interrupted (SIGINT) or
+terminated (SIGTERM) did not finish: it gets no line, so ``--resume`` runs it again, as
+GNU parallel does. A newline in the command is written as NUL, as GNU does, so that one
+job is always one line. Each line is written and flushed before the next job's line, so a
+kill -9 of phalanx leaves every finished job's line complete.
+
+This module also holds what every record-keeping sink shares: `Records` (where whole
+records go, small ones in one write, large ones assembled in a private temporary file
+first) and `Recorded` (which finished jobs get a record).
 """
 
 from __future__ import annotations
 
 import os
 import signal as signals
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from ..events import Event, RunStarted, TaskFinished
-from ..results import Status, TaskResult
+from ..events import Event, RunCancelling, RunStarted, TaskFinished
+from ..results import CancelReason, Status, TaskResult
 
 HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+
+#: The most a sink holds of a job's output or of a record at once, in bytes.
+CHUNK = 1 << 20
+
+#: Stops after which the jobs phalanx cancelled are unfinished, not failed: the run was
+#: stopped from outside, so ``--resume`` must run them again. (A halt or a timeout is the
+#: run's own verdict on a job: those are recorded, as GNU parallel records them.)
+_UNFINISHED = frozenset({CancelReason.INTERRUPT, CancelReason.TERMINATE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,34 +70,123 @@ def read_joblog(path: Path) -> Iterator[JoblogEntry]:
                 continue
 
 
+class Recorded:
+    """Which finished jobs a record-keeping sink (joblog, results) records.
+
+    Every job that ran, except those phalanx stopped on an interrupt or a terminate: they
+    were cut short, not done, and a record would make ``--resume`` skip them. The reason
+    is the most severe stop announced so far (a halt that an interrupt overtakes counts as
+    the interrupt, if the scheduler announces it).
+    """
+
+    def __init__(self) -> None:
+        self._stop: CancelReason | None = None
+
+    def result(self, event: Event) -> TaskResult | None:
+        """The result to record for ``event``, or None; call it with every event."""
+        if isinstance(event, RunCancelling):
+            self._stop = event.reason if self._stop is None else max(self._stop, event.reason)
+            return None
+        if not isinstance(event, TaskFinished) or not event.result.attempts:
+            return None
+        if event.result.status is Status.CANCELLED and self._stop in _UNFINISHED:
+            return None
+        return event.result
+
+
 class Records(Protocol):
-    """Where whole records go: each ``write`` is one complete record. ``empty``: nothing
-    was there before (a new file gets its header)."""
+    """Where whole records go. ``empty``: nothing was there before (a new file gets its
+    header). ``scratch_dir``: where a record too large to hold in memory is assembled."""
 
     @property
     def empty(self) -> bool: ...
 
-    def write(self, record: bytes) -> None: ...
+    @property
+    def scratch_dir(self) -> str: ...
+
+    def write(self, record: bytes) -> None:
+        """Write one complete record."""
+
+    def write_file(self, source: BinaryIO) -> None:
+        """Write one complete record: the whole content of ``source``, from its start."""
 
     def close(self) -> None: ...
 
 
-class RecordFile:
-    """A file of whole records, each written with one ``write(2)`` on an ``O_APPEND`` descriptor.
+def write_record(records: Records, pieces: Iterable[bytes]) -> None:
+    """Write the record made of ``pieces`` (each at most about `CHUNK` bytes).
 
-    No user-space buffer stands between a record and the file, so a kill -9 of phalanx
-    leaves every record written complete. Appending to a file that an earlier crash left
-    with a partial last record (``complete`` says how many leading bytes are whole
-    records) first cuts that partial record off, so no new record is glued to it.
+    A small record is joined in memory and written with one write. A larger one (a job
+    that printed a gigabyte) is first written in full to a private temporary file and
+    only then copied to the records: nothing reaches them until the record is complete,
+    so a failure while it is made (an output file that cannot be read) leaves no partial
+    record, and the window in which a crash could leave one is the copy alone, which the
+    repair on ``--resume`` (`RecordFile`'s ``complete``) undoes.
+    """
+    held: list[bytes] = []
+    size = 0
+    remaining = iter(pieces)
+    for piece in remaining:
+        held.append(piece)
+        size += len(piece)
+        if size > CHUNK:
+            break
+    else:
+        records.write(b"".join(held))
+        return
+    # tempfile opens it O_EXCL | O_NOFOLLOW, mode 0600 (or O_TMPFILE: no name at all), and
+    # it is gone when closed, even if we fail.
+    with tempfile.TemporaryFile(dir=records.scratch_dir, buffering=0) as spill:
+        for piece in held:
+            write_all(spill.fileno(), piece)
+        held.clear()
+        for piece in remaining:
+            write_all(spill.fileno(), piece)
+        spill.seek(0)
+        records.write_file(spill)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def read_chunks(source: BinaryIO, limit: int | None = None) -> Iterator[bytes]:
+    """``source`` from its current position, `CHUNK` bytes at a time, ``limit`` bytes at most."""
+    left = limit
+    while left is None or left > 0:
+        chunk = source.read(CHUNK if left is None else min(CHUNK, left))
+        if not chunk:
+            return
+        if left is not None:
+            left -= len(chunk)
+        yield chunk
+
+
+class RecordFile:
+    """A file of whole records on an ``O_APPEND`` descriptor, without a user-space buffer.
+
+    A record of up to `CHUNK` bytes is written with one ``write(2)``, so a kill -9 of
+    phalanx leaves every record written complete; a larger one is copied from the
+    temporary file it was assembled in, in chunks. Appending to a file that an earlier
+    crash left with a partial last record (``complete`` reads the file and says how many
+    leading bytes are whole records) first cuts that partial record off, so no new record
+    is glued to it.
     """
 
-    def __init__(self, path: Path, *, append: bool, complete: Callable[[bytes], int] | None = None) -> None:
+    def __init__(self, path: Path, *, append: bool, complete: Callable[[BinaryIO], int] | None = None) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | (0 if append else os.O_TRUNC)
         self._fd = os.open(path, flags, 0o644)
+        # Next to the file: the same file system (a fast copy, and its space, not /tmp's).
+        self.scratch_dir = os.path.dirname(os.path.realpath(path))
         try:
             size = os.fstat(self._fd).st_size
             if append and size and complete is not None:
-                keep = complete(path.read_bytes())
+                with open(path, "rb") as source:
+                    keep = complete(source)
                 if keep < size:
                     os.ftruncate(self._fd, keep)
                     size = keep
@@ -92,10 +196,11 @@ class RecordFile:
         self.empty = size == 0
 
     def write(self, record: bytes) -> None:
-        view = memoryview(record)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        write_all(self._fd, record)
+
+    def write_file(self, source: BinaryIO) -> None:
+        for chunk in read_chunks(source):
+            write_all(self._fd, chunk)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -107,18 +212,34 @@ class StreamRecords:
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self.empty = True
+        self.scratch_dir = tempfile.gettempdir()
 
     def write(self, record: bytes) -> None:
         self._stream.write(record)
+        self._stream.flush()
+
+    def write_file(self, source: BinaryIO) -> None:
+        for chunk in read_chunks(source):
+            self._stream.write(chunk)
         self._stream.flush()
 
     def close(self) -> None:
         self._stream.flush()
 
 
-def complete_lines(data: bytes) -> int:
-    """How many leading bytes of ``data`` are whole lines."""
-    return data.rfind(b"\n") + 1
+def complete_lines(source: BinaryIO) -> int:
+    """How many leading bytes of ``source`` are whole lines: up to its last newline, looked
+    for backwards from the end, a chunk at a time."""
+    end = source.seek(0, os.SEEK_END)
+    while end > 0:
+        start = max(0, end - CHUNK)
+        source.seek(start)
+        chunk = source.read(end - start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
 
 
 def exit_columns(result: TaskResult) -> tuple[int, int]:
@@ -137,14 +258,15 @@ class JoblogSink:
         self._records = records
         self._describe = describe
         self._started_at = 0.0
+        self._recorded = Recorded()
         if header:
             records.write(HEADER.encode())
 
     def handle(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self._started_at = event.started_at
-        elif isinstance(event, TaskFinished) and event.result.attempts:
-            self._write(event.result)
+        elif (result := self._recorded.result(event)) is not None:
+            self._write(result)
 
     def _write(self, result: TaskResult) -> None:
         seq, command = self._describe(result)
