@@ -94,7 +94,8 @@ CASES = [
     Case("line-buffer-keep-order", ["-j3", "--lb", "--tag", "echo a{}; sleep {}; echo b{}",
                                     ":::", "0.3", "0.1", "0.2"]),
     # ---- timeouts, retries, halts
-    Case("timeout", ["--timeout", "0.2", "echo start {}; sleep {}; echo end {}", ":::", "0", "5", "0.1"], joblog=True),
+    # A 10x margin each way: the 0.1 s job ends far inside the limit, the 5 s one far outside.
+    Case("timeout", ["--timeout", "1", "echo start {}; sleep {}; echo end {}", ":::", "0", "5", "0.1"], joblog=True),
     Case("retries", ["--retries", "3",
                      "n=$(cat c{} 2>/dev/null || echo 0); n=$((n+1)); echo $n > c{}; echo {} try $n; test $n -ge {}",
                      ":::", "1", "2", "4"], joblog=True),
