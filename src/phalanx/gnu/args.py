@@ -63,6 +63,11 @@ class MapOptions:
     colsep: str | None = None
     csv: bool = False
     header: str | None = None
+    max_args: int | None = None  # -n/-N/--max-args: arguments per job (None: one)
+    context_replace: bool = False  # -X: as many arguments per job as fit, words with {} repeated
+    replace: str = "{}"  # -I STR: STR instead of {}
+    delimiter: str | None = None  # -d: what ends an input item (GNU's escapes applied)
+    ungroup: bool = False  # -u: output as it comes, not grouped
     help: bool = False
     version: bool = False
 
@@ -143,13 +148,28 @@ def _env(text: str) -> tuple[str, str | None]:
     return name, template if sep else None
 
 
+def _replace(text: str) -> str:
+    if not text:
+        raise UsageError("-I needs a non-empty replacement string")
+    return text
+
+
+def _delimiter(text: str) -> str:
+    delimiter = unquote_printf(text)
+    if not delimiter:
+        raise UsageError("-d needs a non-empty delimiter")
+    return delimiter
+
+
 _FLAGS = {
     "-k": "keep_order", "--keep-order": "keep_order", "--tag": "tag", "--dry-run": "dry_run",
     "--line-buffer": "line_buffer", "--lb": "line_buffer", "--bar": "bar", "--progress": "bar",
     "--eta": "bar", "--resume": "resume", "--resume-failed": "resume_failed", "--shuf": "shuf",
-    "-0": "null", "--null": "null", "--csv": "csv", "-h": "help", "--help": "help", "--version": "version",
+    "-0": "null", "--null": "null", "--csv": "csv",
+    "-X": "context_replace", "-u": "ungroup", "--ungroup": "ungroup",
+    "-h": "help", "--help": "help", "--version": "version",
 }
-_IGNORED = {"--will-cite", "--no-notice", "--group", "-g", "--ungroup"}
+_IGNORED = {"--will-cite", "--no-notice", "--group", "-g"}
 _VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
     "-j": ("jobs", _jobs), "--jobs": ("jobs", _jobs), "-P": ("jobs", _jobs), "--max-procs": ("jobs", _jobs),
     "--tagstring": ("tagstring", unquote_printf), "--timeout": ("timeout", _timeout),
@@ -157,10 +177,11 @@ _VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
     "--halt-on-error": ("halt", parse_halt), "--joblog": ("joblog", str), "--results": ("results", str),
     "--res": ("results", str), "--delay": ("delay", _duration("--delay")), "--colsep": ("colsep", str),
     "-C": ("colsep", str), "--header": ("header", str), "--env": ("env", _env), "-a": ("arg_file", str),
-    "--arg-file": ("arg_file", str),
+    "--arg-file": ("arg_file", str), "-n": ("max_args", _positive_int("-n")),
+    "--max-args": ("max_args", _positive_int("--max-args")), "-N": ("max_args", _positive_int("-N")),
+    "--max-replace-args": ("max_args", _positive_int("--max-replace-args")), "-I": ("replace", _replace),
+    "-d": ("delimiter", _delimiter), "--delimiter": ("delimiter", _delimiter),
 }
-# -n 1 / -N 1 (one argument per job) is what phalanx always does; anything else is not supported.
-_ONE_ARG = {"-n", "-N", "--max-args", "--max-replace-args"}
 
 
 def parse_map_args(argv: Sequence[str]) -> MapOptions:
@@ -180,30 +201,26 @@ def parse_map_args(argv: Sequence[str]) -> MapOptions:
         if not word.startswith("-") or word == "-" or word in SEPARATORS:
             break
         name, has_value, value = word.partition("=") if word.startswith("--") else (word, False, "")
-        if not word.startswith("--") and len(word) > 2 and word[:2] in ("-j", "-P", "-C", "-a", "-n", "-N"):
+        if not word.startswith("--") and len(word) > 2 and word[:2] in ("-j", "-P", "-C", "-a", "-n", "-N", "-I", "-d"):
             name, has_value, value = word[:2], True, word[2:]  # -j8, -n1
         if name in _FLAGS and not has_value:
             setattr(options, _FLAGS[name], True)
         elif name in _IGNORED and not has_value:
             pass
-        elif name in _VALUES or name in _ONE_ARG:
+        elif name in _VALUES:
             if not has_value:
                 i += 1
                 if i >= len(words):
                     raise UsageError(f"option {name} needs a value")
                 value = words[i]
-            if name in _ONE_ARG:
-                if value != "1":
-                    raise UsageError(f"{name} {value}: only one argument per job is supported")
+            attribute, convert = _VALUES[name]
+            converted = convert(value)
+            if attribute == "env":
+                options.env.append(converted)  # type: ignore[arg-type]
+            elif attribute == "arg_file":
+                options.sources.append(InputSource("file", path=value))
             else:
-                attribute, convert = _VALUES[name]
-                converted = convert(value)
-                if attribute == "env":
-                    options.env.append(converted)  # type: ignore[arg-type]
-                elif attribute == "arg_file":
-                    options.sources.append(InputSource("file", path=value))
-                else:
-                    setattr(options, attribute, converted)
+                setattr(options, attribute, converted)
         else:
             known = [*_FLAGS, *_VALUES, *_IGNORED]
             hint = did_you_mean(name, known)

@@ -45,6 +45,12 @@ Options (GNU parallel's names and meanings):
   --delay DUR               at least DUR between job starts
   --env NAME=TEMPLATE       a per-job environment variable, e.g. --env ACTIVE_GREMLIN={}
   --shuf                    run the jobs in random order
+  -n, --max-args N          N arguments per job (-N too; 0: none)
+  -X                        as many arguments per job as fit; a word holding {} is
+                            repeated for each (pre{}post)
+  -I STR                    STR instead of {}
+  -d, --delimiter DELIM     what ends an input item (\\n \\t \\r \\0 \\NNN understood)
+  -u, --ungroup             print output as it comes, not grouped per job
   -0, --null; --colsep REGEX; --csv; --header :; -a FILE
 
 Examples:

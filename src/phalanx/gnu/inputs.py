@@ -2,8 +2,10 @@
 
 The semantics are GNU parallel 20221122's (checked against it by ``tests/test_mapinput.py``):
 
-* no source means lines from stdin; lines end at ``\\n`` (NUL with ``null``), a last line
-  without one still counts, empty lines are empty args, and ``\\r`` is kept;
+* no source means lines from stdin; lines end at ``\\n`` (NUL with ``null``, any string
+  with ``delimiter``), a last line without one still counts, empty lines are empty args,
+  and ``\\r`` is kept;
+
 * several sources give their cartesian product, the last source varying fastest;
   a linked source (``:::+`` / ``::::+``) is paired element by element with the one
   before it, stopping at the shorter, as GNU's ``:::+`` does (``--link`` would wrap);
@@ -14,8 +16,9 @@ The semantics are GNU parallel 20221122's (checked against it by ``tests/test_ma
 
 Deliberate differences from GNU, each for safety or plain correctness:
 
-* a ``:::`` value is one arg even if it holds a newline (GNU writes the values to a
-  temporary file and reads them back as lines, so it splits them);
+* a ``:::`` value is one arg even if it holds a newline or the ``-d`` delimiter (GNU
+  writes the values to a temporary file, each followed by the delimiter, and reads them
+  back, so ``::: $'a\\nb'`` is two args there, as is ``-d : ::: a:b``);
 * a source with no values (an empty ``:::`` group or file) means no jobs at all; GNU
   reads stdin for a lone empty ``:::`` and pads an empty source with one empty arg,
   which turns ``rm {1}/{2}`` into ``rm /x``;
@@ -88,6 +91,7 @@ def read_inputs(
     *,
     stdin: IO[bytes] | None,
     null: bool = False,
+    delimiter: str | None = None,
     colsep: str | None = None,
     csv: bool = False,
     header: str | None = None,
@@ -98,6 +102,7 @@ def read_inputs(
         sources: the input sources in command-line order; empty means stdin.
         stdin: where ``"stdin"`` sources and ``::::`` ``-`` read from (bytes).
         null: records end at NUL instead of newline (``-0``).
+        delimiter: records end at this string instead (``-d``; wins over ``null``).
         colsep: a regex splitting each record into columns (``--colsep``); with ``csv``,
             the one-character field separator instead (default ``,``).
         csv: parse records as CSV: quoted fields may hold separators and newlines.
@@ -116,10 +121,11 @@ def read_inputs(
         raise ConfigError("only one input source can read stdin")
     with_header = header is not None and header != "0"
     split = _splitter(colsep, csv=csv, with_header=with_header)
+    end = delimiter if delimiter else "\0" if null else "\n"
     names: list[str] = []
     groups: list[list[list[Record]]] = []  # the sources of a group are zipped; groups multiplied
     for source in sources:
-        records = [record for chunk in _chunks(source, stdin, null=null, csv=csv) for record in split(chunk, source)]
+        records = [record for chunk in _chunks(source, stdin, end=end, csv=csv) for record in split(chunk, source)]
         if with_header and records:
             head = list(records.pop(0))
             # GNU reads the header with chomp and s/\r$//, and splits it without Perl's
@@ -143,14 +149,14 @@ def _flat(parts: Sequence[Record]) -> Record:
     return tuple(itertools.chain.from_iterable(parts))
 
 
-def _chunks(source: InputSource, stdin: IO[bytes] | None, *, null: bool, csv: bool) -> list[str]:
+def _chunks(source: InputSource, stdin: IO[bytes] | None, *, end: str, csv: bool) -> list[str]:
     """The source's text cut into GNU's records (a whole file at once for newline CSV)."""
     if source.kind == "args":
         return list(source.values)
     data = _read(source, stdin)
-    if csv and not null:
+    if csv and end == "\n":
         return [data] if data else []  # CSV records may span lines: the csv module finds where they end
-    records = data.split("\0" if null else "\n")
+    records = data.split(end)
     if records[-1] == "":  # the last record's terminator; "a\nb" still gives b
         records.pop()
     return records

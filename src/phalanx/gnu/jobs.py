@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ class Job:
     seq: int
     args: tuple[str, ...]
     command: str | None
+    no_args: bool = False  # -n0: the job has no args at all (GNU's "\0noarg")
 
 
 class JobPlan:
@@ -55,26 +56,45 @@ class JobPlan:
             sources,
             stdin=sys.stdin.buffer if uses_stdin else None,
             null=options.null,
+            delimiter=options.delimiter,
             colsep=options.colsep,
             csv=options.csv,
             header=options.header,
         )
         if options.results is not None and Template.parse(options.results).has_replacements:
             raise UsageError(f"--results {options.results}: replacement strings in the name are not supported")
-        env = [(name, Template.parse(text, names=inputs.names)) for name, text in options.env if text is not None]
+        replace = options.replace
+        env = [
+            (name, Template.parse(text, names=inputs.names, replace=replace))
+            for name, text in options.env
+            if text is not None
+        ]
         if options.command:
             # The arguments are appended only when nothing uses them: a per-job variable
             # such as --env ACTIVE_GREMLIN={} uses them as much as the command would.
             uses_args = any(t.has_replacements for _, t in env)
-            template = Template.parse(" ".join(options.command), names=inputs.names, append_args=not uses_args)
+            template = Template.parse(
+                " ".join(options.command), names=inputs.names, append_args=not uses_args, replace=replace,
+                context_replace=options.context_replace,
+            )
         else:
             # No command: each input is itself a command line, as in GNU parallel.
-            template = Template.parse("{}", names=inputs.names)
-        tagstring = None if options.tagstring is None else Template.parse(options.tagstring, names=inputs.names)
-        rows = inputs.rows
+            template = Template.parse("{}", names=inputs.names, context_replace=options.context_replace)
+        tagstring = None
+        if options.tagstring is not None:
+            tagstring = Template.parse(options.tagstring, names=inputs.names, replace=replace)
         quote = bool(options.command)
+        rows = inputs.rows
+        no_args = options.max_args == 0
+        if options.context_replace:
+            rows = _fill_lines(template, rows, options.max_args, quote=quote, slots=_slot_count(options, len(rows)))
+        elif options.max_args is not None and options.max_args > 1:
+            rows = [_flat(rows[i : i + options.max_args]) for i in range(0, len(rows), options.max_args)]
+        elif no_args:
+            rows = [() for _ in rows]
         jobs = [
-            Job(seq, row, None if template.uses_slot else template.render(row, seq=seq, quote=quote))
+            Job(seq, row, None if template.uses_slot else template.render(row, seq=seq, quote=quote, no_args=no_args),
+                no_args)
             for seq, row in enumerate(rows, 1)
         ]
         if options.shuf:
@@ -88,10 +108,14 @@ class JobPlan:
     def command_of(self, job: Job, *, slot: int | None) -> str:
         if job.command is not None:
             return job.command
-        return self.template.render(job.args, seq=job.seq, slot=slot, quote=bool(self.options.command))
+        return self.template.render(
+            job.args, seq=job.seq, slot=slot, quote=bool(self.options.command), no_args=job.no_args
+        )
 
     def environment(self, job: Job, slot: int | None) -> dict[str, str]:
-        return {name: t.render(job.args, seq=job.seq, slot=slot, quote=False) for name, t in self.env}
+        return {
+            name: t.render(job.args, seq=job.seq, slot=slot, quote=False, no_args=job.no_args) for name, t in self.env
+        }
 
     def not_yet_done(self, joblog: Path) -> list[Job]:
         """``--resume``: drop the jobs the joblog records (``--resume-failed``: that succeeded).
@@ -128,10 +152,60 @@ class JobPlan:
 
             def render(tid: str) -> bytes:
                 job = self.by_id[tid]
-                text = tagstring.render(job.args, seq=job.seq, slot=slot_of(tid), quote=False)
+                text = tagstring.render(job.args, seq=job.seq, slot=slot_of(tid), quote=False, no_args=job.no_args)
                 return (text + "\t").encode("utf-8", "surrogateescape")
 
             return render
         if self.options.tag:
             return lambda tid: (" ".join(self.by_id[tid].args) + "\t").encode("utf-8", "surrogateescape")
         return None
+
+
+#: GNU parallel's usable command line length: (``--max-line-length-allowed`` - 3000) / 2,
+#: with Linux's 131072-byte argument limit less what GNU keeps back (130329).
+MAX_LINE_LENGTH = (130329 - 3000) // 2
+
+
+def _flat(rows: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
+    return tuple(value for row in rows for value in row)
+
+
+def _slot_count(options: MapOptions, jobs: int) -> int:
+    from .run import worker_count
+
+    return worker_count(options.jobs, jobs)
+
+
+def _fill_lines(
+    template: Template, rows: list[tuple[str, ...]], max_args: int | None, *, quote: bool, slots: int
+) -> list[tuple[str, ...]]:
+    """``-X``: as many records per job as fit in GNU's command line length (at most
+    ``max_args``); when the last job would take all that is left, what is left is spread
+    evenly over the job slots, as GNU parallel does (``-X -j2 echo ::: a b c``: ``a b``, ``c``).
+
+    A job's length is the rendered length of its first record plus, for each further
+    record, what one more such record adds (GNU's own estimate is close to this).
+    """
+    jobs: list[tuple[str, ...]] = []
+    limit = max_args if max_args else len(rows) or 1
+    i = 0
+    spread = False
+    while i < len(rows):
+        job = [rows[i]]
+        length = len(template.render(rows[i], seq=1, slot=1, quote=quote))
+        i += 1
+        while i < len(rows) and len(job) < limit:
+            one = len(template.render(rows[i], seq=1, slot=1, quote=quote))
+            two = len(template.render(rows[i] + rows[i], seq=1, slot=1, quote=quote))
+            if length + two - one >= MAX_LINE_LENGTH:
+                break
+            length += two - one
+            job.append(rows[i])
+            i += 1
+        if i >= len(rows) and not spread and len(job) > 1:
+            spread = True  # GNU: at the end of the input, spread the last job's records over the slots
+            limit = -(-len(job) // slots)
+            jobs += [_flat(job[k : k + limit]) for k in range(0, len(job), limit)]
+            break
+        jobs.append(_flat(job))
+    return jobs

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ..events import Event, RunFinished, RunStarted, TaskFinished, TaskRetrying, TaskStarted
+from ..events import Event, RunCancelling, RunFinished, RunStarted, TaskFinished, TaskRetrying, TaskStarted
 from ..outputfiles import output_paths
-from ..results import TaskResult
+from ..results import CancelReason, TaskResult
 
 _CHUNK = 1 << 20
 _POLL_SECONDS = 0.02  # how often --line-buffer looks for new lines
@@ -131,9 +131,14 @@ class MapOutput:
         order: with ``-k``, every job's sequence number in input order; None otherwise.
         tag: the prefix for a job's lines (``--tag``), or None.
         line_buffer: print complete lines while jobs run instead of whole outputs at the end.
+        ungroup: with ``line_buffer``, print whatever a job wrote, whole lines or not
+            (``-u``; meant without ``order`` and ``tag``).
         run_dir: where jobs' output files are (needed for ``line_buffer``).
         on_broken_pipe: called once when a stream's reader has gone (``| head``); nothing
             more is printed after that.
+        halt_now: ``--halt now,...``: with ``order``, once the halt comes nothing more is
+            printed, as GNU parallel does (the jobs it kills and the finished jobs held
+            behind them are dropped).
     """
 
     def __init__(
@@ -145,9 +150,13 @@ class MapOutput:
         order: list[int] | None = None,
         tag: Callable[[str], bytes] | None = None,
         line_buffer: bool = False,
+        ungroup: bool = False,
         run_dir: str | None = None,
         on_broken_pipe: Callable[[], None] | None = None,
+        halt_now: bool = False,
     ) -> None:
+        self._halt_now = halt_now
+        self._halted = False
         self._on_broken_pipe = on_broken_pipe
         self.broken_pipe = False
         self._out = out
@@ -158,13 +167,19 @@ class MapOutput:
         self._next = 0  # index into order of the next job to print
         self._held: dict[int, TaskResult | None] = {}
         self._line_buffer = line_buffer
+        self._ungroup = ungroup
         self._run_dir = run_dir
         self._live: dict[str, _LiveJob] = {}  # task id -> its attempt printing now
         self._started: dict[int, str] = {}  # seq -> task id, for --line-buffer with -k
         self._poller: asyncio.TimerHandle | None = None
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, TaskFinished):
+        if isinstance(event, RunCancelling):
+            if event.reason is CancelReason.HALT and self._halt_now and self._order is not None:
+                self._halted = True
+        elif self._halted:
+            return
+        elif isinstance(event, TaskFinished):
             self._finished(event.result)
         elif self._line_buffer and isinstance(event, TaskStarted):
             self._live[event.task_id] = _LiveJob(event.attempt)
@@ -226,6 +241,8 @@ class MapOutput:
 
     def _poll_all(self) -> None:
         self._poller = None
+        if self._halted:
+            return
         if self._order is None:
             for task_id in list(self._live):
                 self._poll_one(task_id, final=False)
@@ -268,7 +285,8 @@ class MapOutput:
         except OSError:
             return
         with source:
-            end = os.fstat(source.fileno()).st_size if final else _last_line_end(source, progress)
+            whole = final or self._ungroup
+            end = os.fstat(source.fileno()).st_size if whole else _last_line_end(source, progress)
             if end <= progress.printed:
                 return
             start, progress.printed = progress.printed, end
@@ -283,7 +301,7 @@ class MapOutput:
     def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
-        if self._order is not None:
+        if self._order is not None and not self._halted:
             # A halt or an interrupt can leave gaps: print what did finish, in order.
             for seq in self._order[self._next :]:
                 held = self._held.pop(seq, None)

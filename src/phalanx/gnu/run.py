@@ -130,12 +130,15 @@ class MapRun:
         sinks: list[Sink] = []
         if options.results is None:
             # As GNU parallel: with --results, the output goes there and is not printed.
-            order = [job.seq for job in self.plan.jobs] if options.keep_order else None
+            # -u: as GNU, the output as it comes, in no order and untagged, whatever -k and --tag say.
+            ungroup = options.ungroup
+            order = [job.seq for job in self.plan.jobs] if options.keep_order and not ungroup else None
             reader_gone = _ReaderGone()
             self.output = MapOutput(
                 sys.stdout.buffer, sys.stderr.buffer, seq_of=self._seq_of, order=order,
-                tag=self.plan.tagger(self._slot_of), line_buffer=options.line_buffer, run_dir=run_dir,
-                on_broken_pipe=reader_gone,
+                tag=None if ungroup else self.plan.tagger(self._slot_of),
+                line_buffer=options.line_buffer or ungroup, ungroup=ungroup, run_dir=run_dir,
+                on_broken_pipe=reader_gone, halt_now=options.halt.when == "now",
             )
             sinks += [reader_gone, self.output]
         sinks.append(JobWarnings(sys.stderr, self._command_of))

@@ -41,6 +41,7 @@ again by that shell: `Template.nested_shell_warning` says so.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -173,9 +174,20 @@ class Template:
     raw_command: bool = False
     parts: tuple[_Part, ...] = field(default=(), repr=False, compare=False)
     nested_shell_warning: str | None = field(default=None, compare=False)
+    #: ``-X``: (first, end) ranges of `parts`, each a word holding ``{}`` (or ``{.}``...),
+    #: rendered once per arg, the copies joined by a space.
+    context_words: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
-    def parse(cls, text: str, *, names: Sequence[str] | None = None, append_args: bool = False) -> Template:
+    def parse(
+        cls,
+        text: str,
+        *,
+        names: Sequence[str] | None = None,
+        append_args: bool = False,
+        replace: str = "{}",
+        context_replace: bool = False,
+    ) -> Template:
         """Parse ``text`` into literal text and replacement strings.
 
         Args:
@@ -186,6 +198,9 @@ class Template:
                 appended as GNU does (an empty command becomes ``{}``: GNU's
                 ``parallel ::: 'echo a'``), and a replacement string in its first word
                 makes it a ``raw_command``.
+            replace: GNU's ``-I``: this string stands for ``{}`` (and ``{}`` is then text).
+            context_replace: GNU's ``-X``: a word (between blanks) holding ``{}``, ``{.}``,
+                ``{/}``, ``{//}`` or ``{/.}`` is repeated for each arg.
 
         Raises:
             ConfigError: a ``{= perl =}`` expression; with ``names``, a ``{word}`` that
@@ -197,8 +212,17 @@ class Template:
             raise ConfigError(f"perl expressions {{= =}} are not supported (in {text!r})")
         columns = _column_ids(names)
         found: list[tuple[int, int, _Replacement]] = []
+        if replace != "{}":
+            start = text.find(replace)
+            while start >= 0:
+                found.append((start, start + len(replace), _Replacement("all")))
+                start = text.find(replace, start + len(replace))
         for match in _BRACES.finditer(text):
+            if any(begin < match.end() and match.start() < end for begin, end, _ in found):
+                continue  # part of an -I string
             replacement = _classify(match.group(1), columns)
+            if replace != "{}" and replacement == _SIMPLE[""] and match.group(1) == "":
+                continue  # with -I STR, {} is text
             if replacement is None:
                 column = _COLUMN_LIKE.fullmatch(match.group(1))
                 shell_variable = text[match.start() - 1 : match.start()] == "$"
@@ -206,6 +230,7 @@ class Template:
                     raise _unknown_column(match.group(0), column.group(1), text, columns)
                 continue
             found.append((match.start(), match.end(), replacement))
+        found.sort(key=lambda item: item[0])
         if append_args and not found:
             text = text + " {}" if text.strip() else "{}"
             found = [(len(text) - 2, len(text), _Replacement("all"))]
@@ -213,12 +238,15 @@ class Template:
             analysis = analyse(text, [(start, end) for start, end, _ in found])
         except ShellQuoteError as error:
             raise ConfigError(f"{error} (in {text!r})") from None
+        words = _context_words(text, found, analysis.placements) if context_replace else []
+        cuts = sorted({cut for word in words for cut in word})
         parts: list[_Part] = []
         start = 0
         for (begin, end, replacement), placement in zip(found, analysis.placements, strict=True):
-            parts += [text[start:begin], _Slot(replacement, placement)]
+            parts += _cut(text, start, begin, cuts)
+            parts.append(_Slot(replacement, placement))
             start = end
-        parts.append(text[start:])
+        parts += _cut(text, start, len(text), cuts)
         kinds = {replacement.kind for _, _, replacement in found}
         # GNU: if "@command" =~ /^[^ \t\n=]*\257</ it does not quote the args at all.
         before = text[: found[0][0]] if found else ""  # the text before the first replacement
@@ -232,9 +260,20 @@ class Template:
                 f"warning: {shown} inside the script of {shell} -c is parsed again by that shell; "
                 f"pass it as an argument instead: {shell} -c 'echo \"$1\"' _ {shown}"
             )
-        return cls(text, "slot" in kinds, "seq" in kinds, bool(kinds), raw, tuple(p for p in parts if p != ""), warning)
+        # Each word in ``parts``: the cuts made every word start and end between two parts.
+        offsets: list[int] = []
+        at = 0
+        found_iter = iter(found)
+        for part in parts:
+            offsets.append(at)
+            at = at + len(part) if isinstance(part, str) else next(found_iter)[1]
+        offsets.append(at)
+        context = tuple((offsets.index(begin), offsets.index(end, offsets.index(begin) + 1)) for begin, end in words)
+        return cls(text, "slot" in kinds, "seq" in kinds, bool(kinds), raw, tuple(parts), warning, context)
 
-    def render(self, args: Sequence[str], *, seq: int, slot: int | None = None, quote: bool = True) -> str:
+    def render(
+        self, args: Sequence[str], *, seq: int, slot: int | None = None, quote: bool = True, no_args: bool = False
+    ) -> str:
         """The text with each replacement string replaced for one job.
 
         Args:
@@ -243,6 +282,8 @@ class Template:
             slot: the job's slot number, for ``{%}``.
             quote: shell-quote each substituted value (for a command; ignored for a
                 ``raw_command``); False puts them in raw (for ``--tagstring`` or an env value).
+            no_args: GNU's ``-n0``: the job has no args at all, so ``{}`` is nothing (not
+                one empty, quoted arg).
 
         Raises:
             ValueError: the template uses ``{%}`` and ``slot`` is None (a programming error).
@@ -251,20 +292,94 @@ class Template:
             raise ValueError(f"template {self.text!r} uses {{%}} but no slot number was given")
         values = tuple(args) or ("",)  # GNU renders a job without args as one empty arg
         quote = quote and not self.raw_command
+        if not self.context_words:
+            return "".join(self._render_parts(self.parts, values, values, seq, slot, quote, no_args))
         out: list[str] = []
-        for part in self.parts:
+        at = 0
+        for first, end in self.context_words:
+            out += self._render_parts(self.parts[at:first], values, values, seq, slot, quote, no_args)
+            word = self.parts[first:end]
+            copies = [
+                "".join(self._render_parts(word, (value,), values, seq, slot, quote, no_args)) for value in values
+            ]
+            out.append(" ".join(copies))
+            at = end
+        out += self._render_parts(self.parts[at:], values, values, seq, slot, quote, no_args)
+        return "".join(out)
+
+    @staticmethod
+    def _render_parts(
+        parts: Sequence[_Part],
+        values: tuple[str, ...],
+        every: tuple[str, ...],
+        seq: int,
+        slot: int | None,
+        quote: bool,
+        no_args: bool,
+    ) -> list[str]:
+        """``values`` for ``{}`` and the like; ``every`` (all the job's args) for ``{n}``."""
+        out: list[str] = []
+        for part in parts:
             if isinstance(part, str):
                 out.append(part)
                 continue
             replacement = part.replacement
             if replacement.kind == "all":
-                out.append(" ".join(_quoted(_OPS[replacement.op](value), part, quote) for value in values))
+                if not no_args:
+                    out.append(" ".join(_quoted(_OPS[replacement.op](value), part, quote) for value in values))
             elif replacement.kind == "pos":
-                index = _index(replacement.position, len(values))
-                out.append("" if index is None else _quoted(_OPS[replacement.op](values[index]), part, quote))
+                index = _index(replacement.position, len(every))
+                if index is not None and not no_args:
+                    out.append(_quoted(_OPS[replacement.op](every[index]), part, quote))
             else:
                 out.append(str(seq if replacement.kind == "seq" else slot))
-        return "".join(out)
+        return out
+
+
+def _context_words(
+    text: str, found: Sequence[tuple[int, int, _Replacement]], placements: Sequence[Placement]
+) -> list[tuple[int, int]]:
+    """``-X``: where each word holding ``{}`` (or ``{.}``...) starts and ends in ``text``.
+
+    A word runs between blanks, as GNU cuts it. Each copy of it must be a piece of shell
+    that leaves the context as it found it, or a value could land in a context it was not
+    quoted for: a word inside quotes, or that opens or closes them, is refused.
+
+    Raises:
+        ConfigError: such a word.
+    """
+    words: list[tuple[int, int]] = []
+    for begin, end, replacement in found:
+        if replacement.kind != "all":
+            continue
+        start = max(text.rfind(" ", 0, begin), text.rfind("\t", 0, begin), text.rfind("\n", 0, begin)) + 1
+        stop = min((i for i in (text.find(c, end) for c in " \t\n") if i >= 0), default=len(text))
+        if words and start < words[-1][1]:
+            words[-1] = (words[-1][0], max(stop, words[-1][1]))
+        else:
+            words.append((start, stop))
+    top = analyse("x", [(0, 1)]).placements[0]
+    for start, stop in words:
+        inside = [(i, b - start, e - start) for i, (b, e, _) in enumerate(found) if start <= b < stop]
+        word = text[start:stop]
+        try:
+            # An "x" after the word, and one where it starts, tell the context there.
+            spans = [(b, e) for _, b, e in inside]
+            alone = analyse(word + " x", [*spans, (len(word) + 1, len(word) + 2)]).placements
+            before = analyse(text[:start] + "x " + text[start:], [(start, start + 1)]).placements[0]
+        except ShellQuoteError:
+            alone = ()
+        same = bool(alone) and all(alone[n] == placements[i] for n, (i, _, _) in enumerate(inside))
+        if not same or alone[-1] != top or before != top:
+            raise ConfigError(f"-X: cannot repeat the word {word!r} for each argument: it is inside quotes "
+                              f"or opens or closes them (in {text!r})")
+    return words
+
+
+def _cut(text: str, start: int, end: int, cuts: Sequence[int]) -> list[str]:
+    """``text[start:end]`` cut at ``cuts``, empty pieces left out."""
+    points = [start, *(cut for cut in cuts if start < cut < end), end]
+    return [text[a:b] for a, b in itertools.pairwise(points) if a < b]
 
 
 def _quoted(value: str, slot: _Slot, quote: bool) -> str:
