@@ -63,13 +63,12 @@ def test_bad_values_are_usage_errors(args: list[str], tmp_path: Path) -> None:
     assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
-def test_args_value_with_newline_or_delimiter_stays_one_arg(tmp_path: Path) -> None:
-    """Deliberate difference (see gnu/inputs.py): GNU re-reads ::: values split at the
-    delimiter, so ``$'a\\nb'`` would be two args there."""
-    result = run_map(["-k", "echo", "[{}]", ":::", "a\nb", "c"], cwd=tmp_path)
-    assert result.stdout == b"[a\nb]\n[c]\n"
-    result = run_map(["-k", "-d", ":", "echo", "[{}]", ":::", "a:b"], cwd=tmp_path)
-    assert result.stdout == b"[a:b]\n"
+def test_a_value_holding_the_delimiter_is_several_args_as_in_gnu_parallel(tmp_path: Path) -> None:
+    # GNU writes ::: values out, each followed by the delimiter, and reads them back.
+    for args in (["-k", "echo", "[{}]", ":::", "a\nb", "c"], ["-k", "echo", "[{}]", ":::", "a\n", "c"],
+                 ["-k", "-d", ":", "echo", "[{}]", ":::", "a:b"], ["-k", "-0", "echo", "[{}]", ":::", "a\nb", "c"]):
+        gnu, ours = run_both(args, tmp_path, args, tmp_path)
+        assert (ours.stdout, ours.returncode) == (gnu.stdout, gnu.returncode), args
 
 
 def test_max_args_dry_run(tmp_path: Path) -> None:

@@ -193,9 +193,14 @@ def test_bytes_survive_decoding() -> None:
     assert row[0].encode("utf-8", "surrogateescape") == b"\xff\xfe a\x80"
 
 
+def test_a_value_holding_the_delimiter_is_several_values_as_in_gnu_parallel() -> None:
+    # GNU writes ::: values out, each followed by the delimiter, and reads them back.
+    assert read(InputSource("args", ("a\nb", "c"))).rows == [("a",), ("b",), ("c",)]
+    assert read(InputSource("args", ("a\n", "c"))).rows == [("a",), ("",), ("c",)]
+    assert read(InputSource("args", ("a\nb",)), null=True).rows == [("a\nb",)]
+
+
 def test_differences_from_gnu_parallel_that_are_deliberate() -> None:
-    # A ::: value holding a newline is one arg (GNU would make two jobs of it).
-    assert read(InputSource("args", ("a\nb",))).rows == [("a\nb",)]
     # A source without values means no jobs (GNU pads it with one empty arg, or reads
     # stdin for a lone empty :::).
     assert read(InputSource("args", ())).rows == []

@@ -72,7 +72,8 @@ def expected_output(template: str, values: list[str], cwd: Path) -> bytes:
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=[t.split("\n")[0] for t in TEMPLATES])
 def test_hostile_values_print_literally_and_never_run(template: str, tmp_path: Path) -> None:
-    result = run_map(["-k", "-j4", template, ":::", *VALUES], cwd=tmp_path)
+    # -0: values holding newlines stay whole (plain ::: splits them, as GNU does).
+    result = run_map(["-k", "-j4", "-0", template, ":::", *VALUES], cwd=tmp_path)
     assert not (tmp_path / CANARY).exists()
     assert (result.returncode, result.stderr) == (0, b"")
     assert result.stdout == expected_output(template, VALUES, tmp_path)

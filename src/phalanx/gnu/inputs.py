@@ -16,9 +16,6 @@ The semantics are GNU parallel 20221122's (checked against it by ``tests/test_ma
 
 Deliberate differences from GNU, each for safety or plain correctness:
 
-* a ``:::`` value is one arg even if it holds a newline or the ``-d`` delimiter (GNU
-  writes the values to a temporary file, each followed by the delimiter, and reads them
-  back, so ``::: $'a\\nb'`` is two args there, as is ``-d : ::: a:b``);
 * a source with no values (an empty ``:::`` group or file) means no jobs at all; GNU
   reads stdin for a lone empty ``:::`` and pads an empty source with one empty arg,
   which turns ``rm {1}/{2}`` into ``rm /x``;
@@ -151,9 +148,12 @@ def _flat(parts: Sequence[Record]) -> Record:
 
 def _chunks(source: InputSource, stdin: IO[bytes] | None, *, end: str, csv: bool) -> list[str]:
     """The source's text cut into GNU's records (a whole file at once for newline CSV)."""
-    if source.kind == "args":
-        return list(source.values)
-    data = _read(source, stdin)
+    if source.kind == "args" and csv:
+        return list(source.values)  # each value parsed as CSV (a newline in it ends a record)
+    # As GNU parallel, ::: values are written out, each followed by the delimiter, and read
+    # back as records: a value holding a newline (or the -d delimiter) is several values,
+    # and "a\n" is "a" and "".
+    data = "".join(value + end for value in source.values) if source.kind == "args" else _read(source, stdin)
     if csv and end == "\n":
         return [data] if data else []  # CSV records may span lines: the csv module finds where they end
     records = data.split(end)
