@@ -169,6 +169,27 @@ CASES = [
     # ---- joblog columns
     Case("joblog-quoting", ["printf '%s\\n' {}", ":::", "a b", "it's", "plain", "ü", ""], joblog=True),
     Case("joblog-stdout-stderr-sizes", ["printf 1234567; printf 12 >&2; exit {}", ":::", "0", "1"], joblog=True),
+    # ---- --pipe: standard input in blocks, one job per block
+    Case("pipe-records", ["--pipe", "-N", "3", "wc", "-l"], stdin=b"".join(b"%d\n" % i for i in range(1, 11))),
+    Case("pipe-block-size", ["--pipe", "--block", "100", "wc", "-l"],
+         stdin=b"".join(b"%d\n" % i for i in range(1, 1001))),
+    Case("pipe-block-bytes", ["--pipe", "--block", "20", "wc", "-c"],
+         stdin=b"".join(b"%d\n" % i for i in range(1, 101))),
+    Case("pipe-cat-round-trip", ["--pipe", "--block", "1k", "cat"],
+         stdin=b"".join(b"line %d \xc3\xbc\t'$x'\n" % i for i in range(3000)) + b"no newline at the end"),
+    Case("pipe-default-block", ["--pipe", "wc", "-c"], stdin=b"".join(b"%d\n" % i for i in range(300000))),
+    Case("pipe-joblog", ["--pipe", "-N", "4", "wc -l; exit 2"], stdin=b"".join(b"%d\n" % i for i in range(1, 11)),
+         joblog=True),
+    Case("pipe-failing-block", ["--pipe", "-N", "2", "read x; echo $x; test $x != 3"],
+         stdin=b"1\n2\n3\n4\n5\n6\n", joblog=True),
+    Case("pipe-seq-slot-no-args", ["-j1", "--pipe", "-N", "2", "echo {#} {%} x{}y; cat"], stdin=b"a\nb\nc\n"),
+    Case("pipe-record-longer-than-block", ["--pipe", "--block", "5", "echo [{#}]; cat"],
+         stdin=b"a\n" + b"b" * 40 + b"\nc\n"),
+    Case("pipe-recend", ["--pipe", "--recend", ";", "-N2", "cat; echo"], stdin=b"a;b;c;d;e"),
+    Case("pipe-recstart", ["--pipe", "--recstart", ">", "-N1", "echo [; cat"], stdin=b">a\nx\n>b\ny\n>c\n"),
+    Case("pipe-dry-run", ["--dry-run", "--pipe", "-N2", "wc", "-l"], stdin=b"1\n2\n3\n4\n5\n"),
+    Case("pipe-empty-input", ["--pipe", "cat"]),
+    Case("pipe-tag", ["--pipe", "--tag", "-N1", "cat"], stdin=b"a\nb\n"),
 ]
 
 

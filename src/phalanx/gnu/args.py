@@ -68,6 +68,10 @@ class MapOptions:
     replace: str = "{}"  # -I STR: STR instead of {}
     delimiter: str | None = None  # -d: what ends an input item (GNU's escapes applied)
     ungroup: bool = False  # -u: output as it comes, not grouped
+    pipe: bool = False  # --pipe: stdin split into blocks, one job per block, fed to its stdin
+    block_size: int = 1 << 20  # --block SIZE: a --pipe block's size in bytes (GNU's 1M)
+    recstart: str | None = None  # --recstart STR: what starts a --pipe record
+    recend: str | None = None  # --recend STR: what ends a --pipe record (default: newline)
     help: bool = False
     version: bool = False
 
@@ -139,6 +143,27 @@ def _perl_octal(digits: str) -> str:
     return chr(int(octal.group(), 8)) + digits[octal.end() :]
 
 
+def parse_size(text: str) -> int:
+    """GNU parallel's sizes (``multiply_binary_prefix``): k=10**3, K=Ki=ki=2**10, m=10**6,
+    M=Mi=mi=2**20, g/G, t/T, p/P likewise; a fraction is allowed (``1.5M``)."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)([kmgtp]i?|[KMGTP]i?|[KMGTP]I)?", text)
+    if not match:
+        raise UsageError(f"--block {text}: expected a size such as 64k, 1M or 1G")
+    number, unit = match.groups()
+    power = " kmgtp".index(unit[0].lower()) if unit else 0
+    base = 1024 if unit and (unit[0].isupper() or len(unit) == 2) else 1000
+    size = int(float(number) * base**power)
+    if size < 1:
+        raise UsageError(f"--block {text}: the size must be at least 1 byte")
+    return size
+
+
+def _pipe_escapes(text: str) -> str:
+    """``--recstart``/``--recend``: GNU's \\0 \\r \\n \\t \\' \\" \\\\ escapes."""
+    escapes = {"0": "\0", "r": "\r", "n": "\n", "t": "\t", "'": "'", '"': '"', "\\": "\\"}
+    return re.sub(r"\\([0rnt'\"\\])", lambda match: escapes[match.group(1)], text)
+
+
 def _env(text: str) -> tuple[str, str | None]:
     name, sep, template = text.partition("=")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
@@ -167,7 +192,7 @@ _FLAGS = {
     "--eta": "bar", "--resume": "resume", "--resume-failed": "resume_failed", "--shuf": "shuf",
     "-0": "null", "--null": "null", "--csv": "csv",
     "-X": "context_replace", "-u": "ungroup", "--ungroup": "ungroup",
-    "-h": "help", "--help": "help", "--version": "version",
+    "-h": "help", "--help": "help", "--version": "version", "--pipe": "pipe", "--spreadstdin": "pipe",
 }
 _IGNORED = {"--will-cite", "--no-notice", "--group", "-g"}
 _VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
@@ -181,6 +206,9 @@ _VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
     "--max-args": ("max_args", _positive_int("--max-args")), "-N": ("max_args", _positive_int("-N")),
     "--max-replace-args": ("max_args", _positive_int("--max-replace-args")), "-I": ("replace", _replace),
     "-d": ("delimiter", _delimiter), "--delimiter": ("delimiter", _delimiter),
+    "--block": ("block_size", parse_size), "--block-size": ("block_size", parse_size),
+    "--blocksize": ("block_size", parse_size), "--recstart": ("recstart", _pipe_escapes),
+    "--recend": ("recend", _pipe_escapes),
 }
 
 
@@ -238,6 +266,15 @@ def parse_map_args(argv: Sequence[str]) -> MapOptions:
         raise UsageError("--resume needs --joblog FILE")
     if options.retries == 0:
         options.retries = UNLIMITED_RETRIES  # GNU: --retries 0 retries for ever
+    if options.pipe:
+        if not options.command:
+            raise UsageError("--pipe must have a command to pipe into (e.g. 'cat')")
+        if options.sources:
+            raise UsageError("--pipe reads its input from standard input: ::: and :::: are not supported with it")
+        if options.context_replace:
+            raise UsageError("-X cannot be used with --pipe")
+        if (options.recstart or "") + (options.recend if options.recend is not None else "\n") == "":
+            raise UsageError("--pipe needs a non-empty --recstart or --recend")
     return options
 
 

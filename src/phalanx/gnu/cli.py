@@ -51,6 +51,11 @@ Options (GNU parallel's names and meanings):
   -I STR                    STR instead of {}
   -d, --delimiter DELIM     what ends an input item (\\n \\t \\r \\0 \\NNN understood)
   -u, --ungroup             print output as it comes, not grouped per job
+  --pipe                    split standard input into blocks of whole records, one job
+                            per block, fed to its stdin (no arguments are appended)
+  --block SIZE              --pipe's block size (default 1M; k=1000, K=1024, M, G)
+  --recend STR, --recstart STR   what ends / starts a --pipe record (default: newline);
+                            -N N with --pipe: N records per block
   -0, --null; --colsep REGEX; --csv; --header :; -a FILE
 
 Examples:

@@ -6,16 +6,19 @@ each job's command and drops the jobs the joblog records as done; `gnu.run` exec
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..session import make_run_dir
 from ..sinks.joblog import read_joblog
 from .args import MapOptions, UsageError
 from .inputs import InputSource, read_inputs
-from .template import Template
+from .template import Template, shell_quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,8 @@ class Job:
     args: tuple[str, ...]
     command: str | None
     no_args: bool = False  # -n0: the job has no args at all (GNU's "\0noarg")
+    block: Path | None = None  # --pipe: the file holding the job's block, its stdin
+    block_size: int = 0  # --pipe: the block's size in bytes (the joblog's Send column)
 
 
 class JobPlan:
@@ -42,9 +47,12 @@ class JobPlan:
         self.by_id = {str(job.seq): job for job in jobs}
         self.dynamic = template.uses_slot or any(t.uses_slot for _, t in env)
         self.tagstring: Template | None = None
+        self.run_dir: Path | None = None  # --pipe: the run directory the blocks were written to
 
     @classmethod
     def build(cls, options: MapOptions) -> JobPlan:
+        if options.pipe:
+            return cls._build_pipe(options)
         sources = options.sources or [InputSource("stdin")]
         uses_stdin = any(s.kind == "stdin" or s.path == "-" for s in sources)
         if uses_stdin and sys.stdin.isatty():
@@ -105,6 +113,63 @@ class JobPlan:
             plan.jobs = plan.not_yet_done(Path(options.joblog))
         return plan
 
+    @classmethod
+    def _build_pipe(cls, options: MapOptions) -> JobPlan:
+        """``--pipe``: one job per block of standard input, the block its stdin.
+
+        Standard input is read as it comes, a block at a time, each block written at once
+        to its own file in the run directory (``run_dir``), so memory holds about one block
+        (two while a record longer than the block is read), whatever the input's size; the
+        jobs start once the input has ended. With ``--dry-run`` the blocks are only counted.
+        """
+        if sys.stdin.isatty():
+            sys.stderr.write("phalanx map: warning: input is read from the terminal; press Ctrl-D to end it\n")
+            sys.stderr.flush()
+        replace = options.replace
+        env = [(name, Template.parse(text, replace=replace)) for name, text in options.env if text is not None]
+        template = Template.parse(" ".join(options.command), append_args=False, replace=replace)
+        tagstring = Template.parse(options.tagstring, replace=replace) if options.tagstring is not None else None
+        blocks = split_blocks(
+            lambda size: os.read(sys.stdin.fileno(), size),
+            options.block_size,
+            records=options.max_args or None,
+            recstart=options.recstart or "",
+            recend=options.recend if options.recend is not None else "\n",
+        )
+        jobs: list[Job] = []
+        run_dir = None if options.dry_run else make_run_dir("phalanx-map-")
+        try:
+            if run_dir is not None:
+                (run_dir / "stdin").mkdir(mode=0o700)
+            for seq, block in enumerate(blocks, 1):
+                path = None
+                if run_dir is not None:
+                    path = run_dir / "stdin" / f"block-{seq}"
+                    _write_private(path, block)
+                command = None if template.uses_slot else template.render((), seq=seq, no_args=True)
+                jobs.append(Job(seq, (), command, no_args=True, block=path, block_size=len(block)))
+        except OSError as error:
+            shutil.rmtree(run_dir or "", ignore_errors=True)
+            raise UsageError(f"--pipe: cannot keep the input's blocks: {error}") from None
+        except BaseException:
+            shutil.rmtree(run_dir or "", ignore_errors=True)
+            raise
+        if options.shuf:
+            random.shuffle(jobs)
+        plan = cls(options, template, env, jobs, None, 0)
+        plan.tagstring = tagstring
+        plan.run_dir = run_dir
+        if options.resume and options.joblog and Path(options.joblog).exists():
+            plan.jobs = plan.not_yet_done(Path(options.joblog))
+        return plan
+
+    def action_of(self, job: Job, *, slot: int | None) -> str:
+        """The command line the shell runs: `command_of`, with ``--pipe``'s block as its stdin."""
+        command = self.command_of(job, slot=slot)
+        if job.block is None:
+            return command
+        return f"exec <{shell_quote(str(job.block))}; {command}"
+
     def command_of(self, job: Job, *, slot: int | None) -> str:
         if job.command is not None:
             return job.command
@@ -129,7 +194,7 @@ class JobPlan:
         different jobs, the first n such jobs are done, not all of them.
         """
         entries = [e for e in read_joblog(joblog) if e.succeeded or not self.options.resume_failed]
-        if self.template.uses_slot:
+        if self.template.uses_slot or self.options.pipe:  # --pipe: every job has the same command
             done_seqs = {e.seq for e in entries}
             return [job for job in self.jobs if job.seq not in done_seqs]
         runs: dict[str, set[int]] = {}
@@ -159,6 +224,77 @@ class JobPlan:
         if self.options.tag:
             return lambda tid: (" ".join(self.by_id[tid].args) + "\t").encode("utf-8", "surrogateescape")
         return None
+
+
+def split_blocks(
+    read: Callable[[int], bytes], block_size: int, *, records: int | None = None, recstart: str = "",
+    recend: str = "\n",
+) -> Iterator[bytes]:
+    """GNU parallel's ``--pipe`` blocks (its ``spreadstdin``), read with ``read(n)`` as they come.
+
+    Reads fill the buffer up to a multiple of ``block_size``; a block is then everything up
+    to the last record end (``recend`` followed by ``recstart``) in the buffer, the rest
+    kept for the next block, so a block is at most ``block_size`` bytes when its records
+    fit. A buffer with no record end grows (``block_size`` * 1.3 + 1, with GNU's warning).
+    With ``records`` (``-N``), a block is that many records, whatever its size. What is left
+    at the end of the input is the last block.
+    """
+    end = recend.encode("utf-8", "surrogateescape")
+    separator = end + recstart.encode("utf-8", "surrogateescape")
+    buffer = bytearray()
+    while True:
+        written = False
+        wanted = block_size - len(buffer) % block_size
+        while True:
+            data = read(wanted)
+            buffer += data
+            wanted -= len(data)
+            if not (wanted and data):
+                break
+        eof = not data
+        if records:
+            while buffer:
+                at = _nth_index(buffer, separator, records)
+                if at == -1:
+                    break
+                at += len(end)
+                if at == 0:
+                    break
+                yield bytes(buffer[:at])
+                del buffer[:at]
+                written = True
+        elif not eof:
+            at = buffer.rfind(separator)
+            if at != -1 and at + len(end) > 0:
+                at += len(end)
+                yield bytes(buffer[:at])
+                del buffer[:at]
+                written = True
+        if eof:
+            break
+        if not written and block_size < 2**31 - 1:
+            old, block_size = block_size, min(-(-(block_size * 13) // 10) + 1, 2**31 - 1)
+            sys.stderr.write(f"phalanx map: warning: A record was longer than {old}. "
+                             f"Increasing to --blocksize {block_size}.\n")
+    if buffer:
+        yield bytes(buffer)
+
+
+def _nth_index(buffer: bytearray, needle: bytes, n: int) -> int:
+    """Where the ``n``th ``needle`` in ``buffer`` starts, or -1 (GNU's ``nindex``)."""
+    at = 0  # as GNU's: the search starts at 1, so a needle at 0 is not counted
+    for _ in range(n):
+        at = buffer.find(needle, at + 1)
+        if at == -1:
+            return -1
+    return at
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file only this user can read; never through a planted link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with open(fd, "wb") as out:
+        out.write(data)
 
 
 #: GNU parallel's usable command line length: (``--max-line-length-allowed`` - 3000) / 2,

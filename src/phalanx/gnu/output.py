@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -154,7 +155,9 @@ class MapOutput:
         run_dir: str | None = None,
         on_broken_pipe: Callable[[], None] | None = None,
         halt_now: bool = False,
+        around_write: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
+        self.around_write = around_write
         self._halt_now = halt_now
         self._halted = False
         self._on_broken_pipe = on_broken_pipe
@@ -221,10 +224,14 @@ class MapOutput:
                 if os.fstat(source.fileno()).st_size == 0:
                     continue
                 try:
-                    copy_tagged(source, stream, prefix)
-                    stream.flush()
+                    with self._writing():
+                        copy_tagged(source, stream, prefix)
+                        stream.flush()
                 except BrokenPipeError:
                     self._pipe_broke()
+
+    def _writing(self) -> AbstractContextManager[object]:
+        return nullcontext() if self.around_write is None else self.around_write()
 
     def _pipe_broke(self) -> None:
         if not self.broken_pipe:
@@ -293,8 +300,9 @@ class MapOutput:
             if self.broken_pipe:
                 return
             try:
-                copy_lines(read_range(source, start, end), stream, prefix)
-                stream.flush()
+                with self._writing():
+                    copy_lines(read_range(source, start, end), stream, prefix)
+                    stream.flush()
             except BrokenPipeError:
                 self._pipe_broke()
 

@@ -18,7 +18,7 @@ from bisect import insort
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from ..backends.base import Attempt, Outcome
 from ..backends.command import CommandBackend
@@ -79,7 +79,7 @@ class MapRun:
         """Run every job of the plan; returns GNU parallel's exit status."""
         plan, options = self.plan, self.options
         workers = worker_count(options.jobs, len(plan.jobs))
-        run_dir = make_run_dir("phalanx-map-")
+        run_dir = plan.run_dir or make_run_dir("phalanx-map-")  # --pipe: the blocks are there
         halt = GnuHalt(options.halt, len(plan.jobs))
         timeout = GnuTimeout(options.timeout)
         try:
@@ -92,7 +92,7 @@ class MapRun:
         tasks = [
             Task(
                 str(job.seq),
-                job.command if job.command is not None else plan.template.text,
+                plan.action_of(job, slot=None) if job.command is not None else plan.template.text,
                 env=plan.environment(job, None) if not plan.dynamic else {},
                 retry=retry,
                 timeout=timeout.fixed,
@@ -148,18 +148,23 @@ class MapRun:
             if options.results is not None:
                 sinks.append(self._results_sink(options.results))
             if options.joblog is not None:
-                records: RecordFile | StreamRecords
+                records: RecordFile | StreamRecords | _SendColumn
                 if options.joblog == "-":
                     records = StreamRecords(sys.stdout.buffer)
                 else:
                     path = Path(options.joblog)
                     # The sink owns the file for the whole run and closes it at the end.
                     records = RecordFile(path, append=options.resume and path.exists(), complete=complete_lines)
+                if options.pipe:
+                    records = _SendColumn(records, {str(job.seq): job.block_size for job in self.plan.jobs})
                 sinks.append(JoblogSink(records, self._joblog_fields, header=records.empty))
             if options.bar:
                 from ..sinks.progress import ProgressBar
 
-                sinks.append(ProgressBar(len(self.plan.jobs)))
+                bar = ProgressBar(len(self.plan.jobs))
+                sinks.append(bar)
+                if self.output is not None:
+                    self.output.around_write = bar.suspended  # the bar clears its line before job output
         except BaseException:
             for sink in sinks:
                 sink.close()
@@ -285,6 +290,36 @@ class _ReaderGone:
         self._running = False
 
 
+class _SendColumn:
+    """``--pipe``'s joblog: the Send column is the size of the job's block, as in GNU
+    parallel's (the joblog sink writes 0 there: nothing else is sent to a job)."""
+
+    def __init__(self, records: RecordFile | StreamRecords, sizes: dict[str, int]) -> None:
+        self._records = records
+        self._sizes = sizes
+
+    @property
+    def empty(self) -> bool:
+        return self._records.empty
+
+    @property
+    def scratch_dir(self) -> str:
+        return self._records.scratch_dir
+
+    def write(self, record: bytes) -> None:
+        fields = record.split(b"\t", 5)
+        if len(fields) == 6 and fields[4] == b"0" and fields[0].decode("ascii", "replace") in self._sizes:
+            fields[4] = str(self._sizes[fields[0].decode("ascii")]).encode()
+            record = b"\t".join(fields)
+        self._records.write(record)
+
+    def write_file(self, source: BinaryIO) -> None:
+        self._records.write_file(source)
+
+    def close(self) -> None:
+        self._records.close()
+
+
 class _MapBackend:
     """The command backend, with each job's command and environment rendered for its slot
     when the template uses ``{%}`` (the slot is known only when the job starts)."""
@@ -300,7 +335,7 @@ class _MapBackend:
             job = plan.by_id[attempt.task.id]
             task = replace(
                 attempt.task,
-                action=plan.command_of(job, slot=attempt.worker),
+                action=plan.action_of(job, slot=attempt.worker),
                 env=plan.environment(job, attempt.worker),
             )
             attempt = replace(attempt, task=task)

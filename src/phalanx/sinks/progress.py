@@ -1,7 +1,14 @@
-"""``--bar``: a progress bar on stderr, drawn by rich, advanced as jobs end."""
+"""``--bar``: a progress bar on stderr, drawn by rich, advanced as jobs end.
+
+Jobs' output is written to the same terminal as raw bytes (not through rich), so the
+output sink wraps each write in `ProgressBar.suspended`: the bar's line is cleared first
+and the bar drawn again after, below the output, never glued to it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..events import Event, RunFinished, TaskFinished
@@ -27,20 +34,54 @@ class ProgressBar:
             TimeRemainingColumn(),
             console=_console(colour),
             transient=False,
+            # Drawn when a job ends and after job output, never from a thread of rich's own,
+            # so a redraw cannot land in the middle of a job's output.
+            auto_refresh=False,
         )
         self._task: Any = self._progress.add_task("jobs", total=total, failed=0)
         self._failed = 0
+        self._stopped = False
         self._progress.start()
+        self._progress.refresh()
+
+    @property
+    def _on_terminal(self) -> bool:
+        """Whether the bar is drawn (and redrawn in place) on a terminal, as rich's Live decides it."""
+        console = self._progress.console
+        return console.is_terminal and not console.is_dumb_terminal
+
+    def clear(self) -> None:
+        """Erase the bar's line and leave the cursor at its start (nothing off a terminal)."""
+        if self._stopped or not self._on_terminal:
+            return
+        file = self._progress.console.file
+        file.write("\r\x1b[2K")
+        file.flush()
+
+    def redraw(self) -> None:
+        if not self._stopped:
+            self._progress.refresh()
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Around a write of job output to the terminal: the bar cleared before, redrawn after."""
+        self.clear()
+        try:
+            yield
+        finally:
+            self.redraw()
 
     def handle(self, event: Event) -> None:
         if isinstance(event, TaskFinished):
             if event.result.status not in (Status.SUCCEEDED, Status.SKIPPED):
                 self._failed += 1
             self._progress.update(self._task, advance=1, failed=self._failed)
+            self.redraw()
         elif isinstance(event, RunFinished):
-            self._progress.stop()
+            self.close()
 
     def close(self) -> None:
+        self._stopped = True
         self._progress.stop()
 
 
