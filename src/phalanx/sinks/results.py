@@ -112,13 +112,6 @@ class JobOutput:
         self.close()
 
 
-# A run of whole records from a point outside quotes: each is runs of unquoted bytes and of
-# quoted fields (a doubled quote inside one is two quoted runs back to back), ended by a
-# newline. Possessive, so the regex engine neither backtracks nor keeps a stack that grows
-# with the chunk.
-_RECORDS = re.compile(rb'(?:(?:[^"\n]++|"[^"]*+")*+\n)*+')
-
-
 def complete_csv_records(source: BinaryIO, delimiter: str = ",") -> int:
     """How many leading bytes of ``source`` are whole CSV records.
 
@@ -133,16 +126,27 @@ def complete_csv_records(source: BinaryIO, delimiter: str = ",") -> int:
     """
     complete = 0
     offset = 0
-    inside = False  # whether the chunk starts inside a quoted field
+    inside = False  # whether we are inside a quoted field
     source.seek(0)
     for chunk in read_chunks(source):
-        start = chunk.find(b'"') + 1 if inside else 0  # past the quote that closes the field
-        if not inside or start:
-            records = _RECORDS.match(chunk, start)
-            assert records is not None  # it matches the empty string
-            if records.end() > start:
-                complete = offset + records.end()
-        inside ^= chunk.count(b'"') % 2 == 1
+        # Hop from quote to quote (a doubled quote is two hops); outside quotes, the last
+        # newline before the next quote ends a record. No regex: possessive patterns
+        # misbehave on the Python 3.11 releases before 3.11.5 that distributions ship.
+        position = 0
+        while position < len(chunk):
+            quote = chunk.find(b'"', position)
+            if inside:
+                if quote < 0:
+                    break
+                inside = False
+            else:
+                newline = chunk.rfind(b"\n", position, len(chunk) if quote < 0 else quote)
+                if newline >= 0:
+                    complete = offset + newline + 1
+                if quote < 0:
+                    break
+                inside = True
+            position = quote + 1
         offset += len(chunk)
     return complete
 
