@@ -12,6 +12,8 @@ PUBLIC = {
     "TaskStarted", "UnknownDependencyError", "__version__", "get_execution_plan", "run",
     "run_async", "Executor", "RemoteTraceback", "TaskError", "TaskTimedOut", "WorkerChoice", "WorkerCrashed",
     "map", "optimal_workers", "starmap",
+    "amap", "Rate", "RateLimit", "RetryAfter", "HTTPStatusError", "raise_for_status", "RateLimitPaused",
+    "ConcurrencyChanged",
 }
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .asyncmap import amap as amap
     from .errors import (
         ConfigError as ConfigError,
         CycleError as CycleError,
@@ -26,7 +27,9 @@ if TYPE_CHECKING:
         WorkerCrashed as WorkerCrashed,
     )
     from .events import (
+        ConcurrencyChanged as ConcurrencyChanged,
         Event as Event,
+        RateLimitPaused as RateLimitPaused,
         RunCancelling as RunCancelling,
         RunFinished as RunFinished,
         RunStarted as RunStarted,
@@ -36,6 +39,11 @@ if TYPE_CHECKING:
         TaskStarted as TaskStarted,
     )
     from .executor import Executor as Executor
+    from .http import (
+        HTTPStatusError as HTTPStatusError,
+        RetryAfter as RetryAfter,
+        raise_for_status as raise_for_status,
+    )
     from .mapper import map as map, starmap as starmap
     from .model import Graph as Graph, RetryPolicy as RetryPolicy, Task as Task
     from .ordering import (
@@ -45,6 +53,7 @@ if TYPE_CHECKING:
         SubmissionOrder as SubmissionOrder,
     )
     from .plan import ExecutionPlan as ExecutionPlan, get_execution_plan as get_execution_plan
+    from .ratelimit import Rate as Rate, RateLimit as RateLimit
     from .results import (
         CancelReason as CancelReason,
         ErrorInfo as ErrorInfo,
@@ -59,6 +68,14 @@ if TYPE_CHECKING:
 # Submodules are imported on first use, so `import phalanx` (and the `phalanx` command's
 # start-up) pays only for what is used: `phalanx map` never imports rich or click.
 _LAZY = {
+    "amap": ".asyncmap",
+    "ConcurrencyChanged": ".events",
+    "HTTPStatusError": ".http",
+    "Rate": ".ratelimit",
+    "RateLimit": ".ratelimit",
+    "RateLimitPaused": ".events",
+    "RetryAfter": ".http",
+    "raise_for_status": ".http",
     "Executor": ".executor",
     "RemoteTraceback": ".errors",
     "TaskError": ".errors",
@@ -119,6 +136,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "CancelReason",
+    "ConcurrencyChanged",
     "ConfigError",
     "CostModel",
     "CriticalPathFirst",
@@ -130,10 +148,15 @@ __all__ = [
     "ExecutionPlan",
     "Executor",
     "Graph",
+    "HTTPStatusError",
     "OrderingPolicy",
     "PhalanxError",
+    "Rate",
+    "RateLimit",
+    "RateLimitPaused",
     "RemoteTraceback",
     "ResourceError",
+    "RetryAfter",
     "RetryPolicy",
     "RunCancelling",
     "RunFinished",
@@ -155,9 +178,11 @@ __all__ = [
     "WorkerChoice",
     "WorkerCrashed",
     "__version__",
+    "amap",
     "get_execution_plan",
     "map",
     "optimal_workers",
+    "raise_for_status",
     "run",
     "run_async",
     "starmap",

@@ -297,6 +297,13 @@ def _jobs_option(function: Any) -> Any:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (people's text on stderr).")
 @click.option("--log-dir", type=click.Path(file_okay=False), help="Keep every task's output files here.")
+@click.option(
+    "--results",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Write one row per task as it ends to FILE (.csv or .jsonl): task, status, attempts, duration, error, "
+    "then the fields it wrote to $PHALANX_RESULT_FILE.",
+)
 @_colour_option
 def run(
     file: str | None,
@@ -309,6 +316,7 @@ def run(
     output: str,
     as_json: bool,
     log_dir: str | None,
+    results: str | None,
     colour: str,
 ) -> None:
     """Run the tasks of FILE, each as soon as its dependencies succeed.
@@ -319,7 +327,9 @@ def run(
     """
     import asyncio
 
+    from .events import Sink
     from .render import summary_text
+    from .runner import named_limiters, results_sink
     from .session import StandardBackends, run_session
     from .sinks.console import ConsoleReporter, paint_summary
     from .workers import optimal_workers
@@ -338,6 +348,15 @@ def run(
         return
     reporter = ConsoleReporter(human, output=output, colour=painted)  # type: ignore[arg-type]
     backends = StandardBackends("auto", grace=2.0)
+    sinks: list[Sink] = [reporter]
+    try:
+        limiters = named_limiters(task_file.rate_limits, workers)
+        if results is not None:
+            sinks.append(results_sink(results))
+    except PhalanxError as error:
+        _fail(error)
+    except OSError as error:
+        _fail(f"--results {results}: {error.strerror or error}")
     try:
         report = asyncio.run(
             run_session(
@@ -347,9 +366,10 @@ def run(
                 max_workers=workers,
                 capacities=task_file.capacities,
                 fail_fast=fail_fast,
-                sinks=[reporter],
+                sinks=sinks,
                 log_dir=log_dir,
                 handle_signals=True,
+                limiters=limiters,
             )
         )
     except PhalanxError as error:

@@ -37,19 +37,21 @@ from .errors import (
     did_you_mean,
 )
 from .model import SLOTS, Graph, RetryPolicy, Task, parse_priority
+from .ratelimit import RateLimit
 from .shellquote import ShellQuoteError, quote_placeholders
 
 _T = TypeVar("_T")
 _Path = tuple[str, ...]
 
-_TOP_KEYS = ("defaults", "resources", "tasks")
-_TASK_KEYS = ("cmd", "deps", "priority", "timeout", "retries", "resources", "env", "cwd", "tags", "cost", "for_each")
+_TOP_KEYS = ("defaults", "resources", "rate_limits", "tasks")
+_TASK_KEYS = ("cmd", "deps", "priority", "timeout", "retries", "resources", "env", "cwd", "tags", "cost", "for_each",
+              "limiter", "limiter_key", "tokens")
 _PER_TASK_ONLY = ("cmd", "deps", "for_each")  # meaningless as a default: they define the task
 _DEFAULT_KEYS = tuple(key for key in _TASK_KEYS if key not in _PER_TASK_ONLY)
 _FOR_EACH_KEYS = ("glob",)
 _FOR_EACH_FORMS = ('a list of items (for_each = ["a", "b"]) or a table whose only key is glob '
                    '(for_each = { glob = "*.py" })')
-_RETRY_KEYS = ("count", "backoff", "initial", "max", "jitter", "on_exit_codes")
+_RETRY_KEYS = ("count", "backoff", "initial", "max", "jitter", "on_exit_codes", "max_retry_after")
 _ITEM = "{item}"
 # How deep tables and arrays may nest below the top of a task file. Real files need 5 (tasks.NAME.retries
 # .on_exit_codes); the cap keeps every walk over a value, repr() included, far from the recursion limit.
@@ -178,6 +180,7 @@ class TaskFile:
         graph: the tasks; checked for unknown dependencies and cycles, but not frozen
             (the runner validates it when a run starts).
         capacities: the ``[resources]`` table; never contains ``slots`` (that is ``-j``).
+        rate_limits: the ``[rate_limits]`` table: named limits tasks pace themselves by.
         warnings: located, one-line messages about things that load but are probably
             mistakes (``{item}`` in a task without ``for_each``), for the front end to print.
     """
@@ -186,6 +189,7 @@ class TaskFile:
     graph: Graph
     capacities: Mapping[str, float]
     warnings: tuple[str, ...] = ()
+    rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
     _lines: _LineIndex = field(default_factory=_LineIndex, repr=False, compare=False)
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # id -> NAME
 
@@ -374,6 +378,7 @@ class _Loader:
         self.base = source.absolute().parent  # cwd and globs are relative to the file, like make
         self.lines = lines
         self.warnings: list[str] = []
+        self.rate_limits: dict[str, RateLimit] = {}
 
     def quoted_item(self, name: str, here: _Path, cmd: str, item: str) -> str:
         """``{item}`` in a shell string, quoted for the context it stands in (bare, inside
@@ -432,6 +437,7 @@ class _Loader:
             if key not in _DEFAULT_KEYS:
                 self.fail(f"[defaults]: unknown key {key!r}{_hint(key, _DEFAULT_KEYS)}", "defaults", key)
         capacities = self.capacities(self.table(document.get("resources", {}), "[resources]", "resources"))
+        self.rate_limits = self.limits(self.table(document.get("rate_limits", {}), "[rate_limits]", "rate_limits"))
         tasks = self.table(document.get("tasks", {}), "[tasks]", "tasks")
         if not tasks:
             self.fail("no tasks: add a [tasks.NAME] table with a cmd", "tasks")
@@ -461,7 +467,7 @@ class _Loader:
         except CycleError as error:
             raise error.located(self.file, self.lines.best("tasks", sources[error.cycle[0]])) from None
         return TaskFile(self.source, graph, MappingProxyType(capacities), tuple(self.warnings),
-                        self.lines, MappingProxyType(sources))
+                        MappingProxyType(self.rate_limits), self.lines, MappingProxyType(sources))
 
     def capacities(self, resources: dict[str, Any]) -> dict[str, float]:
         capacities: dict[str, float] = {}
@@ -473,6 +479,12 @@ class _Loader:
                 self.fail(f"[resources]: {name!r} must be a positive number, got {amount!r}", "resources", name)
             capacities[name] = float(amount)
         return capacities
+
+    def limits(self, table: dict[str, Any]) -> dict[str, RateLimit]:
+        """``[rate_limits]``: ``openai = "500/min"``, or a table such as
+        ``openai_tokens = { rate = "90000/min", weighted = true }``."""
+        return {name: self.guard(None, ("rate_limits", name), RateLimit.of, value, what=f"[rate_limits] {name}")
+                for name, value in table.items()}
 
     def expand(self, name: str, table: object, defaults: dict[str, Any], capacities: dict[str, float]) -> list[Task]:
         """The task(s) of ``[tasks.NAME]``: one, or one per ``for_each`` item (deps not yet resolved)."""
@@ -502,10 +514,13 @@ class _Loader:
             # an argv list is not parsed by a shell, so there it goes in verbatim.
             action = (self.quoted_item(name, here, cmd, item) if isinstance(cmd, str)
                       else [part.replace(_ITEM, item) for part in cmd])
+            per_item = dict(fields)
+            if "limiter_key" in per_item:
+                per_item["limiter_key"] = per_item["limiter_key"].replace(_ITEM, item)
             tasks[task_id] = self.guard(
                 None, here, Task, id=task_id, action=action, group=name,
                 env={var: text.replace(_ITEM, item) for var, text in env.items()},
-                cwd=self.cwd(cwd.replace(_ITEM, item)), **fields,
+                cwd=self.cwd(cwd.replace(_ITEM, item)), **per_item,
             )
         return list(tasks.values())
 
@@ -564,6 +579,15 @@ class _Loader:
                 fields[key] = self.guard(who(key), origin[key], parse_duration, settings[key], what=key)
         if "retries" in settings:
             fields["retry"] = self.retry(who("retries"), origin["retries"], settings["retries"])
+        if "limiter" in settings:
+            fields["limiter"] = self.limiter(who("limiter"), origin["limiter"], settings["limiter"])
+        if "limiter_key" in settings:
+            expect("limiter_key", isinstance(settings["limiter_key"], str), "a string (a provider, a model, {item})")
+            fields["limiter_key"] = settings["limiter_key"]
+        if "tokens" in settings:
+            tokens = settings["tokens"]
+            expect("tokens", _is_number(tokens) and math.isfinite(tokens) and tokens > 0, "a positive number")
+            fields["tokens"] = float(tokens)
         if "resources" in settings:
             fields["resources"] = self.resources(who("resources"), origin["resources"], settings["resources"],
                                                  capacities)
@@ -601,6 +625,17 @@ class _Loader:
             self.fail(f"{who}: retries: on_exit_codes must be a list of integers, got {codes!r}",
                       *where, "on_exit_codes")
         return self.guard(who, where, RetryPolicy, **value)
+
+    def limiter(self, who: str, where: _Path, value: object) -> tuple[str, ...]:
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(name, str) and name for name in names):
+            self.fail(f"{who}: limiter must name a rate limit, or a list of them, got {value!r}", *where)
+        for name in names:
+            if name not in self.rate_limits:
+                defined = ", ".join(sorted(self.rate_limits)) or "none"
+                self.fail(f"{who} uses unknown rate limit {name!r}{_hint(name, self.rate_limits)}; "
+                          f"defined in [rate_limits]: {defined}", *where)
+        return tuple(names)
 
     def resources(self, who: str, where: _Path, value: object, capacities: dict[str, float]) -> dict[str, float]:
         requests = self.table(value, f"{who}: resources", *where)

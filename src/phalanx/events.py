@@ -70,7 +70,31 @@ class RunFinished:
     at: float
 
 
-Event = RunStarted | TaskStarted | TaskRetrying | TaskFinished | RunCancelling | RunFinished
+@dataclass(frozen=True, slots=True)
+class RateLimitPaused:
+    """Every task on a rate limit's key waits ``seconds`` (a server's Retry-After), not only
+    the task that was told to: requests already sent go on."""
+
+    limiter: str
+    key: str
+    seconds: float
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyChanged:
+    """An adaptive rate limit's window (how many attempts on the key may run at once) changed."""
+
+    limiter: str
+    key: str
+    window: int
+    at: float
+
+
+Event = (
+    RunStarted | TaskStarted | TaskRetrying | TaskFinished | RunCancelling | RunFinished
+    | RateLimitPaused | ConcurrencyChanged
+)
 
 
 class Sink(Protocol):

@@ -34,17 +34,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .backends.base import Backend
+from .backends.inline import InlineBackend
 from .backends.processes import ProcessBackend
 from .backends.threads import ThreadBackend
 from .errors import ConfigError, RemoteTraceback, TaskError, TaskTimedOut, WorkerCrashed
-from .events import Event, TaskFinished, TaskRetrying
-from .model import Graph, RetryPolicy, Task
+from .events import Event, Sink, TaskFinished, TaskRetrying
+from .model import Graph, RetryPolicy, Task, is_coroutine_action
 from .results import Status, TaskResult
 from .scheduler import Scheduler
 from .workers import optimal_workers
 
 if TYPE_CHECKING:
     from .mapper import Partition, Weights
+    from .sinks.table import TableWriter
 
 ExecutorBackend = Literal["processes", "threads"]
 
@@ -95,6 +97,14 @@ class Executor:
             `RetryPolicy` with its backoff (retries wait on the scheduler's timers).
         resources: named capacities beyond the worker slots, for tasks submitted with
             `submit_task` that request them (``{"gpu": 1}``).
+        rate_limits: named rate limits (``{"openai": "500/min"}``) for tasks submitted with
+            `submit_task` that name them (``Task(..., limiter="openai")``).
+        results: a ``.csv`` or ``.jsonl`` file getting one row per call or map item as it
+            ends (status, attempts, duration, error, the fields returned); one writer owns
+            it, whichever threads submit. ``fsync``: also fsync each row.
+
+    ``async def`` functions are accepted too: they run on the executor's own event loop
+    (its thread), not in a worker.
 
     Futures from `submit` stay pending until their task ends: ``Future.cancel()`` works
     until then and stops the task if it is running (its worker is replaced).
@@ -114,6 +124,9 @@ class Executor:
         timeout: float | None = None,
         retries: int | RetryPolicy = 0,
         resources: Mapping[str, float] | None = None,
+        rate_limits: Mapping[str, Any] | None = None,
+        results: str | Path | None = None,
+        fsync: bool = False,
     ) -> None:
         if backend not in ("processes", "threads"):
             raise ConfigError(f"backend must be 'processes' or 'threads', got {backend!r}")
@@ -151,6 +164,18 @@ class Executor:
         from .mapper import PartialBatches
 
         self._batches_backend = PartialBatches(self._backend)
+        self._inline = InlineBackend()  # async def functions run on the loop itself
+        from .runner import named_limiters
+
+        limiters = named_limiters(rate_limits, self.max_workers)
+        self.rows: TableWriter | None = None
+        sinks: list[Sink] = []
+        if results is not None:
+            from .sinks.table import TableWriter
+
+            self.rows = TableWriter(results, fsync=fsync)
+            sinks.append(_CallRows(self, self.rows))  # first: it asks whether a task is a map batch
+        sinks.append(_Events(self))
         # Owned by the loop thread: written and read there only.
         self._futures: dict[str, concurrent.futures.Future[Any]] = {}
         self._listeners: dict[str, Listener] = {}
@@ -169,10 +194,11 @@ class Executor:
             backend_for=self._backend_for,
             max_workers=self.max_workers,
             capacities=resources,
-            sinks=[_Events(self)],
+            sinks=sinks,
             run_dir=self._run_dir,
             open_ended=True,
             keep_results=False,
+            limiters=limiters,
         )
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="phalanx-executor", daemon=True)
@@ -194,12 +220,22 @@ class Executor:
         try:
             await self._scheduler.run()
         finally:
-            await self._backend.aclose()
+            try:
+                await self._backend.aclose()
+            finally:
+                if self.rows is not None:
+                    self.rows.close()
 
     def _backend_for(self, task: Task) -> Backend:
         if task.is_command:
             raise ConfigError(f"task {task.id!r}: an Executor runs callables; use phalanx.run for commands")
+        if is_coroutine_action(task.action):
+            return self._inline
         return self._batches_backend
+
+    def is_map_task(self, tid: str) -> bool:
+        """Whether a task is a map batch (its items get rows of their own) (on the loop)."""
+        return tid in self._listeners
 
     def _on_event(self, event: Event) -> None:
         """Resolve futures and feed map runs as their tasks end or retry (on the loop)."""
@@ -300,7 +336,8 @@ class Executor:
         self.check_open()
         if task.is_command:
             raise ConfigError(f"task {task.id!r}: an Executor runs callables; use phalanx.run for commands")
-        if self.backend_name == "threads" and not isinstance(task.action, _ThreadCall):
+        if (self.backend_name == "threads" and not isinstance(task.action, _ThreadCall)
+                and not is_coroutine_action(task.action)):
             task = dataclasses.replace(task, action=_ThreadCall(task.action))  # type: ignore[arg-type]
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         if referable:
@@ -513,6 +550,25 @@ class Executor:
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         # Any exception (Ctrl-C included) leaving the block cancels the work in flight.
         self.shutdown(wait=True, cancel_futures=kind is not None)
+
+
+class _CallRows:
+    """The results file's sink: a row for each call that ends (map items get theirs from the
+    map run, a row an item)."""
+
+    def __init__(self, executor: Executor, writer: TableWriter) -> None:
+        from .sinks.table import TableSink
+
+        self._executor = executor
+        self._sink = TableSink(writer, id_column="task")
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, TaskFinished) and self._executor.is_map_task(event.task_id):
+            return
+        self._sink.handle(event)
+
+    def close(self) -> None:
+        return None  # the executor closes the file once its loop has ended
 
 
 class _Events:

@@ -28,10 +28,12 @@ import contextlib
 import heapq
 import itertools
 import math
+import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 from .backends.base import Attempt, Backend, Outcome
@@ -355,6 +357,8 @@ class MapRun:
             if not isinstance(partial, BatchResult):
                 return  # the whole batch runs again (on threads, a timed-out item)
             retried = frozenset(_retryable(partial))
+            if executor.rows is not None:
+                self._write_rows(self._live[event.task_id], partial, event.attempt, skip=retried)
             executor.count(Status.SUCCEEDED, len(partial) - len(partial.failures))
             for offset, item in partial.failures.items():
                 if offset not in retried:
@@ -372,10 +376,38 @@ class MapRun:
         else:  # the batch as a whole did not run through (cancelled, timed out on threads, no worker)
             outcome = BatchResult.all_failed(batch.where, result.status, _batch_error(result, batch))
         outcome.worker = result.worker
+        if executor.rows is not None:
+            self._write_rows(batch, outcome, result.attempts)
         executor.count(Status.SUCCEEDED, len(outcome) - len(outcome.failures))
         for item in outcome.failures.values():
             executor.count(item.status)
         self._inbox.put(_Delivery(outcome, frozenset(), result.attempts, True, per_item))
+
+    def _write_rows(self, batch: Batch, outcome: BatchResult, attempts: int,
+                    skip: frozenset[int] = frozenset()) -> None:
+        """A results row for each item of ``outcome`` that is final (on the loop)."""
+        from .sinks.table import result_row
+
+        writer = self._executor.rows
+        assert writer is not None
+        offset_of = {position: offset for offset, position in enumerate(batch.where)}
+        positions = outcome.positions
+        for offset in range(len(outcome)):
+            if offset in skip:
+                continue
+            result = self._deliver(outcome.item(offset), outcome.worker, attempts, True)
+            value = result.value
+            if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+                result = replace(result, data=value)
+            item = batch.items[offset_of[positions[offset]]]
+            writer.write(result_row(result, item_columns(item), id_column=None))
+
+
+def item_columns(item: Any) -> dict[str, Any]:
+    """An item's columns in a results row: its own when it is a row (a mapping), else ``item``."""
+    if isinstance(item, Mapping):
+        return {str(name): value for name, value in item.items()}
+    return {"item": item}
 
 
 def _batch_error(result: TaskResult, batch: Batch) -> ErrorInfo:
@@ -437,6 +469,8 @@ def map(
     max_tasks_per_worker: int | None = None,
     max_memory_per_worker: int | None = None,
     as_results: bool = False,
+    results: str | Path | None = None,
+    fsync: bool = False,
 ) -> Iterator[Any]:
     """``fn`` over ``iterables`` on warm workers, like the built-in ``map`` but in parallel.
 
@@ -450,6 +484,11 @@ def map(
     order. ``retries`` is a count of extra attempts or a `RetryPolicy` with backoff: a
     failed item runs again after the scheduler's backoff. The workers start on the first
     ``next()`` and stop when the iterator is exhausted, closed or interrupted.
+
+    ``results`` names a ``.csv`` or ``.jsonl`` file that gets one row per item as it ends:
+    the item's columns (a mapping, such as a CSV row) or ``item``, then ``status``,
+    ``attempts``, ``duration``, ``error``, then the fields ``fn`` returned (a dict);
+    ``fsync=True`` also fsyncs each row.
 
     Raises:
         ConfigError: an option is invalid (named in the message), at the call, before
@@ -478,13 +517,15 @@ def starmap(
     max_tasks_per_worker: int | None = None,
     max_memory_per_worker: int | None = None,
     as_results: bool = False,
+    results: str | Path | None = None,
+    fsync: bool = False,
 ) -> Iterator[Any]:
     """`map` with each item an argument tuple, ``fn(*item)``, like `itertools.starmap`."""
     return _map(fn, (iterable,), True, locals())
 
 
 _EXECUTOR_OPTIONS = ("max_workers", "backend", "start_method", "initializer", "initargs", "max_tasks_per_worker",
-                     "max_memory_per_worker", "isolate", "timeout", "retries")
+                     "max_memory_per_worker", "isolate", "timeout", "retries", "results", "fsync")
 _MAP_OPTIONS = ("ordered", "batch_size", "partition", "weights", "as_results")
 
 
@@ -530,6 +571,8 @@ def check_options(
     partition: Any = "auto",
     weights: Any = None,
     as_results: Any = False,
+    results: Any = None,
+    fsync: Any = False,
 ) -> None:
     """Refuse a bad option with a message that names it (the same checks `Executor` makes)."""
     def positive_int(name: str, value: Any, *, optional: bool) -> None:
@@ -556,6 +599,8 @@ def check_options(
         positive_int("batch_size", batch_size, optional=False)
     if partition not in ("auto", "round_robin", "weighted"):
         raise ConfigError(f"partition must be 'auto', 'round_robin' or 'weighted', got {partition!r}")
-    for name, value in (("ordered", ordered), ("isolate", isolate), ("as_results", as_results)):
+    if results is not None and not isinstance(results, str | os.PathLike):
+        raise ConfigError(f"results must be a file name (.csv or .jsonl), got {results!r}")
+    for name, value in (("ordered", ordered), ("isolate", isolate), ("as_results", as_results), ("fsync", fsync)):
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be True or False, got {value!r}")

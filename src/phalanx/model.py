@@ -59,6 +59,16 @@ class RetryPolicy:
         jitter: a fraction in [0, 1]; each delay is scaled by a random factor in
             ``[1 - jitter, 1]`` so that retries of many tasks do not line up.
         on_exit_codes: retry only failures with one of these exit codes (None: any failure).
+        on_exceptions: retry only failures that raised one of these exception types
+            (None: any exception). Matched by class, or by name when the exception came
+            from another process and only its description did.
+        on_statuses: retry a failure that was an HTTP response only if its status is one
+            of these (None: 408, 429 and 5xx; a 404 is not worth repeating).
+        max_retry_after: the longest ``Retry-After`` honoured, in seconds; a server asking
+            for more fails the task, saying so, rather than stalling the run.
+
+    ``jitter = 1`` is "full jitter": each delay is uniform in ``[0, backoff]``, the spread
+    that best keeps many clients that failed together from retrying together.
     """
 
     count: int = 0
@@ -67,6 +77,9 @@ class RetryPolicy:
     max: float = 60.0
     jitter: float = 0.0
     on_exit_codes: frozenset[int] | None = None
+    on_exceptions: tuple[type[BaseException], ...] | None = None
+    on_statuses: frozenset[int] | None = None
+    max_retry_after: float = 300.0
 
     def __post_init__(self) -> None:
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0:
@@ -88,6 +101,19 @@ class RetryPolicy:
             if not all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
                 raise ConfigError(f"retries: on_exit_codes must be integers, got {sorted(codes, key=str)!r}")
             object.__setattr__(self, "on_exit_codes", codes)
+        if self.on_exceptions is not None:
+            kinds = (self.on_exceptions,) if isinstance(self.on_exceptions, type) else tuple(self.on_exceptions)
+            if not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in kinds):
+                raise ConfigError(f"retries: on_exceptions must be exception classes, got {self.on_exceptions!r}")
+            object.__setattr__(self, "on_exceptions", kinds)
+        if self.on_statuses is not None:
+            statuses = frozenset(self.on_statuses)
+            if not all(isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses):
+                raise ConfigError(f"retries: on_statuses must be HTTP statuses, got {sorted(statuses, key=str)!r}")
+            object.__setattr__(self, "on_statuses", statuses)
+        object.__setattr__(
+            self, "max_retry_after", parse_duration(self.max_retry_after, what="retries.max_retry_after")
+        )
 
     def delay(self, retry_number: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number ``retry_number`` (1 for the first retry)."""
@@ -100,6 +126,23 @@ class RetryPolicy:
     def allows(self, exit_code: int | None) -> bool:
         """Whether a failure with this exit code (None for non-process failures) is retried."""
         return self.on_exit_codes is None or (exit_code is not None and exit_code in self.on_exit_codes)
+
+    def allows_status(self, status: int) -> bool:
+        """Whether a failure that was an HTTP response with this status is retried."""
+        if self.on_statuses is not None:
+            return status in self.on_statuses
+        return status in (408, 429) or 500 <= status <= 599
+
+    def allows_exception(self, error: BaseException | None, type_name: str | None) -> bool:
+        """Whether a failure that raised ``error`` (or, from another process, an exception
+        named ``type_name``) is retried."""
+        if self.on_exceptions is None:
+            return True
+        if error is not None:
+            return isinstance(error, self.on_exceptions)
+        return type_name is not None and any(
+            type_name in (kind.__qualname__, kind.__name__) for kind in self.on_exceptions
+        )
 
 
 NO_RETRY = RetryPolicy()
@@ -125,6 +168,10 @@ class Task:
         tags: free-form labels, selectable with ``tag:NAME``.
         cost: the estimated duration in seconds, used for critical-path ordering.
         group: the name this task was expanded from (``for_each``), if any.
+        limiter: the names of the run's rate limits this task's attempts are paced by.
+        limiter_key: which key of those limits it counts against (a provider, a model);
+            tasks on different keys are limited independently. "" for the one shared key.
+        tokens: what an attempt costs a weighted limit (tokens per minute); 1 by default.
     """
 
     id: str
@@ -141,6 +188,9 @@ class Task:
     tags: frozenset[str] = frozenset()
     cost: float | None = None
     group: str | None = None
+    limiter: tuple[str, ...] = ()
+    limiter_key: str = ""
+    tokens: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -176,6 +226,20 @@ class Task:
         _set(self, "tags", frozenset(self.tags))
         if self.cost is not None:
             _set(self, "cost", _located(self.id, parse_duration, self.cost, what="cost"))
+        if self.limiter:
+            limiter = (self.limiter,) if isinstance(self.limiter, str) else tuple(self.limiter)
+            if not all(isinstance(name, str) and name for name in limiter):
+                raise ConfigError(f"task {self.id!r}: limiter must name rate limits, got {self.limiter!r}",
+                                  task_id=self.id)
+            _set(self, "limiter", limiter)
+        elif self.limiter != ():
+            _set(self, "limiter", ())
+        if not isinstance(self.limiter_key, str):
+            raise ConfigError(f"task {self.id!r}: limiter_key must be a string, got {self.limiter_key!r}",
+                              task_id=self.id)
+        tokens = self.tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int | float) or not 0 < tokens < float("inf"):
+            raise ConfigError(f"task {self.id!r}: tokens must be a positive number, got {tokens!r}", task_id=self.id)
 
     @property
     def requests(self) -> Mapping[str, float]:

@@ -16,10 +16,12 @@ from typing import Any
 
 from .backends.base import Backend
 from .durations import parse_duration
+from .errors import ConfigError
 from .events import Event, Sink, TaskFinished, TaskRetrying, TaskStarted
 from .model import Task
 from .ordering import CostModel, OrderingPolicy
 from .policy import HaltRule, TimeoutRule
+from .ratelimit import Limiters, RateLimit
 from .results import RunReport
 from .session import BackendName, StandardBackends, run_session
 from .tasksource import TaskSource, build_graph
@@ -74,6 +76,9 @@ async def run_async(
     start_interval: float = 0.0,
     timeout_for: TimeoutRule | None = None,
     backend_for: Callable[[Task], Backend] | None = None,
+    rate_limits: Mapping[str, str | RateLimit] | None = None,
+    results: str | Path | None = None,
+    fsync: bool = False,
 ) -> RunReport:
     """`run` for callers already inside an event loop. Same arguments, same result.
 
@@ -90,6 +95,9 @@ async def run_async(
     if on_event is not None or progress_callback is not None:
         all_sinks.append(_CallbackSink(on_event, progress_callback))
     backends = StandardBackends(backend, grace)
+    limiters = named_limiters(rate_limits, workers)
+    if results is not None:
+        all_sinks.append(results_sink(results, fsync=fsync))
     return await run_session(
         graph,
         backend_for=backend_for or backends.for_task,
@@ -106,7 +114,25 @@ async def run_async(
         halt=halt,
         start_interval=start_interval,
         timeout_for=timeout_for,
+        limiters=limiters,
     )
+
+
+def named_limiters(rate_limits: Mapping[str, str | RateLimit] | None, max_window: int) -> Limiters | None:
+    """The run's named rate limits (``{"openai": "500/min"}``), or None without any."""
+    if not rate_limits:
+        return None
+    if not isinstance(rate_limits, Mapping):
+        raise ConfigError(f"rate_limits must map names to rates such as '500/min', got {rate_limits!r}")
+    limits = {str(name): RateLimit.of(spec, what=f"rate limit {name!r}") for name, spec in rate_limits.items()}
+    return Limiters(limits, max_window=max_window)
+
+
+def results_sink(path: str | Path, *, fsync: bool = False) -> Sink:
+    """A results file (``.csv`` or ``.jsonl``) with one row per task as it ends."""
+    from .sinks.table import TableSink, TableWriter
+
+    return TableSink(TableWriter(path, fsync=fsync))
 
 
 def run(
@@ -126,6 +152,9 @@ def run(
     policy: OrderingPolicy | None = None,
     cost_model: CostModel | None = None,
     seed: int | None = None,
+    rate_limits: Mapping[str, str | RateLimit] | None = None,
+    results: str | Path | None = None,
+    fsync: bool = False,
 ) -> RunReport:
     """Run tasks in parallel, each the moment its dependencies have succeeded.
 
@@ -150,6 +179,12 @@ def run(
         policy: how ready tasks are ordered (default: priority, critical path, submission).
         cost_model: duration estimates (default: declared ``cost`` only).
         seed: seeds retry jitter, for repeatable runs.
+        rate_limits: named rate limits, ``{"openai": "500/min"}`` (or `RateLimit`s); a task
+            names those it uses with ``limiter=`` (and ``limiter_key=``, ``tokens=``).
+        results: a ``.csv`` or ``.jsonl`` file getting one row per task as it ends: task,
+            status, attempts, duration, error, then the fields it returned (a dict, or what
+            a command wrote to ``$PHALANX_RESULT_FILE``).
+        fsync: also fsync each row of ``results``.
 
     Returns:
         The `RunReport`: every `TaskResult` by id and the `RunSummary`.
@@ -175,5 +210,8 @@ def run(
             policy=policy,
             cost_model=cost_model,
             seed=seed,
+            rate_limits=rate_limits,
+            results=results,
+            fsync=fsync,
         )
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import os
 import random
 import time
@@ -37,9 +38,11 @@ from typing import Any, NamedTuple
 
 from .backends.base import Attempt, Backend, Outcome
 from .durations import format_duration
-from .errors import DuplicateTaskError, PhalanxError, UnknownDependencyError
+from .errors import ConfigError, DuplicateTaskError, PhalanxError, UnknownDependencyError
 from .events import (
+    ConcurrencyChanged,
     Event,
+    RateLimitPaused,
     RunCancelling,
     RunFinished,
     RunStarted,
@@ -48,7 +51,7 @@ from .events import (
     TaskRetrying,
     TaskStarted,
 )
-from .model import SLOTS, Graph, Task
+from .model import SLOTS, Graph, RetryPolicy, Task
 from .ordering import (
     CostModel,
     CriticalPathFirst,
@@ -58,6 +61,7 @@ from .ordering import (
     remaining_paths,
 )
 from .policy import HaltDecision, HaltRule, TimeoutRule
+from .ratelimit import Limiters, Paused, Use, WindowChanged
 from .resources import Amounts, ResourcePool, check_requests, fits
 from .results import CancelReason, ErrorInfo, RunReport, RunSummary, Status, TaskResult
 
@@ -85,6 +89,8 @@ class _Running:
     limit: float | None = None  # the time limit in force, in seconds
     deadline: asyncio.TimerHandle | None = None
     timed_out: float | None = None  # the limit that ran out, once it has
+    settled: bool = False  # its rate limits have been told it ended
+    retry_after: float | None = None  # the (capped) Retry-After its failure asked for
 
 
 class _Chain(NamedTuple):
@@ -129,6 +135,7 @@ class Scheduler:
         sinks: consumers of events, called on the loop in order.
         run_dir: a directory private to the run, for output files.
         rng: randomness for retry jitter (a seeded one makes runs repeatable).
+        limiters: the run's named rate limits; a task names those it uses (``limiter``).
     """
 
     def __init__(
@@ -150,6 +157,7 @@ class Scheduler:
         timeout_for: TimeoutRule | None = None,
         open_ended: bool = False,
         keep_results: bool | None = None,
+        limiters: Limiters | None = None,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
@@ -171,6 +179,15 @@ class Scheduler:
         self._run_dir = run_dir
         self.run_id = run_id or os.urandom(6).hex()  # not uuid: its import is slow
         self._rng = rng or random.Random()
+
+        # Rate limits: a task whose limit refuses it now waits "parked" under its gate (the
+        # limits and key it uses) without holding a slot, so tasks on other keys go on.
+        self._limiters = limiters
+        self._uses: dict[str, tuple[Use, ...]] = {}
+        for task in graph:
+            self._register_uses(task)
+        self._parked: dict[tuple[Use, ...], list[tuple[tuple[Any, ...], str]]] = {}
+        self._gates: dict[tuple[Use, ...], asyncio.TimerHandle | None] = {}  # None: until a release
 
         self._cost_model = cost_model or DeclaredCosts()
         self._policy = policy or CriticalPathFirst()
@@ -281,6 +298,13 @@ class Scheduler:
         why = f"cancelled ({reason.label}) before it started"
         ready = [tid for _, tid in self._heap]
         self._heap.clear()
+        for gate, parked in self._parked.items():
+            ready += [tid for _, tid in parked]
+            timer = self._gates.pop(gate, None)
+            if timer is not None:
+                timer.cancel()
+        self._parked.clear()
+        self._gates.clear()
         for tid in ready:
             self._finish(self._plain_result(tid, Status.CANCELLED, why))
         for tid, timer in list(self._backoff.items()):
@@ -314,6 +338,7 @@ class Scheduler:
             if dep not in self._tasks and dep not in self._ended:
                 raise UnknownDependencyError(tid, dep, [*self._tasks, *self._ended])
         check_requests([task], self._capacities)
+        self._register_uses(task)
         self._tasks[tid] = task
         self._dependents[tid] = []
         self._unended_dependents[tid] = 0
@@ -365,12 +390,13 @@ class Scheduler:
         timer = self._backoff.pop(tid, None)
         if timer is not None:
             timer.cancel()
-        for index, (_, queued) in enumerate(self._heap):
-            if queued == tid:
-                self._heap[index] = self._heap[-1]
-                self._heap.pop()
-                heapq.heapify(self._heap)
-                break
+        for heap in (self._heap, *self._parked.values()):
+            for index, (_, queued) in enumerate(heap):
+                if queued == tid:
+                    heap[index] = heap[-1]
+                    heap.pop()
+                    heapq.heapify(heap)
+                    break
         self._finish(self._plain_result(tid, Status.CANCELLED, "cancelled before it started"))
         return True
 
@@ -422,6 +448,10 @@ class Scheduler:
             why = f"cancelled ({self._stopping.label}) before it started"
             self._finish(self._plain_result(tid, Status.CANCELLED, why))
             return
+        uses = self._uses.get(tid)
+        if uses is not None and uses in self._gates:
+            heapq.heappush(self._parked.setdefault(uses, []), (self._keys[tid], tid))  # its limit is closed
+            return
         heapq.heappush(self._heap, (self._keys[tid], tid))
 
     def _dispatch(self) -> None:
@@ -442,23 +472,26 @@ class Scheduler:
             request = self._requests[tid]
             if spare is None:
                 if fits(request, free):
-                    self._start(tid, request, free)
-                    if self._start_interval > 0:
-                        self._next_start = now + self._start_interval
-                        if self._heap:
-                            self._wait_to_start(self._start_interval)
-                        break
+                    if self._admit(entry, now):
+                        self._start(tid, request, free)
+                        if self._start_interval > 0:
+                            self._next_start = now + self._start_interval
+                            if self._heap:
+                                self._wait_to_start(self._start_interval)
+                            break
                     continue
                 shadow, spare = self._reserve(request, free, now)
             elif fits(request, free):
                 estimate = self._estimates[tid]
                 if shadow is not None and estimate is not None and now + estimate <= shadow + _EPSILON:
-                    self._start(tid, request, free)  # ends before the reserved start
+                    if self._admit(entry, now):
+                        self._start(tid, request, free)  # ends before the reserved start
                     continue
                 if fits(request, spare):
-                    self._start(tid, request, free)  # uses only what the reservation leaves
-                    for name, amount in request.items():
-                        spare[name] -= amount
+                    if self._admit(entry, now):
+                        self._start(tid, request, free)  # uses only what the reservation leaves
+                        for name, amount in request.items():
+                            spare[name] -= amount
                     continue
             deferred.append(entry)
             if not self._zero_slot_tasks and (
@@ -467,6 +500,98 @@ class Scheduler:
                 break  # no further task could start now
         for entry in deferred:
             heapq.heappush(self._heap, entry)
+
+    def _register_uses(self, task: Task) -> None:
+        """Note which rate limits a task uses (checked now: an unknown name is an error)."""
+        if not task.limiter:
+            return
+        if self._limiters is None:
+            raise ConfigError(f"task {task.id!r}: unknown rate limit {task.limiter[0]!r} (the run defines none)",
+                              task_id=task.id)
+        uses = self._limiters.uses(task.limiter, task.limiter_key, task.tokens)
+        try:
+            self._limiters.check(uses)
+        except PhalanxError as error:
+            error.task_id = task.id
+            error.message = f"task {task.id!r}: {error.message}"
+            raise
+        self._uses[task.id] = uses
+
+    def _admit(self, entry: tuple[tuple[Any, ...], str], now: float) -> bool:
+        """Whether a task that fits may start now as far as its rate limits go (then they
+        have granted it); if not, it is parked under its gate until the limits say when."""
+        tid = entry[1]
+        uses = self._uses.get(tid)
+        if uses is None:
+            return True
+        assert self._limiters is not None
+        if uses in self._gates:
+            heapq.heappush(self._parked.setdefault(uses, []), entry)
+            return False
+        wait = self._limiters.try_acquire(uses, now)
+        if wait <= 0:
+            parked = self._parked.get(uses)
+            if parked:
+                # The next parked task of this gate gets its chance at once (it may find a token too).
+                heapq.heappush(self._heap, heapq.heappop(parked))
+            return True
+        heapq.heappush(self._parked.setdefault(uses, []), entry)
+        self._close_gate(uses, wait)
+        return False
+
+    def _close_gate(self, uses: tuple[Use, ...], wait: float) -> None:
+        """Hold a gate's tasks back for ``wait`` seconds (inf: until an attempt on it ends)."""
+        old = self._gates.get(uses)
+        if old is not None:
+            old.cancel()
+        if math.isinf(wait):
+            self._gates[uses] = None
+            return
+        assert self._loop is not None
+        self._gates[uses] = self._loop.call_later(wait, self._open_gate, uses)
+
+    def _open_gate(self, uses: tuple[Use, ...], *, dispatch: bool = True) -> None:
+        """A gate's wait is over: its first parked task goes back to the ready queue."""
+        timer = self._gates.pop(uses, None)
+        if timer is not None:
+            timer.cancel()
+        parked = self._parked.get(uses)
+        if parked:
+            heapq.heappush(self._heap, heapq.heappop(parked))
+            if not parked:
+                del self._parked[uses]
+        if dispatch:
+            self._dispatch()
+
+    def _settle_limits(self, running: _Running | None, status: Status, outcome: Outcome) -> None:
+        """Tell the rate limits an attempt ended (a 429 pauses its key for everyone, an
+        adaptive window shrinks or grows), note the Retry-After to honour (capped by the
+        task's policy), and reopen the gates that were waiting for an attempt to end."""
+        if running is None or running.settled:
+            return
+        running.settled = True
+        tid = running.task.id
+        failure = outcome.failure
+        retry_after = failure.retry_after if failure is not None else None
+        if retry_after is not None:
+            retry_after = min(retry_after, running.task.retry.max_retry_after)
+        running.retry_after = retry_after
+        uses = self._uses.get(tid)
+        if uses is None:
+            return
+        assert self._limiters is not None
+        throttled = status is Status.TIMED_OUT or (failure is not None and failure.throttled)
+        if status is Status.CANCELLED:
+            throttled, retry_after = False, None
+        now = self._now()
+        changes = self._limiters.release(uses, running.started, now, throttled=throttled, retry_after=retry_after)
+        for change in changes:
+            if isinstance(change, Paused):
+                self._emit(RateLimitPaused(change.name, change.key, change.seconds, now))
+            elif isinstance(change, WindowChanged):
+                self._emit(ConcurrencyChanged(change.name, change.key, change.window, now))
+        for gate in [gate for gate, timer in self._gates.items() if timer is None]:
+            self._open_gate(gate, dispatch=False)  # started by the next dispatch
 
     def _wait_to_start(self, delay: float) -> None:
         assert self._loop is not None
@@ -555,6 +680,18 @@ class Scheduler:
                     self._set_deadline(running, limit)
 
     async def _attempt(self, attempt: Attempt) -> tuple[Status, Outcome]:
+        """Run one attempt and tell its rate limits at once how it went: in the very step its
+        failure arrives, so that no task on its key starts after a 429 but before the pause."""
+        tid = attempt.task.id
+        try:
+            status, outcome = await self._run_attempt(attempt)
+        except asyncio.CancelledError:
+            self._settle_limits(self._running.get(tid), Status.CANCELLED, Outcome(ok=False))
+            raise
+        self._settle_limits(self._running.get(tid), status, outcome)
+        return status, outcome
+
+    async def _run_attempt(self, attempt: Attempt) -> tuple[Status, Outcome]:
         """Run one attempt; a timeout is the scheduler's verdict (its deadline timer cancels
         the attempt, the backend stops the work), not the backend's."""
         task = attempt.task
@@ -592,14 +729,23 @@ class Scheduler:
         else:
             status, outcome = handle.result()
         task = running.task
+        self._settle_limits(running, status, outcome)  # if the attempt never did (cancelled before it began)
+        retry_after = running.retry_after
         if (
             status is not Status.SUCCEEDED
             and status is not Status.CANCELLED
             and self._stopping is None
             and running.number <= task.retry.count
-            and task.retry.allows(outcome.exit_code)
+            and _retryable(task.retry, outcome)
         ):
-            self._retry_later(task, running.number, outcome)
+            asked = outcome.failure.retry_after if outcome.failure is not None else None
+            if asked is not None and asked > task.retry.max_retry_after:
+                # Waiting that long would stall the run: fail, and say why it was not retried.
+                reason = (f"{outcome.reason or 'failed'}; not retried: asked to retry after {format_duration(asked)}, "
+                          f"more than max_retry_after ({format_duration(task.retry.max_retry_after)})")
+                self._finish(self._attempt_result(task, running, now, status, replace(outcome, reason=reason)))
+            else:
+                self._retry_later(task, running.number, outcome, retry_after)
         else:
             self._finish(self._attempt_result(task, running, now, status, outcome))
         self._dispatch()
@@ -621,8 +767,10 @@ class Scheduler:
     def _nothing_left(self) -> bool:
         return self._ended_count == self._submitted and (self._closed or not self._open)
 
-    def _retry_later(self, task: Task, failed_number: int, outcome: Outcome) -> None:
+    def _retry_later(self, task: Task, failed_number: int, outcome: Outcome, retry_after: float | None) -> None:
         delay = task.retry.delay(failed_number, self._rng)
+        if retry_after is not None:
+            delay = max(delay, retry_after)  # the server's word: sooner would only be refused again
         reason = outcome.reason or "failed"
         if outcome.retry_action is not None:
             # Only part of the work failed (a batch's items): the retry runs just that part.
@@ -833,6 +981,18 @@ class _ExactSum:
     @property
     def value(self) -> float:
         return self._total + self._compensation
+
+
+def _retryable(policy: RetryPolicy, outcome: Outcome) -> bool:
+    """Whether the retry policy's conditions cover this failure (its count aside)."""
+    if not policy.allows(outcome.exit_code):
+        return False
+    failure = outcome.failure
+    if failure is not None and failure.status is not None and not policy.allows_status(failure.status):
+        return False
+    if policy.on_exceptions is not None and (outcome.exception is not None or outcome.error is not None):
+        return policy.allows_exception(outcome.exception, outcome.error.type if outcome.error is not None else None)
+    return True
 
 
 def _stopped_outcome(backend: Backend | None, attempt: Attempt) -> Outcome:

@@ -25,6 +25,7 @@ from .events import Sink
 from .model import Graph, Task, is_coroutine_action
 from .ordering import CostModel, OrderingPolicy
 from .policy import HaltRule, TimeoutRule
+from .ratelimit import Limiters
 from .results import CancelReason, RunReport
 from .scheduler import Scheduler
 
@@ -90,6 +91,7 @@ async def run_session(
     halt: HaltRule | None = None,
     start_interval: float = 0.0,
     timeout_for: TimeoutRule | None = None,
+    limiters: Limiters | None = None,
 ) -> RunReport:
     """Run ``graph`` to the end and return its report.
 
@@ -100,21 +102,20 @@ async def run_session(
     all_sinks = list(sinks)
     temporary = log_dir is None
     run_dir = make_run_dir() if log_dir is None else Path(log_dir)
-    scheduler = Scheduler(
-        graph,
-        backend_for=backend_for,
-        max_workers=max_workers,
-        capacities=capacities,
-        fail_fast=fail_fast,
-        policy=policy,
-        cost_model=cost_model,
-        sinks=all_sinks,
-        run_dir=run_dir,
-        rng=rng,
-        halt=halt,
-        start_interval=start_interval,
-        timeout_for=timeout_for,
-    )
+    try:
+        scheduler = Scheduler(
+            graph, backend_for=backend_for, max_workers=max_workers, capacities=capacities, fail_fast=fail_fast,
+            policy=policy, cost_model=cost_model, sinks=all_sinks, run_dir=run_dir, rng=rng, halt=halt,
+            start_interval=start_interval, timeout_for=timeout_for, limiters=limiters,
+        )
+    except BaseException:
+        # Bad input: nothing ran; leave nothing behind either (files the sinks opened, the run directory).
+        try:
+            close_all(all_sinks)
+        finally:
+            if temporary:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     if handle_signals:

@@ -13,10 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..model import Task
 from ..results import ErrorInfo
+
+if TYPE_CHECKING:
+    from ..http import Failure
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -56,6 +59,9 @@ class Outcome:
         pid: the process that ran it, if any.
         retry_action: what a retry should run instead of the task's action, when only part
             of the work failed (a batch's failed items); the scheduler decides whether to.
+        failure: what kind of failure it was, when it is an HTTP or throttling matter (a
+            429 with its Retry-After, a timeout, `RetryAfter`): the scheduler's retry policy
+            and rate limits act on it.
     """
 
     ok: bool
@@ -73,6 +79,7 @@ class Outcome:
     stderr_path: str | None = None
     exception: BaseException | None = field(default=None, repr=False, compare=False)
     retry_action: Any = field(default=None, repr=False, compare=False)
+    failure: Failure | None = None
 
 
 class Backend(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..http import classify
 from ..model import Task
 from ..results import ErrorInfo
 from .base import Outcome
@@ -24,7 +25,7 @@ def raised(error: BaseException) -> Outcome:
         info = ErrorInfo.from_exception(error)
     except Exception:  # an exception whose str() itself raises must still end its task
         info = ErrorInfo(type=type(error).__qualname__, message="<the exception could not be formatted>")
-    return Outcome(ok=False, reason=str(info), error=info, exception=error)
+    return Outcome(ok=False, reason=str(info), error=info, exception=error, failure=classify(error))
 
 
 def call(task: Task) -> Outcome:

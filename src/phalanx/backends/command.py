@@ -30,11 +30,14 @@ import stat
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..outputfiles import output_paths
 from ..reaper import ChildReaper
 from .base import Attempt, Outcome
+
+if TYPE_CHECKING:
+    from ..http import Failure
 
 _SHELL = "/bin/sh"
 
@@ -283,12 +286,14 @@ class CommandBackend:
         assert code is not None
         stderr_tail = _tail(err_fd, self._tail_bytes)
         exit_code, signal_number, reason = self._verdict(code, shell, stderr_tail)
+        data = _result_data(files.result)
         return Outcome(
             ok=code == 0,
             exit_code=exit_code,
             signal=signal_number,
             reason=reason,
-            data=_result_data(files.result),
+            data=data,
+            failure=None if code == 0 else _throttling(exit_code, data),
             pid=proc.pid,
             stdout_tail=_tail(out_fd, self._tail_bytes),
             stderr_tail=stderr_tail,
@@ -435,6 +440,24 @@ def _result_data(path: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         return {"result_file_error": f"{path}: expected a JSON object, got {type(value).__name__}"}
     return value
+
+
+#: The exit status a command uses to say "throttled, try again later" (sysexits' EX_TEMPFAIL).
+EXIT_THROTTLED = 75
+
+
+def _throttling(exit_code: int | None, data: Mapping[str, Any]) -> Failure | None:
+    """A failed command's word on throttling: ``{"retry_after": N}`` in its result file (every
+    task on its rate-limit key then waits N seconds), or exit status 75 (throttled, no wait
+    given: retried after its backoff, and an adaptive limit slows down)."""
+    from ..http import Failure  # here: phalanx map's start-up never pays for it
+
+    after = data.get("retry_after")
+    if isinstance(after, int | float) and not isinstance(after, bool) and 0 <= after < float("inf"):
+        return Failure(status=None, retry_after=float(after), throttled=True, retryable=True)
+    if exit_code == EXIT_THROTTLED:
+        return Failure(status=None, retry_after=None, throttled=True, retryable=True)
+    return None
 
 
 def _last_line(text: str) -> str:

@@ -11,10 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..durations import parse_duration
 from ..errors import PhalanxError, did_you_mean
 from .inputs import InputSource
+
+if TYPE_CHECKING:
+    from ..ratelimit import RateLimit
 
 #: What ``--retries 0`` means: no limit (GNU parallel's 2**31 attempts).
 UNLIMITED_RETRIES = 2**31
@@ -72,6 +76,10 @@ class MapOptions:
     block_size: int = 1 << 20  # --block SIZE: a --pipe block's size in bytes (GNU's 1M)
     recstart: str | None = None  # --recstart STR: what starts a --pipe record
     recend: str | None = None  # --recend STR: what ends a --pipe record (default: newline)
+    rate: RateLimit | None = None  # --rate 50/s: jobs started per period
+    rate_tokens: RateLimit | None = None  # --rate-tokens 90000/min: a weighted limit, charged --rate-cost
+    rate_cost: str | None = None  # --rate-cost TEMPLATE: a job's cost on --rate-tokens ({3}, {tokens})
+    rate_key: str | None = None  # --rate-key TEMPLATE: jobs with different keys are limited apart ({model})
     help: bool = False
     version: bool = False
 
@@ -179,6 +187,18 @@ def _replace(text: str) -> str:
     return text
 
 
+def _rate(option: str, *, weighted: bool = False) -> Callable[[str], RateLimit]:
+    def parse(text: str) -> RateLimit:
+        from ..ratelimit import Rate, RateLimit  # here: only a run that asks for a rate pays for the import
+
+        try:
+            return RateLimit(Rate.parse(text, what=option), weighted=weighted)
+        except PhalanxError as error:
+            raise UsageError(error.message) from None
+
+    return parse
+
+
 def _delimiter(text: str) -> str:
     delimiter = unquote_printf(text)
     if not delimiter:
@@ -208,7 +228,9 @@ _VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
     "-d": ("delimiter", _delimiter), "--delimiter": ("delimiter", _delimiter),
     "--block": ("block_size", parse_size), "--block-size": ("block_size", parse_size),
     "--blocksize": ("block_size", parse_size), "--recstart": ("recstart", _pipe_escapes),
-    "--recend": ("recend", _pipe_escapes),
+    "--recend": ("recend", _pipe_escapes), "--rate": ("rate", _rate("--rate")),
+    "--rate-tokens": ("rate_tokens", _rate("--rate-tokens", weighted=True)), "--rate-cost": ("rate_cost", str),
+    "--rate-key": ("rate_key", str),
 }
 
 
@@ -266,6 +288,10 @@ def parse_map_args(argv: Sequence[str]) -> MapOptions:
         raise UsageError("--resume needs --joblog FILE")
     if options.retries == 0:
         options.retries = UNLIMITED_RETRIES  # GNU: --retries 0 retries for ever
+    if options.rate_tokens is not None and options.rate_cost is None:
+        raise UsageError("--rate-tokens needs --rate-cost TEMPLATE: each job's cost, such as {3} or {tokens}")
+    if options.rate_cost is not None and options.rate_tokens is None:
+        raise UsageError("--rate-cost is charged to --rate-tokens RATE: give one")
     if options.pipe:
         if not options.command:
             raise UsageError("--pipe must have a command to pipe into (e.g. 'cat')")

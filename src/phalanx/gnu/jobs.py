@@ -6,6 +6,7 @@ each job's command and drops the jobs the joblog records as done; `gnu.run` exec
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -47,6 +48,8 @@ class JobPlan:
         self.by_id = {str(job.seq): job for job in jobs}
         self.dynamic = template.uses_slot or any(t.uses_slot for _, t in env)
         self.tagstring: Template | None = None
+        self.rate_key: Template | None = None  # --rate-key
+        self.rate_cost: Template | None = None  # --rate-cost
         self.run_dir: Path | None = None  # --pipe: the run directory the blocks were written to
 
     @classmethod
@@ -109,9 +112,43 @@ class JobPlan:
             random.shuffle(jobs)
         plan = cls(options, template, env, jobs, inputs.names, max((len(r) for r in rows), default=0))
         plan.tagstring = tagstring
+        plan.rate_key = None if options.rate_key is None else Template.parse(options.rate_key, names=inputs.names,
+                                                                             replace=replace)
+        plan.rate_cost = None if options.rate_cost is None else Template.parse(options.rate_cost, names=inputs.names,
+                                                                               replace=replace)
         if options.resume and options.joblog and Path(options.joblog).exists():
             plan.jobs = plan.not_yet_done(Path(options.joblog))
+        plan.check_costs()
         return plan
+
+    def limits_of(self, job: Job) -> tuple[str, float]:
+        """A job's rate-limit key (``--rate-key``) and its cost on ``--rate-tokens`` (``--rate-cost``)."""
+        key = "" if self.rate_key is None else self._text(self.rate_key, job)
+        if self.rate_cost is None:
+            return key, 1.0
+        text = self._text(self.rate_cost, job)
+        try:
+            cost = float(text)
+        except ValueError:
+            cost = math.nan
+        if not 0 < cost < math.inf:
+            raise UsageError(f"--rate-cost {self.options.rate_cost}: job {job.seq} costs {text!r}, "
+                             "not a positive number")
+        return key, cost
+
+    def check_costs(self) -> None:
+        """Every job's ``--rate-cost`` is a number that fits ``--rate-tokens``, before any job runs."""
+        limit = self.options.rate_tokens
+        if self.rate_cost is None or limit is None:
+            return
+        for job in self.jobs:
+            _, cost = self.limits_of(job)
+            if cost > limit.rate.limit:
+                raise UsageError(f"--rate-cost {self.options.rate_cost}: job {job.seq} costs {cost:g}, more than "
+                                 f"--rate-tokens {limit.rate} allows in one period: it could never run")
+
+    def _text(self, template: Template, job: Job) -> str:
+        return template.render(job.args, seq=job.seq, quote=False, no_args=job.no_args)
 
     @classmethod
     def _build_pipe(cls, options: MapOptions) -> JobPlan:

@@ -26,6 +26,7 @@ from ..errors import PhalanxError
 from ..events import Event, RunCancelling, RunFinished, RunStarted, Sink, TaskFinished
 from ..model import Graph, RetryPolicy, Task
 from ..policy import HaltDecision
+from ..ratelimit import Limiters
 from ..results import CancelReason, RunReport, Status, TaskResult
 from ..scheduler import FAILED_FOR_GOOD
 from ..session import make_run_dir, run_session
@@ -63,6 +64,15 @@ def worker_count(spec: str | None, jobs: int) -> int:
     return int(spec) if int(spec) > 0 else max(1, jobs)
 
 
+def _limiters(options: MapOptions, workers: int) -> tuple[Limiters | None, tuple[str, ...]]:
+    """``--rate`` and ``--rate-tokens`` as the run's rate limits, and the names every job uses."""
+    limits = {name: limit for name, limit in (("--rate", options.rate), ("--rate-tokens", options.rate_tokens))
+              if limit is not None}
+    if not limits:
+        return None, ()
+    return Limiters(limits, max_window=workers), tuple(limits)
+
+
 class MapRun:
     """One execution of a `JobPlan`: sinks, backend, rules, and GNU parallel's exit status."""
 
@@ -89,16 +99,20 @@ class MapRun:
             return usage_error(error)
         # GNU's --retries N is N attempts in all, each retried at once (a backoff of 0).
         retry = RetryPolicy(count=options.retries - 1, initial=0)
-        tasks = [
-            Task(
+        limiters, names = _limiters(options, workers)
+        tasks = []
+        for job in plan.jobs:
+            key, cost = plan.limits_of(job) if names else ("", 1.0)
+            tasks.append(Task(
                 str(job.seq),
                 plan.action_of(job, slot=None) if job.command is not None else plan.template.text,
                 env=plan.environment(job, None) if not plan.dynamic else {},
                 retry=retry,
                 timeout=timeout.fixed,
-            )
-            for job in plan.jobs
-        ]
+                limiter=names,
+                limiter_key=key,
+                tokens=cost,
+            ))
 
         async def run_jobs() -> RunReport:
             backend = _MapBackend(self, CommandBackend(grace=GRACE_SECONDS))
@@ -113,6 +127,7 @@ class MapRun:
                 halt=halt if options.halt.when != "never" else None,
                 start_interval=options.delay,
                 timeout_for=timeout if timeout.percent is not None else None,
+                limiters=limiters,
             )
 
         try:
