@@ -92,12 +92,12 @@ async def run_async(
     graph = build_graph(tasks, deps=deps, timeout=timeout)
     workers = optimal_workers().count if max_workers is None else max_workers
     all_sinks: list[Sink] = list(sinks)
+    limiters = named_limiters(rate_limits, workers)
+    if results is not None:
+        all_sinks.append(results_sink(results, fsync=fsync))  # before the callbacks: a row is out when they hear
     if on_event is not None or progress_callback is not None:
         all_sinks.append(_CallbackSink(on_event, progress_callback))
     backends = StandardBackends(backend, grace)
-    limiters = named_limiters(rate_limits, workers)
-    if results is not None:
-        all_sinks.append(results_sink(results, fsync=fsync))
     return await run_session(
         graph,
         backend_for=backend_for or backends.for_task,
