@@ -184,6 +184,7 @@ class Scheduler:
         # limits and key it uses) without holding a slot, so tasks on other keys go on.
         self._limiters = limiters
         self._uses: dict[str, tuple[Use, ...]] = {}
+        self._checked_uses: set[tuple[Use, ...]] = set()
         for task in graph:
             self._register_uses(task)
         self._parked: dict[tuple[Use, ...], list[tuple[tuple[Any, ...], str]]] = {}
@@ -458,6 +459,8 @@ class Scheduler:
         """Start every ready task that fits, in policy order, honouring one reservation."""
         if self._stopping is not None or not self._heap or self._start_timer is not None:
             return
+        if not self._zero_slot_tasks and self._pool.free[SLOTS] < 1 - _EPSILON:
+            return  # every slot is busy and every task needs one: nothing can start (the common case)
         free = dict(self._pool.free)
         now = self._now()
         if self._start_interval > 0 and now < self._next_start - _EPSILON:
@@ -509,12 +512,16 @@ class Scheduler:
             raise ConfigError(f"task {task.id!r}: unknown rate limit {task.limiter[0]!r} (the run defines none)",
                               task_id=task.id)
         uses = self._limiters.uses(task.limiter, task.limiter_key, task.tokens)
-        try:
-            self._limiters.check(uses)
-        except PhalanxError as error:
-            error.task_id = task.id
-            error.message = f"task {task.id!r}: {error.message}"
-            raise
+        if uses not in self._checked_uses:  # tasks of one kind share their uses: check each once
+            try:
+                self._limiters.check(uses)
+            except PhalanxError as error:
+                error.task_id = task.id
+                error.message = f"task {task.id!r}: {error.message}"
+                raise
+            if len(self._checked_uses) > 10_000:
+                self._checked_uses.clear()  # many keys: a bounded memo, not a leak
+            self._checked_uses.add(uses)
         self._uses[task.id] = uses
 
     def _admit(self, entry: tuple[tuple[Any, ...], str], now: float) -> bool:
@@ -768,9 +775,9 @@ class Scheduler:
         return self._ended_count == self._submitted and (self._closed or not self._open)
 
     def _retry_later(self, task: Task, failed_number: int, outcome: Outcome, retry_after: float | None) -> None:
-        delay = task.retry.delay(failed_number, self._rng)
-        if retry_after is not None:
-            delay = max(delay, retry_after)  # the server's word: sooner would only be refused again
+        # The server's word beats the backoff's guess: sooner would be refused again, later
+        # wastes the time it offered (the key's shared pause spreads the retries out).
+        delay = retry_after if retry_after is not None else task.retry.delay(failed_number, self._rng)
         reason = outcome.reason or "failed"
         if outcome.retry_action is not None:
             # Only part of the work failed (a batch's items): the retry runs just that part.
@@ -914,7 +921,7 @@ class Scheduler:
         if not self._open:
             return  # a graph given whole is held by its caller anyway: nothing to gain
         for table in (self._tasks, self._dependents, self._unended_dependents, self._estimates, self._keys,
-                      self._requests, self._pending, self._attempts, self._first_start, self._busy):
+                      self._requests, self._pending, self._attempts, self._first_start, self._busy, self._uses):
             table.pop(tid, None)
         if tid not in self._referable:
             # No later task may name it: forget it altogether.
