@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import inspect
 import itertools
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -211,17 +212,35 @@ class _Plan:
 
 
 class _Collector:
-    """The run's own sink: finished results into the queue the iterator reads."""
+    """The run's own sink: finished results in a queue the iterator reads, which it waits on
+    with one plain future (an `asyncio.Queue` getter would cost a task and a wait per result)."""
 
-    def __init__(self, queue: asyncio.Queue[TaskResult], on_event: Callable[[Event], Any] | None) -> None:
-        self._queue = queue
+    def __init__(self, on_event: Callable[[Event], Any] | None) -> None:
         self._on_event = on_event
+        self.results: deque[TaskResult] = deque()
+        self._waiter: asyncio.Future[None] | None = None
 
     def handle(self, event: Event) -> None:
         if self._on_event is not None:
             self._on_event(event)
         if isinstance(event, TaskFinished):
-            self._queue.put_nowait(event.result)
+            self.results.append(event.result)
+            self.wake()
+
+    def wake(self, *_: object) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self, running: asyncio.Future[Any]) -> TaskResult:
+        """The next finished result; raises what ended the run if it ended first."""
+        while not self.results:
+            if running.done():
+                running.result()  # the scheduler ended early: raise what ended it
+                raise RuntimeError("the run ended with items outstanding")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self.results.popleft()
 
     def close(self) -> None:
         return None
@@ -231,7 +250,6 @@ async def _generate(plan: _Plan) -> AsyncIterator[Any]:
     async with contextlib.AsyncExitStack() as stack:
         shared = await _open_client(plan.client, stack) if plan.client is not None else None
         args_of = (lambda item: (item, shared)) if plan.client is not None else (lambda item: (item,))
-        queue: asyncio.Queue[TaskResult] = asyncio.Queue()
         sinks: list[Sink] = []
         inputs: dict[str, Any] = {}  # task id -> item, while its row may still be written
         if plan.results is not None:
@@ -240,7 +258,8 @@ async def _generate(plan: _Plan) -> AsyncIterator[Any]:
             writer = TableWriter(plan.results, fsync=plan.fsync)
             stack.callback(writer.close)
             sinks.append(TableSink(writer, lambda result: item_columns(inputs.get(result.task_id)), id_column=None))
-        sinks.append(_Collector(queue, plan.on_event))
+        collector = _Collector(plan.on_event)
+        sinks.append(collector)
         backend = _backend(plan)
         stack.push_async_callback(backend.aclose)
         limiters = Limiters(plan.limits, max_window=plan.workers) if plan.limits else None
@@ -251,10 +270,11 @@ async def _generate(plan: _Plan) -> AsyncIterator[Any]:
             sinks=sinks, run_dir=run_dir, open_ended=True, keep_results=False, limiters=limiters,
         )
         running = asyncio.ensure_future(scheduler.run())
+        running.add_done_callback(collector.wake)
         feeder = _Feeder(plan, scheduler, args_of, inputs)
         completed = False
         try:
-            async for result in _results(plan, feeder, queue, running):
+            async for result in _results(plan, feeder, collector, running):
                 yield result
             completed = True
         finally:
@@ -270,7 +290,7 @@ async def _generate(plan: _Plan) -> AsyncIterator[Any]:
                     await asyncio.shield(running)
 
 
-async def _results(plan: _Plan, feeder: _Feeder, queue: asyncio.Queue[TaskResult],
+async def _results(plan: _Plan, feeder: _Feeder, collector: _Collector,
                    running: asyncio.Future[Any]) -> AsyncIterator[Any]:
     """The results as the caller wants them: as they finish, or re-ordered by position."""
     waiting: dict[int, TaskResult] = {}
@@ -279,7 +299,7 @@ async def _results(plan: _Plan, feeder: _Feeder, queue: asyncio.Queue[TaskResult
         await feeder.fill()
         if feeder.outstanding == 0 and feeder.exhausted:
             return
-        result = await _next_result(queue, running)
+        result = await collector.next(running)
         feeder.delivered(result.task_id)
         if not plan.ordered:
             yield _value(result, plan.as_results)
@@ -289,21 +309,6 @@ async def _results(plan: _Plan, feeder: _Feeder, queue: asyncio.Queue[TaskResult
             ready = waiting.pop(next_position)
             next_position += 1
             yield _value(ready, plan.as_results)
-
-
-async def _next_result(queue: asyncio.Queue[TaskResult], running: asyncio.Future[Any]) -> TaskResult:
-    if not queue.empty():
-        return queue.get_nowait()
-    getter = asyncio.ensure_future(queue.get())
-    try:
-        await asyncio.wait((getter, running), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not getter.done():
-            getter.cancel()
-    if getter.done() and not getter.cancelled():
-        return getter.result()
-    running.result()  # the scheduler ended early: raise what ended it
-    raise RuntimeError("the run ended with items outstanding")
 
 
 def _value(result: TaskResult, as_results: bool) -> Any:

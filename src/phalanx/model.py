@@ -9,6 +9,7 @@ named as a path). From then on it is frozen: the scheduler reads it, nobody writ
 from __future__ import annotations
 
 import inspect
+import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ PRIORITY_NAMES: Mapping[str, int] = MappingProxyType({"high": 10, "normal": 0, "
 SLOTS = "slots"
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+#: What a task that asks for nothing holds: one slot.
+ONE_SLOT: Mapping[str, float] = MappingProxyType({SLOTS: 1.0})
 
 
 def parse_priority(value: object, *, what: str = "priority") -> int:
@@ -193,57 +197,82 @@ class Task:
     tokens: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
+        # Every check has a fast path for the value a field has by default: `phalanx.amap`
+        # and `Executor.submit` make a task per item, so this runs hundreds of thousands of times.
+        if type(self.id) is not str or not self.id:
             raise ConfigError(f"task id must be a non-empty string, got {self.id!r}")
         _set = object.__setattr__
-        _set(self, "action", _check_action(self.id, self.action))
-        _set(self, "args", tuple(self.args))
-        _set(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        if not callable(self.action):
+            _set(self, "action", _check_action(self.id, self.action))
+        if type(self.args) is not tuple:
+            _set(self, "args", tuple(self.args))
+        if self.kwargs is not _EMPTY:
+            _set(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        if self.deps != ():
+            self._check_deps()
+        if type(self.priority) is not int:
+            _set(self, "priority", _located(self.id, parse_priority, self.priority, what="priority"))
+        if self.resources is not _EMPTY:
+            _set(self, "resources", MappingProxyType(_check_resources(self.id, self.resources)))
+        if self.timeout is not None and type(self.timeout) is not float:
+            _set(self, "timeout", _located(self.id, parse_duration, self.timeout, what="timeout"))
+        elif self.timeout is not None and not 0 <= self.timeout < math.inf:
+            _located(self.id, parse_duration, self.timeout, what="timeout")  # raises, naming the task
+        if type(self.retry) is not RetryPolicy:
+            raise ConfigError(f"task {self.id!r}: retry must be a RetryPolicy", task_id=self.id)
+        if self.env is not _EMPTY:
+            self._check_env()
+        if self.cwd is not None and not isinstance(self.cwd, str):
+            raise ConfigError(f"task {self.id!r}: cwd must be a string path", task_id=self.id)
+        if type(self.tags) is not frozenset:
+            if isinstance(self.tags, str):
+                raise ConfigError(f"task {self.id!r}: tags must be a list of strings", task_id=self.id)
+            _set(self, "tags", frozenset(self.tags))
+        if self.cost is not None:
+            _set(self, "cost", _located(self.id, parse_duration, self.cost, what="cost"))
+        if self.limiter != () and (type(self.limiter) is not tuple or not all(
+                type(name) is str and name for name in self.limiter)):
+            self._check_limits()
+        if type(self.limiter_key) is not str:
+            raise ConfigError(f"task {self.id!r}: limiter_key must be a string, got {self.limiter_key!r}",
+                              task_id=self.id)
+        tokens = self.tokens
+        if type(tokens) is not float or not 0 < tokens < math.inf:
+            if isinstance(tokens, bool) or not isinstance(tokens, int | float) or not 0 < tokens < math.inf:
+                raise ConfigError(f"task {self.id!r}: tokens must be a positive number, got {tokens!r}",
+                                  task_id=self.id)
+            _set(self, "tokens", float(tokens))
+
+    def _check_deps(self) -> None:
         if isinstance(self.deps, str):
             raise ConfigError(f"task {self.id!r}: deps must be a list of task ids, not a string", task_id=self.id)
         deps = tuple(self.deps)
         for dep in deps:
             if not isinstance(dep, str):
                 raise ConfigError(f"task {self.id!r}: dependency {dep!r} is not a task id", task_id=self.id)
-        _set(self, "deps", tuple(dict.fromkeys(deps)))
-        _set(self, "priority", _located(self.id, parse_priority, self.priority, what="priority"))
-        _set(self, "resources", MappingProxyType(_check_resources(self.id, self.resources)))
-        if self.timeout is not None:
-            _set(self, "timeout", _located(self.id, parse_duration, self.timeout, what="timeout"))
-        if not isinstance(self.retry, RetryPolicy):
-            raise ConfigError(f"task {self.id!r}: retry must be a RetryPolicy", task_id=self.id)
+        object.__setattr__(self, "deps", tuple(dict.fromkeys(deps)))
+
+    def _check_env(self) -> None:
         env = dict(self.env)
         for key, value in env.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ConfigError(
                     f"task {self.id!r}: env {key!r} must map to a string, got {value!r}", task_id=self.id
                 )
-        _set(self, "env", MappingProxyType(env))
-        if self.cwd is not None and not isinstance(self.cwd, str):
-            raise ConfigError(f"task {self.id!r}: cwd must be a string path", task_id=self.id)
-        if isinstance(self.tags, str):
-            raise ConfigError(f"task {self.id!r}: tags must be a list of strings", task_id=self.id)
-        _set(self, "tags", frozenset(self.tags))
-        if self.cost is not None:
-            _set(self, "cost", _located(self.id, parse_duration, self.cost, what="cost"))
-        if self.limiter:
-            limiter = (self.limiter,) if isinstance(self.limiter, str) else tuple(self.limiter)
-            if not all(isinstance(name, str) and name for name in limiter):
-                raise ConfigError(f"task {self.id!r}: limiter must name rate limits, got {self.limiter!r}",
-                                  task_id=self.id)
-            _set(self, "limiter", limiter)
-        elif self.limiter != ():
-            _set(self, "limiter", ())
-        if not isinstance(self.limiter_key, str):
-            raise ConfigError(f"task {self.id!r}: limiter_key must be a string, got {self.limiter_key!r}",
+        object.__setattr__(self, "env", MappingProxyType(env))
+
+    def _check_limits(self) -> None:
+        limiter = (self.limiter,) if isinstance(self.limiter, str) else tuple(self.limiter or ())
+        if not all(isinstance(name, str) and name for name in limiter):
+            raise ConfigError(f"task {self.id!r}: limiter must name rate limits, got {self.limiter!r}",
                               task_id=self.id)
-        tokens = self.tokens
-        if isinstance(tokens, bool) or not isinstance(tokens, int | float) or not 0 < tokens < float("inf"):
-            raise ConfigError(f"task {self.id!r}: tokens must be a positive number, got {tokens!r}", task_id=self.id)
+        object.__setattr__(self, "limiter", limiter)
 
     @property
     def requests(self) -> Mapping[str, float]:
         """The resources held while running, with the default one slot filled in."""
+        if self.resources is _EMPTY:
+            return ONE_SLOT  # most tasks: one shared, read-only mapping
         if SLOTS in self.resources:
             return self.resources
         return {SLOTS: 1.0, **self.resources}

@@ -29,7 +29,7 @@ import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigError, did_you_mean
 
@@ -217,9 +217,9 @@ def _checked_limit(
     return rate, float(burst)
 
 
-@dataclass(frozen=True, slots=True)
-class Use:
-    """One task's claim on one limiter.
+class Use(NamedTuple):
+    """One task's claim on one limiter (a named tuple: tuples of uses key the scheduler's
+    gates, and a tuple hashes in C).
 
     Attributes:
         name: the limiter's name.
@@ -269,6 +269,12 @@ class _Limit:
     adaptive: bool
     ceiling: int
     rate: Rate
+    name: str = ""
+    unbounded: bool = False  # a rate no run reaches: the limit is there for its pauses and window
+
+
+#: Rates above this many a second are never reached: such a limit keeps no schedule.
+UNBOUNDED_PER_SECOND = 1e9
 
 
 @dataclass(slots=True)
@@ -282,6 +288,7 @@ class _Key:
     in_flight: int = 0
     paused_until: float = -math.inf
     last_decrease: float = -math.inf  # when the window was last halved
+    key: str = ""
 
     def expire(self, now: float, period: float) -> None:
         """Forget the grants that left the window ``(now - period, now]``."""
@@ -346,8 +353,11 @@ class Limiters:
                 adaptive=limit.adaptive,
                 ceiling=limit.max_window if limit.max_window is not None else max_window,
                 rate=limit.rate,
+                name=name,
+                unbounded=limit.rate.limit / limit.rate.period >= UNBOUNDED_PER_SECOND,
             )
         self._keys: dict[tuple[str, str], _Key] = {}
+        self._resolved: dict[tuple[Use, ...], tuple[tuple[_Limit, _Key, float], ...]] = {}
         self._now = 0.0  # the latest clock value seen, for a `pause` that is not told the time
 
     def names(self) -> frozenset[str]:
@@ -382,21 +392,22 @@ class Limiters:
             (ask again after a release).
         """
         self._now = max(self._now, now)
-        claims = self._claims(uses)
+        claims = self._resolve(uses)
         wait = 0.0
-        for (name, key), cost in claims.items():
-            wait = max(wait, self._wait(self._limits[name], self._key(name, key), cost, now))
+        for limit, state, cost in claims:
+            wait = max(wait, self._wait(limit, state, cost, now))
             if wait == math.inf:
                 return wait
         if wait > 0:
             return wait
-        for (name, key), cost in claims.items():
-            limit, state = self._limits[name], self._key(name, key)
+        for limit, state, cost in claims:
+            state.in_flight += 1
+            if limit.unbounded:
+                continue  # only its pauses and window count: no schedule to keep
             # Pay after: the use goes now and pushes the schedule of the next one back.
             state.tat = max(state.tat, now) + cost * limit.interval
             state.log.append((now, cost))
             state.total += cost
-            state.in_flight += 1
         return 0.0
 
     def release(
@@ -417,8 +428,8 @@ class Limiters:
         """
         self._now = max(self._now, now)
         changes: list[WindowChanged | Paused] = []
-        for name, key in self._claims(uses):
-            limit, state = self._limits[name], self._key(name, key)
+        for limit, state, _cost in self._resolve(uses):
+            name, key = limit.name, state.key
             state.in_flight = max(0, state.in_flight - 1)
             if retry_after is not None and retry_after > 0:
                 paused = self.pause(name, key, now + retry_after, now=now)
@@ -477,8 +488,21 @@ class Limiters:
     def _key(self, name: str, key: str) -> _Key:
         state = self._keys.get((name, key))
         if state is None:
-            state = self._keys[name, key] = _Key(window=float(self._limits[name].ceiling))
+            state = self._keys[name, key] = _Key(window=float(self._limits[name].ceiling), key=key)
         return state
+
+    def _resolve(self, uses: Sequence[Use]) -> tuple[tuple[_Limit, _Key, float], ...]:
+        """`_claims` with each (name, key) resolved to its limit and state, memoised: the
+        tasks of one run mostly share a few tuples of uses (the cache is bounded)."""
+        key = tuple(uses)
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            resolved = tuple((self._limits[name], self._key(name, k), cost)
+                             for (name, k), cost in self._claims(uses).items())
+            if len(self._resolved) >= 10_000:
+                self._resolved.clear()
+            self._resolved[key] = resolved
+        return resolved
 
     def _claims(self, uses: Sequence[Use]) -> dict[tuple[str, str], float]:
         """The cost charged to each (name, key), uses of the same one added up (so that two
@@ -506,6 +530,8 @@ class Limiters:
         """The exact wait before ``cost`` may go on this key (0.0 if now), recording nothing."""
         if limit.adaptive and state.in_flight >= state.allowed_in_flight:
             return math.inf
+        if limit.unbounded:
+            return _wait_until(now, state.paused_until) if state.paused_until > now else 0.0
         state.expire(now, limit.period)
         target = max(state.paused_until, state.tat - limit.tolerance)
         if state.total + cost > limit.limit:

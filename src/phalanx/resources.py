@@ -76,6 +76,8 @@ class ResourcePool:
         for name, amount in request.items():
             self.free[name] -= amount
         wanted = int(request.get(SLOTS, 0.0))  # whole numbers: see check_requests
+        if wanted == 1:
+            return (heapq.heappop(self._free_slot_numbers),)
         return tuple(heapq.heappop(self._free_slot_numbers) for _ in range(wanted))
 
     def release(self, request: Amounts, slot_numbers: Iterable[int]) -> None:

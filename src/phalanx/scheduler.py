@@ -51,7 +51,7 @@ from .events import (
     TaskRetrying,
     TaskStarted,
 )
-from .model import SLOTS, Graph, RetryPolicy, Task
+from .model import ONE_SLOT, SLOTS, Graph, RetryPolicy, Task
 from .ordering import (
     CostModel,
     CriticalPathFirst,
@@ -202,7 +202,7 @@ class Scheduler:
         self._fallback_weight = path_weights({**self._estimates, "": None})[""]
         remaining = remaining_paths(graph, weights)
         self._keys = {task.id: self._policy.key(task, remaining[task.id], i) for i, task in enumerate(graph)}
-        self._requests = {task.id: dict(task.requests) for task in graph}
+        self._requests: dict[str, Mapping[str, float]] = {task.id: task.requests for task in graph}
         # Tasks that hold no slot could start even when every slot is busy; without any,
         # a full house of slots lets the dispatcher stop scanning the ready queue early.
         self._zero_slot_tasks = any(r.get(SLOTS, 0.0) < 1 for r in self._requests.values())
@@ -338,7 +338,8 @@ class Scheduler:
         for dep in task.deps:
             if dep not in self._tasks and dep not in self._ended:
                 raise UnknownDependencyError(tid, dep, [*self._tasks, *self._ended])
-        check_requests([task], self._capacities)
+        if task.requests is not ONE_SLOT:
+            check_requests([task], self._capacities)  # one slot always fits: -j is at least 1
         self._register_uses(task)
         self._tasks[tid] = task
         self._dependents[tid] = []
@@ -352,7 +353,8 @@ class Scheduler:
         self._keys[tid] = self._policy.key(task, weight, self._submitted)
         if self._kept is not None:
             self._order[tid] = self._submitted
-        self._requests[tid] = request = dict(task.requests)
+        request = task.requests
+        self._requests[tid] = request if request is ONE_SLOT else dict(request)
         self._zero_slot_tasks = self._zero_slot_tasks or request.get(SLOTS, 0.0) < 1
         self._attempts[tid] = 0
         self._busy[tid] = 0.0
@@ -470,6 +472,8 @@ class Scheduler:
         spare: dict[str, float] | None = None  # set once the head of the queue is blocked
         deferred: list[tuple[tuple[Any, ...], str]] = []
         while self._heap:
+            if spare is None and not self._zero_slot_tasks and free[SLOTS] < 1 - _EPSILON:
+                break  # the slots are full: nothing more starts, and no reservation is needed yet
             entry = heapq.heappop(self._heap)
             tid = entry[1]
             request = self._requests[tid]
@@ -695,7 +699,12 @@ class Scheduler:
         except asyncio.CancelledError:
             self._settle_limits(self._running.get(tid), Status.CANCELLED, Outcome(ok=False))
             raise
-        self._settle_limits(self._running.get(tid), status, outcome)
+        running = self._running.get(tid)
+        if running is not None:
+            # Handled here, in the step the attempt ended, rather than in a done callback:
+            # one event-loop round trip less per task.
+            self._settle_limits(running, status, outcome)
+            self._attempt_ended(tid, running, status, outcome)
         return status, outcome
 
     async def _run_attempt(self, attempt: Attempt) -> tuple[Status, Outcome]:
@@ -723,20 +732,29 @@ class Scheduler:
         return (Status.CRASHED if outcome.crashed else Status.FAILED), outcome
 
     def _attempt_done(self, tid: str, handle: asyncio.Task[tuple[Status, Outcome]]) -> None:
-        running = self._running.pop(tid)
-        if running.deadline is not None:
-            running.deadline.cancel()
-        self._pool.release(running.request, running.slot_numbers)
-        now = self._now()
-        self._busy[tid] += now - running.started
+        """An attempt's task is done: if it ended by being cancelled, account for it here
+        (an attempt that returned was accounted for in its last step)."""
+        running = self._running.get(tid)
+        if running is None or running.handle is not handle:
+            return
         if handle.cancelled():
             reason = self._stopping.label if self._stopping is not None else "cancelled"
             stopped = self._stopped_outputs.pop(tid, None) or Outcome(ok=False)
             status, outcome = Status.CANCELLED, replace(stopped, reason=f"stopped ({reason}) while running")
         else:
             status, outcome = handle.result()
-        task = running.task
         self._settle_limits(running, status, outcome)  # if the attempt never did (cancelled before it began)
+        self._attempt_ended(tid, running, status, outcome)
+
+    def _attempt_ended(self, tid: str, running: _Running, status: Status, outcome: Outcome) -> None:
+        """Account for an attempt that ended: free what it held, retry it or finish the task."""
+        del self._running[tid]
+        if running.deadline is not None:
+            running.deadline.cancel()
+        self._pool.release(running.request, running.slot_numbers)
+        now = self._now()
+        self._busy[tid] += now - running.started
+        task = running.task
         retry_after = running.retry_after
         if (
             status is not Status.SUCCEEDED
