@@ -292,3 +292,25 @@ def test_options_are_checked_at_the_call() -> None:
         phalanx.amap(double, [1], rate="1/s", cost=len)
     with pytest.raises(TypeError, match="needs a callable"):
         phalanx.amap(3, [1])  # type: ignore[arg-type]
+
+
+def _cube(x: int) -> int:
+    return x**3
+
+
+def test_plain_callables_in_worker_processes() -> None:
+    values = run(collect(phalanx.amap(_cube, range(20), backend="processes", max_workers=2, ordered=True)))
+    assert values == [x**3 for x in range(20)]
+
+
+def test_executor_runs_coroutine_functions_on_its_loop() -> None:
+    async def fetch(x: int) -> int:
+        await asyncio.sleep(0.001)
+        return x + 1
+
+    with phalanx.Executor(max_workers=4, backend="processes") as executor:
+        futures = [executor.submit(fetch, x) for x in range(10)]
+        assert [f.result(timeout=BOUND) for f in futures] == list(range(1, 11))
+        task = phalanx.Task("later", fetch, args=(41,))
+        assert executor.submit_task(task).result(timeout=BOUND) == 42
+        assert executor.worker_pids() == []  # no worker process was needed for coroutines
