@@ -160,7 +160,7 @@ def test_run_results_jsonl_and_an_unwritable_file(tmp_path: Path) -> None:
     (row,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert row["task"] == "a" and row["status"] == "succeeded"
     done = phalanx_cli("run", "--results", "no/such/dir/out.csv", cwd=tmp_path)
-    assert done.returncode == 2 and done.stderr.startswith("phalanx: error: --results no/such/dir/out.csv:")
+    assert done.returncode == 2 and done.stderr.startswith("phalanx: error: cannot write no/such/dir/out.csv:")
     done = phalanx_cli("run", "--results", "out.txt", cwd=tmp_path)
     assert done.returncode == 2 and "use a .csv or .jsonl name" in done.stderr
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
     from .config import TaskFile
+    from .events import Sink
     from .model import Graph, Task
 
 EXIT_BAD_INPUT = 2
@@ -304,6 +305,19 @@ def _jobs_option(function: Any) -> Any:
     help="Write one row per task as it ends to FILE (.csv or .jsonl): task, status, attempts, duration, error, "
     "then the fields it wrote to $PHALANX_RESULT_FILE.",
 )
+@click.option("--junit", "junit_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write JUnit XML: a testcase per task (flaky retries as nextest writes them), with the test "
+              "cases of tasks that declare their own junit file.")
+@click.option("--html", "html_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report: summary, a timeline per slot with the critical path, "
+              "the tasks with filters, their output.")
+@click.option("--trace", "trace_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write a Chrome trace-event timeline (Perfetto, chrome://tracing): a track per slot.")
+@click.option("--otel", is_flag=True,
+              help="Send OpenTelemetry spans (a span per run, one per attempt) to the OTLP endpoint of "
+              "$OTEL_EXPORTER_OTLP_ENDPOINT (needs phalanx[otel]).")
+@click.option("--show-workers", is_flag=True, help="On a terminal, show a line per slot with its running task.")
+@click.option("-q", "--quiet", is_flag=True, help="Show only failures and the summary.")
 @_colour_option
 def run(
     file: str | None,
@@ -317,6 +331,12 @@ def run(
     as_json: bool,
     log_dir: str | None,
     results: str | None,
+    junit_file: str | None,
+    html_file: str | None,
+    trace_file: str | None,
+    otel: bool,
+    show_workers: bool,
+    quiet: bool,
     colour: str,
 ) -> None:
     """Run the tasks of FILE, each as soon as its dependencies succeed.
@@ -327,11 +347,10 @@ def run(
     """
     import asyncio
 
-    from .events import Sink
     from .render import summary_text
     from .runner import named_limiters, results_sink
     from .session import StandardBackends, run_session
-    from .sinks.console import ConsoleReporter, paint_summary
+    from .sinks.console import paint_summary
     from .workers import optimal_workers
 
     task_file = _load(file)
@@ -346,17 +365,41 @@ def run(
     if dry_run:
         _dry_run(task_file, graph, workers)
         return
-    reporter = ConsoleReporter(human, output=output, colour=painted)  # type: ignore[arg-type]
     backends = StandardBackends("auto", grace=2.0)
-    sinks: list[Sink] = [reporter]
+    own_junit = _junit_files(task_file)
+    failing = None
+    if task_file.junit:
+        from .sinks.junit import failing_tests
+
+        def failing(tid: str) -> list[str]:
+            return failing_tests(own_junit(tid))
+
+    sinks: list[Sink] = [_reporter(human, output, painted, show_workers=show_workers, quiet=quiet,
+                                   failing_tests=failing)]
     try:
         limiters = named_limiters(task_file.rate_limits, workers)
         if results is not None:
             sinks.append(results_sink(results))
+        if junit_file is not None:
+            from .sinks.junit import JUnitSink
+
+            sinks.append(JUnitSink(junit_file, junit_files=own_junit))
+        if html_file is not None:
+            from .sinks.html import HtmlReportSink
+
+            sinks.append(HtmlReportSink(html_file, title=f"phalanx run {task_file.path.name}"))
+        if trace_file is not None:
+            from .sinks.trace import TraceSink
+
+            sinks.append(TraceSink(trace_file))
+        if otel:
+            from .sinks.otel import OtelSink
+
+            sinks.append(OtelSink())
     except PhalanxError as error:
         _fail(error)
     except OSError as error:
-        _fail(f"--results {results}: {error.strerror or error}")
+        _fail(f"cannot write {error.filename}: {error.strerror}" if error.filename else str(error))
     try:
         report = asyncio.run(
             run_session(
@@ -381,6 +424,49 @@ def run(
         json.dump(report.to_dict(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     sys.exit(report.exit_code)
+
+
+def _junit_files(task_file: TaskFile) -> Callable[[str], list[str]]:
+    """The JUnit files a task wrote, as its ``junit`` key says (a path or a glob)."""
+    import glob
+
+    def files(tid: str) -> list[str]:
+        pattern = task_file.junit.get(tid)
+        return sorted(glob.glob(pattern, recursive=True)) if pattern else []
+
+    return files
+
+
+def _reporter(human: Any, output: str, painted: bool, *, show_workers: bool, quiet: bool,
+              failing_tests: Callable[[str], list[str]] | None = None) -> Sink:
+    """What people see while the run goes: the live view on a terminal; otherwise a line per
+    finished task (as before) with parseable progress lines on standard error."""
+    import os
+
+    from .sinks.console import ConsoleReporter
+    from .sinks.live import LiveView, ProgressLines, live_console
+
+    if human.isatty() and os.environ.get("TERM") != "dumb":
+        return LiveView(live_console(human, painted), output=output, colour=painted,  # type: ignore[arg-type]
+                        show_workers=show_workers, quiet=quiet, failing_tests=failing_tests)
+    reporter = ConsoleReporter(human, output=output, colour=painted, quiet=quiet,  # type: ignore[arg-type]
+                               failing_tests=failing_tests)
+    return _Both(reporter, ProgressLines(sys.stderr, quiet=quiet)) if not quiet else reporter
+
+
+class _Both:
+    """Two sinks as one (the console lines and the progress lines)."""
+
+    def __init__(self, first: Sink, second: Sink) -> None:
+        self._sinks = (first, second)
+
+    def handle(self, event: Any) -> None:
+        for sink in self._sinks:
+            sink.handle(event)
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()
 
 
 def _with_timeout(graph: Graph, timeout: str | None) -> Graph:

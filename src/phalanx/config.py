@@ -45,8 +45,8 @@ _Path = tuple[str, ...]
 
 _TOP_KEYS = ("defaults", "resources", "rate_limits", "tasks")
 _TASK_KEYS = ("cmd", "deps", "priority", "timeout", "retries", "resources", "env", "cwd", "tags", "cost", "for_each",
-              "limiter", "limiter_key", "tokens")
-_PER_TASK_ONLY = ("cmd", "deps", "for_each")  # meaningless as a default: they define the task
+              "limiter", "limiter_key", "tokens", "junit")
+_PER_TASK_ONLY = ("cmd", "deps", "for_each", "junit")  # meaningless as a default: they define the task
 _DEFAULT_KEYS = tuple(key for key in _TASK_KEYS if key not in _PER_TASK_ONLY)
 _FOR_EACH_KEYS = ("glob",)
 _FOR_EACH_FORMS = ('a list of items (for_each = ["a", "b"]) or a table whose only key is glob '
@@ -181,6 +181,7 @@ class TaskFile:
             (the runner validates it when a run starts).
         capacities: the ``[resources]`` table; never contains ``slots`` (that is ``-j``).
         rate_limits: the ``[rate_limits]`` table: named limits tasks pace themselves by.
+        junit: for tasks that write JUnit XML themselves, where (an absolute path or glob).
         warnings: located, one-line messages about things that load but are probably
             mistakes (``{item}`` in a task without ``for_each``), for the front end to print.
     """
@@ -190,6 +191,7 @@ class TaskFile:
     capacities: Mapping[str, float]
     warnings: tuple[str, ...] = ()
     rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
+    junit: Mapping[str, str] = field(default_factory=dict)
     _lines: _LineIndex = field(default_factory=_LineIndex, repr=False, compare=False)
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # id -> NAME
 
@@ -379,6 +381,7 @@ class _Loader:
         self.lines = lines
         self.warnings: list[str] = []
         self.rate_limits: dict[str, RateLimit] = {}
+        self.junit: dict[str, str] = {}  # task id -> the JUnit file (or glob) it writes
 
     def quoted_item(self, name: str, here: _Path, cmd: str, item: str) -> str:
         """``{item}`` in a shell string, quoted for the context it stands in (bare, inside
@@ -467,7 +470,8 @@ class _Loader:
         except CycleError as error:
             raise error.located(self.file, self.lines.best("tasks", sources[error.cycle[0]])) from None
         return TaskFile(self.source, graph, MappingProxyType(capacities), tuple(self.warnings),
-                        MappingProxyType(self.rate_limits), self.lines, MappingProxyType(sources))
+                        MappingProxyType(self.rate_limits), MappingProxyType(self.junit), self.lines,
+                        MappingProxyType(sources))
 
     def capacities(self, resources: dict[str, Any]) -> dict[str, float]:
         capacities: dict[str, float] = {}
@@ -500,9 +504,16 @@ class _Loader:
             self.fail(f"task {name!r}: missing 'cmd' (the command to run)", *here)
         cmd, cwd, fields = self.fields(name, table, defaults, capacities)
         env = self.env(name, defaults, table)
+        junit = table.get("junit")
+        if junit is not None and (not isinstance(junit, str) or not junit.strip()):
+            self.fail(f"task {name!r}: junit must be the path (or glob) of the JUnit XML file the task writes, "
+                      f"got {junit!r}", *here, "junit")
         if "for_each" not in table:
             self.warn_item(name, table, cmd, env, cwd)
-            return [self.guard(None, here, Task, id=name, action=cmd, env=env, cwd=self.cwd(cwd), **fields)]
+            task = self.guard(None, here, Task, id=name, action=cmd, env=env, cwd=self.cwd(cwd), **fields)
+            if junit is not None:
+                self.junit[name] = os.path.join(task.cwd or self.base, junit)
+            return [task]
 
         tasks: dict[str, Task] = {}
         for item in self.items(name, (*here, "for_each"), table["for_each"]):
@@ -522,6 +533,8 @@ class _Loader:
                 env={var: text.replace(_ITEM, item) for var, text in env.items()},
                 cwd=self.cwd(cwd.replace(_ITEM, item)), **per_item,
             )
+            if junit is not None:
+                self.junit[task_id] = os.path.join(tasks[task_id].cwd or self.base, junit.replace(_ITEM, item))
         return list(tasks.values())
 
     def warn_item(self, name: str, table: dict[str, Any], cmd: str | list[str], env: dict[str, str], cwd: str) -> None:

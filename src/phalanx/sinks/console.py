@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TextIO
 
 from ..durations import format_duration
@@ -113,10 +113,15 @@ def paint_table(text: str) -> str:
 class ConsoleReporter:
     """Writes task lines and grouped output to a text stream."""
 
-    def __init__(self, stream: TextIO, *, output: OutputMode = "on-failure", colour: bool | None = None) -> None:
-        """``colour``: None decides as `wants_colour` does with no ``--color``."""
+    def __init__(self, stream: TextIO, *, output: OutputMode = "on-failure", colour: bool | None = None,
+                 quiet: bool = False, failing_tests: Callable[[str], Sequence[str]] | None = None) -> None:
+        """``colour``: None decides as `wants_colour` does with no ``--color``; ``quiet``: only
+        the tasks that did not succeed get a line (``--quiet``); ``failing_tests``: the failing
+        tests of a task that writes JUnit (read from its report, never from its output)."""
         self._stream = stream
+        self._failing_tests = failing_tests
         self._output = output
+        self._quiet = quiet
         self._colour = wants_colour(None, stream) if colour is None else colour
 
     def _style(self, line: str) -> str:
@@ -126,13 +131,21 @@ class ConsoleReporter:
         return style(line, fg=_COLOURS.get(label, "red"), bold=label not in _COLOURS)
 
     def handle(self, event: Event) -> None:
+        if self._quiet and (isinstance(event, TaskRetrying) or (isinstance(event, TaskFinished) and event.result.ok)):
+            return
         if isinstance(event, TaskRetrying):
             next_in = f", retrying in {format_duration(event.delay)}" if event.delay > 0 else ", retrying"
             line = f"{'RETRY':>8} {'':10} {event.task_id}  attempt {event.attempt} {event.reason}{next_in}"
             self._stream.write(self._style(line) + "\n")
         elif isinstance(event, TaskFinished):
             result = event.result
-            self._stream.write(self._style(task_line(result)) + "\n")
+            line = task_line(result)
+            if self._failing_tests is not None and not result.ok and result.attempts:
+                failing = self._failing_tests(result.task_id)
+                if failing:
+                    shown = ", ".join(failing[:5]) + (f" and {len(failing) - 5} more" if len(failing) > 5 else "")
+                    line += f"  failing tests: {shown}"
+            self._stream.write(self._style(line) + "\n")
             if self._output == "always" or (self._output == "on-failure" and not result.ok and result.attempts):
                 self._write_output(result)
         else:

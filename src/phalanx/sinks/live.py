@@ -41,7 +41,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO, cast
 
@@ -245,6 +245,7 @@ class LiveView:
         eta: Eta | None = None,
         clock: Callable[[], float] | None = None,
         refresh_per_second: float = 4.0,
+        failing_tests: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
         self._console = live_console(None, colour) if console is None else console
         self._colour = wants_colour(None, cast(TextIO, self._console.file)) if colour is None else colour
@@ -257,7 +258,7 @@ class LiveView:
         self._tally = _Tally()
         # The reporter writes its lines to this buffer; each block is taken whole from it.
         self._buffer = io.StringIO()
-        self._lines = ConsoleReporter(self._buffer, output=output, colour=self._colour)
+        self._lines = ConsoleReporter(self._buffer, output=output, colour=self._colour, failing_tests=failing_tests)
         self._live: Live | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -551,6 +552,7 @@ class ProgressLines:
         self._tally = _Tally()
         self._last = 0.0  # when the last line was written (the run's start before any)
         self._done = False
+        self._wrote = False
 
     def handle(self, event: Event) -> None:
         if self._done:
@@ -560,7 +562,8 @@ class ProgressLines:
             return
         if isinstance(event, RunFinished):
             self._done = True
-            self._write(f"finished {self._head()} in {span(event.at)}")
+            if self._wrote:  # a run shorter than one interval needs no closing line: the summary says it all
+                self._write(f"finished {self._head()} in {span(event.at)}")
         elif not isinstance(event, RunStarted) and event.at - self._last >= self._interval:
             self._last = event.at
             eta = self._eta() if self._eta is not None else self._tally.eta()
@@ -572,6 +575,7 @@ class ProgressLines:
         return f"{tally.done}/{tally.total} done ({tally.counts_text()})"
 
     def _write(self, text: str) -> None:
+        self._wrote = True
         self._stream.write(f"phalanx: {text}\n")
         self._stream.flush()  # a log read while the run goes on shows each line as it comes
 
