@@ -1,0 +1,1073 @@
+"""The run journal: every run, task and attempt in SQLite, so that a run killed half-way can be resumed.
+
+The journal lives at ``.phalanx/journal.db`` next to the task file. `JournalSink` records
+a run as it goes: the run when it starts, each attempt when it starts (and its process
+group when the command backend spawns it, `Journal.attempt_spawned`), and each task with
+its last attempt when it ends, in one transaction per task. `plan_resume` reads it back:
+tasks that last succeeded with the same definition (`spec_hash`) are done; the others run
+again, and process groups a killed run left behind are found for `kill_leftovers`.
+
+Why SQLite in WAL mode with ``synchronous=NORMAL``: a commit is an append to the WAL file
+with no fsync, cheap enough for one per task, and a kill -9 of phalanx loses nothing
+committed (only a power loss could take back the last commits, which then run again:
+resuming errs on the side of running a task twice, never of skipping one). Readers
+(``phalanx runs`` while a run goes on) never block the writer, and two runs writing the
+same journal take turns (``busy_timeout``). The schema's version is ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol, overload
+
+from .errors import PhalanxError
+from .events import Event, RunFinished, RunStarted, TaskFinished, TaskRetrying, TaskStarted
+from .model import Graph, Task
+from .results import CancelReason, RunReport, Status, TaskResult
+
+if TYPE_CHECKING:
+    from .history import DurationHistory
+
+#: Where the journal lives, relative to the task file's directory.
+JOURNAL_DIR = ".phalanx"
+JOURNAL_NAME = "journal.db"
+
+#: The schema version this module writes (``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+
+#: The most of each output stream (stdout, stderr) kept per attempt, in bytes.
+TAIL_LIMIT = 64 * 1024
+
+#: How long a write waits for another run writing the same journal, in seconds.
+BUSY_TIMEOUT = 10.0
+
+#: WAL pages between automatic checkpoints, and the most of the WAL file kept after one.
+_CHECKPOINT_PAGES = 10_000
+_WAL_KEPT = 8 << 20
+
+#: The statuses a task or attempt row has before its end (next to the terminal `Status` values):
+#: ``pending`` (in the run, not started), ``running``, and ``lost`` (its run was killed meanwhile).
+PENDING, RUNNING, LOST = "pending", "running", "lost"
+
+_SUCCEEDED = Status.SUCCEEDED.value
+
+# Every table keys runs by an integer (``seq``: the order runs started in, immune to clock
+# changes); the text id is what people and events use. No secondary indexes: each b-tree a
+# task's commit touches is one more page written to the WAL, and a commit's pages are most of
+# what journaling a task costs; the queries that resume a run scan by run anyway.
+_SCHEMA = """
+CREATE TABLE runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    file TEXT,
+    command_line TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    status TEXT NOT NULL,
+    runner_pid INTEGER,
+    runner_started REAL
+);
+CREATE INDEX runs_by_file ON runs (file, seq);
+CREATE TABLE tasks (
+    run_seq INTEGER NOT NULL REFERENCES runs (seq) ON DELETE CASCADE,
+    task_id TEXT NOT NULL,
+    spec_hash TEXT,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    exit_code INTEGER,
+    started_at REAL,
+    ended_at REAL,
+    duration REAL,
+    PRIMARY KEY (run_seq, task_id)
+) WITHOUT ROWID;
+CREATE TABLE attempts (
+    run_seq INTEGER NOT NULL REFERENCES runs (seq) ON DELETE CASCADE,
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    duration REAL,
+    exit_code INTEGER,
+    signal INTEGER,
+    reason TEXT,
+    worker INTEGER,
+    pid INTEGER,
+    pgid INTEGER,
+    leader_started REAL,
+    stdout_tail TEXT NOT NULL DEFAULT '',
+    stderr_tail TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_seq, task_id, attempt)
+) WITHOUT ROWID;
+CREATE TABLE durations (
+    key TEXT PRIMARY KEY,
+    estimate REAL NOT NULL,
+    samples INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+# A task's end: its row, and its last attempt's (which a start or a spawn may have begun).
+_FINISH_TASK = """
+INSERT INTO tasks (run_seq, task_id, spec_hash, status, attempts, reason, exit_code, started_at, ended_at, duration)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_seq, task_id) DO UPDATE SET
+    spec_hash = coalesce(excluded.spec_hash, tasks.spec_hash), status = excluded.status,
+    attempts = excluded.attempts, reason = excluded.reason, exit_code = excluded.exit_code,
+    started_at = excluded.started_at, ended_at = excluded.ended_at, duration = excluded.duration
+"""
+_FINISH_ATTEMPT = """
+INSERT INTO attempts (run_seq, task_id, attempt, status, started_at, ended_at, duration, exit_code, signal, reason,
+                      worker, pid, stdout_tail, stderr_tail)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_seq, task_id, attempt) DO UPDATE SET
+    status = excluded.status, started_at = coalesce(attempts.started_at, excluded.started_at),
+    ended_at = excluded.ended_at, duration = excluded.duration, exit_code = excluded.exit_code,
+    signal = excluded.signal, reason = excluded.reason, worker = excluded.worker,
+    pid = coalesce(excluded.pid, attempts.pid), stdout_tail = excluded.stdout_tail, stderr_tail = excluded.stderr_tail
+"""
+
+# Each step takes a journal at version N to N + 1; a journal newer than we know is refused.
+_MIGRATIONS: Mapping[int, str] = MappingProxyType({0: _SCHEMA})
+
+
+class JournalError(PhalanxError):
+    """The journal cannot be opened or written: not a journal, a newer schema, a full disk."""
+
+
+# ---------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as the journal has it.
+
+    Attributes:
+        id: the run's id (``PHALANX_RUN_ID``).
+        kind: ``run`` (a task file) or ``map``.
+        file: the task file's key (`file_key`), None for runs without one.
+        command_line: how it was started.
+        started_at, ended_at: Unix times; ``ended_at`` is None while it runs, or if it was killed.
+        status: ``running``, ``succeeded``, ``failed``, ``interrupted``, ``terminated``,
+            ``aborted`` (it stopped without a report) or ``crashed`` (found dead afterwards).
+        counts: its tasks by status.
+    """
+
+    id: str
+    kind: str
+    file: str | None
+    command_line: str
+    started_at: float
+    ended_at: float | None
+    status: str
+    counts: Mapping[str, int]
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """One task of one run: its definition's hash and how it ended (so far)."""
+
+    run_id: str
+    task_id: str
+    spec_hash: str | None
+    status: str
+    attempts: int
+    reason: str | None
+    exit_code: int | None
+    started_at: float | None
+    ended_at: float | None
+    duration: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One attempt of one task.
+
+    ``pgid`` and ``leader_started`` (the group leader's start time, as psutil gives it) are
+    known when the backend reported the spawn; together with ``pid`` they let a later run
+    tell the attempt's process from an unrelated one that got the same pid since.
+    """
+
+    run_id: str
+    task_id: str
+    attempt: int
+    status: str
+    started_at: float | None
+    ended_at: float | None
+    duration: float | None
+    exit_code: int | None
+    signal: int | None
+    reason: str | None
+    worker: int | None
+    pid: int | None
+    pgid: int | None
+    leader_started: float | None
+    stdout_tail: str = field(default="", repr=False)
+    stderr_tail: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """A process group an attempt was running when its run was killed."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    pgid: int
+    pid: int  # the group's leader
+    leader_started: float  # the leader's create time, as recorded when it was spawned
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePlan:
+    """What a resumed run does.
+
+    Attributes:
+        done: tasks that last succeeded, with the definition they have now: never run again.
+        todo: the others, in the graph's order: they run.
+        reasons: for each task in ``todo``, why it runs again, in words.
+        leftovers: process groups that runs killed mid-way left running (for `kill_leftovers`).
+        crashed_runs: those runs (and any other that never finished and whose phalanx is
+            gone), for `Journal.mark_crashed` once their leftovers are dealt with.
+        spec_hashes: the `spec_hash` of each task in ``todo``, as the task file defines it:
+            what the resumed run's `JournalSink` must record. (Not the hashes of `graph`'s
+            tasks: that subgraph drops dependencies, which would change them.)
+    """
+
+    done: frozenset[str]
+    todo: tuple[str, ...]
+    reasons: Mapping[str, str]
+    leftovers: tuple[Leftover, ...]
+    crashed_runs: tuple[str, ...]
+    spec_hashes: Mapping[str, str]
+
+    def graph(self, graph: Graph) -> Graph:
+        """The part of ``graph`` still to run. Dependencies on done tasks are dropped: they
+        are met (`plan_resume` keeps ``todo`` closed under dependents, so every dropped
+        dependency is a done one)."""
+        return graph.subgraph(self.todo, keep_deps=False)
+
+
+class RunningProcesses(Protocol):
+    """What a backend calls when it has spawned an attempt's process (the leader of its
+    own process group), so that the journal knows the group before the attempt ends:
+    `Journal.attempt_spawned` is one."""
+
+    def __call__(self, run_id: str, task_id: str, attempt: int, pid: int) -> None: ...
+
+
+# ---------------------------------------------------------------------------- the journal
+
+
+def journal_path(directory: str | Path) -> Path:
+    """Where the journal of the task file in ``directory`` lives."""
+    return Path(directory) / JOURNAL_DIR / JOURNAL_NAME
+
+
+def file_key(path: str | Path) -> str:
+    """The key runs of a task file are recorded under: its resolved path."""
+    return str(Path(path).resolve())
+
+
+class Journal:
+    """The journal of the task files in one directory. Open it with `Journal.open`.
+
+    One connection, shared by the scheduler's loop and the backends' spawn hook: every use
+    holds a lock.
+
+    An attempt's start and a retried attempt's failure are held back in memory, by attempt,
+    and written with the commit that needs them: the attempt's spawn (`attempt_spawned`:
+    a kill -9 then leaves the running attempt in the journal, with its process group), its
+    task's end, or the run's end. An attempt that spawns no process (a callable) has nothing
+    a later run could act on, and its task's end writes everything its start would have:
+    so a task costs one transaction, and a task that starts a process two.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+        self._lock = threading.RLock()
+        self._depth = 0
+        # Held-back writes by attempt (run seq, task id, attempt number), in the order they came.
+        self._held: dict[tuple[int, str, int], list[tuple[str, tuple[Any, ...]]]] = {}
+        self._seqs: dict[str, int] = {}
+
+    @classmethod
+    def open(cls, directory: str | Path) -> Journal:
+        """Open (or create) the journal under ``directory`` (``.phalanx/journal.db``).
+
+        Raises:
+            JournalError: the file is not a journal, or one written by a newer phalanx.
+        """
+        path = journal_path(directory)
+        try:
+            created = _make_dir(path.parent)
+            if created:
+                # A cache, not a source: keep it out of the user's commits (as pytest and ruff do).
+                (path.parent / ".gitignore").write_text("# Created by phalanx.\n*\n", encoding="utf-8")
+            # Created private before SQLite opens it: the tails of output can be sensitive,
+            # and SQLite gives the -wal and -shm files the database file's mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as error:
+            raise JournalError(f"cannot open the journal {path}: {_why(error)}") from error
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            # A checkpoint fsyncs: every 1000 pages (SQLite's default) it would cost a task
+            # in a few hundred about as much as all its commits. The WAL may grow to ~40 MB
+            # between them instead; it is cut back to 8 MiB after each, and goes at close.
+            connection.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
+            connection.execute(f"PRAGMA journal_size_limit = {_WAL_KEPT}")
+            connection.execute("PRAGMA foreign_keys = ON")
+            _migrate(connection, path)
+        except sqlite3.Error as error:
+            connection.close()
+            raise JournalError(f"{path} is not a usable phalanx journal: {_why(error)}") from error
+        except BaseException:
+            connection.close()
+            raise
+        return cls(connection, path)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._held:
+                with contextlib.suppress(JournalError), self.transaction() as db:
+                    self._write_all_held(db)
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (nested uses join the outer one).
+
+        Raises:
+            JournalError: SQLite failed (the journal is locked for too long, the disk is full).
+        """
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as error:
+                raise JournalError(f"cannot write the journal {self.path}: {_why(error)}") from error
+            self._depth = 1
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException as error:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(error, sqlite3.Error):
+                    raise JournalError(f"cannot write the journal {self.path}: {_why(error)}") from error
+                raise
+            finally:
+                self._depth = 0
+
+    def _write_held(self, db: sqlite3.Connection, seq: int, task_id: str, attempts: range) -> None:
+        """Write what is held back for these attempts of a task (in a transaction)."""
+        for number in attempts:
+            for sql, params in self._held.pop((seq, task_id, number), ()):
+                db.execute(sql, params)
+
+    def _write_all_held(self, db: sqlite3.Connection) -> None:
+        held, self._held = self._held, {}
+        for statements in held.values():
+            for sql, params in statements:
+                db.execute(sql, params)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only statement (for modules keeping their own tables here: `history`).
+
+        Raises:
+            JournalError: SQLite failed.
+        """
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as error:
+                raise JournalError(f"cannot read the journal {self.path}: {_why(error)}") from error
+
+    def _seq(self, run_id: str) -> int | None:
+        seq = self._seqs.get(run_id)
+        if seq is None:
+            rows = self.query("SELECT seq FROM runs WHERE id = ?", (run_id,))
+            if not rows:
+                return None
+            seq = self._seqs[run_id] = int(rows[0][0])
+        return seq
+
+    # ------------------------------------------------------------------ writing
+
+    def begin_run(
+        self,
+        run_id: str,
+        *,
+        kind: str,
+        file: str | None,
+        command_line: str,
+        started_at: float,
+        spec_hashes: Mapping[str, str],
+    ) -> None:
+        """Record a run that starts, with each task it holds as ``pending``; the process
+        running it is recorded too, so that a later run can tell whether it is still alive."""
+        runner_pid, runner_started = os.getpid(), _create_time(os.getpid())
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (id, kind, file, command_line, started_at, status, runner_pid, runner_started)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, kind, file, command_line, started_at, RUNNING, runner_pid, runner_started),
+            )
+            seq = cursor.lastrowid
+            assert seq is not None
+            db.executemany(
+                "INSERT INTO tasks (run_seq, task_id, spec_hash, status) VALUES (?, ?, ?, ?)",
+                ((seq, tid, digest, PENDING) for tid, digest in spec_hashes.items()),
+            )
+        self._seqs[run_id] = seq
+
+    def record_started(self, run_id: str, task_id: str, attempt: int, worker: int, started_at: float) -> None:
+        """An attempt started: held back (see the class)."""
+        seq = self._seq(run_id)
+        if seq is None:
+            return
+        with self._lock:
+            self._held[seq, task_id, attempt] = [(
+                "INSERT INTO attempts (run_seq, task_id, attempt, status, started_at, worker) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_seq, task_id, attempt) DO UPDATE SET"
+                " started_at = excluded.started_at, worker = excluded.worker",
+                (seq, task_id, attempt, RUNNING, started_at, worker),
+            ), (
+                "INSERT INTO tasks (run_seq, task_id, status, attempts, started_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_seq, task_id) DO UPDATE SET status = excluded.status,"
+                " attempts = excluded.attempts, started_at = coalesce(tasks.started_at, excluded.started_at)",
+                (seq, task_id, RUNNING, attempt, started_at),
+            )]
+
+    def attempt_spawned(self, run_id: str, task_id: str, attempt: int, pid: int) -> None:
+        """The backend has spawned the attempt's process ``pid``, the leader of its own group:
+        record the group and the leader's start time now, committed, so that a kill -9 of
+        phalanx leaves the attempt in the journal as running, with what it takes to find
+        its processes again (`plan_resume`, `kill_leftovers`). A `RunningProcesses` hook.
+
+        Call it before reaping the process (its pid cannot be reused until then). A run the
+        journal does not know is ignored.
+
+        Raises:
+            JournalError: the journal cannot be written.
+        """
+        seq = self._seq(run_id)
+        if seq is None:
+            return
+        try:
+            pgid: int | None = os.getpgid(pid)
+        except OSError:
+            pgid = None  # gone already (or not ours to see): nothing will be left of it
+        started = _create_time(pid)
+        with self._lock, self.transaction() as db:
+            self._write_held(db, seq, task_id, range(1, attempt + 1))
+            db.execute(
+                "INSERT INTO attempts (run_seq, task_id, attempt, status, pid, pgid, leader_started)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_seq, task_id, attempt) DO UPDATE SET"
+                " pid = excluded.pid, pgid = excluded.pgid, leader_started = excluded.leader_started",
+                (seq, task_id, attempt, RUNNING, pid, pgid, started),
+            )
+
+    def record_retrying(self, run_id: str, task_id: str, attempt: int, ended_at: float, reason: str) -> None:
+        """An attempt failed and will be retried: held back (see the class)."""
+        seq = self._seq(run_id)
+        if seq is None:
+            return
+        with self._lock:
+            self._held.setdefault((seq, task_id, attempt), []).append((
+                "UPDATE attempts SET status = ?, ended_at = ?, duration = ? - started_at, reason = ?"
+                " WHERE run_seq = ? AND task_id = ? AND attempt = ?",
+                (Status.FAILED.value, ended_at, ended_at, reason, seq, task_id, attempt),
+            ))
+
+    def record_finished(
+        self,
+        run_id: str,
+        result: TaskResult,
+        *,
+        run_started_at: float,
+        spec_hash: str | None = None,
+        on_commit: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """A task ended: its row and its last attempt's, in one transaction (committed).
+
+        A task that ended while no attempt of it ran (skipped; cancelled before it started,
+        or while it waited to retry) leaves its attempts as they were. ``on_commit`` writes
+        more in the same transaction (the duration history does).
+        """
+        seq = self._seq(run_id)
+        if seq is None:
+            return
+        start = None if result.start is None else run_started_at + result.start
+        end = None if result.end is None else run_started_at + result.end
+        status = result.status.value
+        # The scheduler gives a result made when no attempt was running no worker.
+        last_ran = result.attempts > 0 and result.worker is not None
+        with self._lock:
+            if last_ran:
+                # This commit writes everything the last attempt's start would have: those
+                # rows can go. Earlier (failed) attempts' rows are written first.
+                self._held.pop((seq, result.task_id, result.attempts), None)
+            with self.transaction() as db:
+                self._write_held(db, seq, result.task_id, range(1, result.attempts + (not last_ran)))
+                db.execute(_FINISH_TASK, (
+                    seq, result.task_id, spec_hash, status, result.attempts, result.reason, result.exit_code,
+                    start, end, result.duration if last_ran else None,
+                ))
+                if last_ran:
+                    db.execute(_FINISH_ATTEMPT, (
+                        seq, result.task_id, result.attempts, status, None if end is None else end - result.duration,
+                        end, result.duration, result.exit_code, result.signal, result.reason, result.worker, result.pid,
+                        _tail(result.stdout_tail), _tail(result.stderr_tail),
+                    ))
+                if on_commit is not None:
+                    on_commit(db)
+
+    def end_run(self, run_id: str, status: str, ended_at: float) -> None:
+        """Record how a run ended. Attempts it still has as running (a run that stopped
+        without a report) are marked ``lost``: their processes are gone with the run's."""
+        seq = self._seq(run_id)
+        if seq is None:
+            return
+        with self._lock, self.transaction() as db:
+            self._write_all_held(db)
+            db.execute("UPDATE runs SET status = ?, ended_at = ? WHERE seq = ?", (status, ended_at, seq))
+            _lose_running(db, seq, "the run ended before this attempt did")
+
+    def mark_crashed(self, run_ids: Iterable[str]) -> None:
+        """Runs whose phalanx died mid-way (`ResumePlan.crashed_runs`), once their leftovers have
+        been dealt with: ``crashed``, and what they had running ``lost``. Until then a
+        later plan lists their leftovers again (harmless: `kill_leftovers` checks each)."""
+        with self.transaction() as db:
+            for run_id in run_ids:
+                seq = self._seq(run_id)
+                if seq is None:
+                    continue
+                db.execute("UPDATE runs SET status = 'crashed' WHERE seq = ? AND status = ?", (seq, RUNNING))
+                _lose_running(db, seq, "phalanx was killed while this attempt ran")
+
+    # ------------------------------------------------------------------ reading
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        """The latest ``limit`` runs, newest first."""
+        rows = self.query(
+            "SELECT seq, id, kind, file, command_line, started_at, ended_at, status FROM runs"
+            " ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        )
+        return [self._run_record(row) for row in rows]
+
+    def run(self, ref: str) -> RunRecord:
+        """The run with id ``ref``, or the one run whose id starts with it.
+
+        Raises:
+            JournalError: no run, or several, match.
+        """
+        rows = self.query(
+            "SELECT seq, id, kind, file, command_line, started_at, ended_at, status FROM runs WHERE id = ?",
+            (ref,),
+        )
+        if not rows:
+            pattern = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = self.query(
+                "SELECT seq, id, kind, file, command_line, started_at, ended_at, status FROM runs"
+                " WHERE id LIKE ? ESCAPE '\\' ORDER BY seq DESC LIMIT 2",
+                (pattern,),
+            )
+        if not rows:
+            raise JournalError(f"no run {ref!r} in the journal {self.path}")
+        if len(rows) > 1:
+            raise JournalError(f"several runs start with {ref!r}: give more of the id")
+        return self._run_record(rows[0])
+
+    def _run_record(self, row: tuple[Any, ...]) -> RunRecord:
+        seq, run_id, kind, file, command_line, started_at, ended_at, status = row
+        counts = dict(self.query("SELECT status, count(*) FROM tasks WHERE run_seq = ? GROUP BY status", (seq,)))
+        return RunRecord(run_id, kind, file, command_line, started_at, ended_at, status, MappingProxyType(counts))
+
+    @overload
+    def show(self, run_id: str) -> list[TaskRecord]: ...
+
+    @overload
+    def show(self, run_id: str, task_id: str) -> list[AttemptRecord]: ...
+
+    def show(self, run_id: str, task_id: str | None = None) -> list[TaskRecord] | list[AttemptRecord]:
+        """A run's tasks, in the order they started (pending ones last); or, with ``task_id``,
+        that task's attempts, with reason, exit code and output tails. ``run_id`` may be an
+        unambiguous prefix.
+
+        Raises:
+            JournalError: no such run.
+        """
+        run = self.run(run_id)
+        seq = self._seq(run.id)
+        if task_id is None:
+            rows = self.query(
+                "SELECT task_id, spec_hash, status, attempts, reason, exit_code, started_at, ended_at, duration"
+                " FROM tasks WHERE run_seq = ? ORDER BY started_at IS NULL, started_at, task_id",
+                (seq,),
+            )
+            return [TaskRecord(run.id, *row) for row in rows]
+        rows = self.query(
+            "SELECT attempt, status, started_at, ended_at, duration, exit_code, signal, reason, worker, pid, pgid,"
+            " leader_started, stdout_tail, stderr_tail FROM attempts WHERE run_seq = ? AND task_id = ?"
+            " ORDER BY attempt",
+            (seq, task_id),
+        )
+        return [AttemptRecord(run.id, task_id, *row) for row in rows]
+
+    def latest_tasks(self, file: str) -> dict[str, TaskRecord]:
+        """Each task's latest record among the runs of task file ``file``, ignoring runs in
+        which it never started (a resumed run holds only what it had left to do)."""
+        rows = self.query(
+            "SELECT r.id, t.task_id, t.spec_hash, t.status, t.attempts, t.reason, t.exit_code, t.started_at,"
+            " t.ended_at, t.duration FROM tasks t JOIN runs r ON r.seq = t.run_seq"
+            " WHERE r.file = ? AND t.status != ? ORDER BY r.seq",
+            (file, PENDING),
+        )
+        return {row[1]: TaskRecord(*row) for row in rows}
+
+    def unfinished_runs(self, file: str) -> list[tuple[str, int | None, float | None]]:
+        """Runs of ``file`` still recorded as running: (id, runner pid, runner start time)."""
+        rows = self.query(
+            "SELECT id, runner_pid, runner_started FROM runs WHERE file = ? AND status = ? ORDER BY seq",
+            (file, RUNNING),
+        )
+        return [(str(run_id), pid, started) for run_id, pid, started in rows]
+
+    def running_attempts(self, run_id: str) -> list[Leftover]:
+        """The process groups a run has as running (with a known leader start time)."""
+        seq = self._seq(run_id)
+        rows = self.query(
+            "SELECT task_id, attempt, pgid, pid, leader_started FROM attempts WHERE run_seq = ? AND status = ?"
+            " AND pgid IS NOT NULL AND pid IS NOT NULL AND leader_started IS NOT NULL ORDER BY task_id, attempt",
+            (seq, RUNNING),
+        )
+        return [Leftover(run_id, *row) for row in rows]
+
+
+def _make_dir(directory: Path) -> bool:
+    """Create the journal's directory (private); whether it was created."""
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to `SCHEMA_VERSION`, in one transaction (two runs starting at once
+    must not both create it)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"the journal {path} was written by a newer phalanx (schema {version}, this one knows "
+                f"{SCHEMA_VERSION}); upgrade phalanx, or remove the file to start a new journal"
+            )
+        while version < SCHEMA_VERSION:
+            for statement in _MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            version += 1
+            db.execute(f"PRAGMA user_version = {version}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _lose_running(db: sqlite3.Connection, seq: int, reason: str) -> None:
+    db.execute(
+        "UPDATE attempts SET status = ?, reason = coalesce(reason, ?) WHERE run_seq = ? AND status = ?",
+        (LOST, reason, seq, RUNNING),
+    )
+    db.execute("UPDATE tasks SET status = ? WHERE run_seq = ? AND status = ?", (LOST, seq, RUNNING))
+
+
+def _tail(text: str) -> str:
+    """At most `TAIL_LIMIT` bytes of the end of ``text`` (cut at a character boundary)."""
+    if len(text) <= TAIL_LIMIT // 4:  # four bytes a character at most: surely short enough
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= TAIL_LIMIT:
+        return text
+    return data[-TAIL_LIMIT:].decode("utf-8", "ignore")
+
+
+def _why(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _create_time(pid: int) -> float | None:
+    """When process ``pid`` started (psutil's ``create_time``), or None if it is gone."""
+    import psutil  # here: only runs that journal pay for it
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+# ---------------------------------------------------------------------------- the sink
+
+
+class JournalSink:
+    """Records a run in the journal as it goes (a `Sink`).
+
+    Args:
+        journal: the journal; the sink does not close it.
+        spec_hashes: each task's `spec_hash`; these tasks are recorded as pending at the
+            start. Tasks not in it (submitted later) are recorded when they start, unhashed.
+        command_line: how the run was started, for ``phalanx runs``.
+        file_key: the task file's `file_key`, which `plan_resume` finds the run by.
+        run_kind: ``run`` or ``map``.
+        history: also feed each succeeded task's duration to the `DurationHistory`, in
+            the same transaction.
+        history_key: the history key of a task id (None: not recorded); by default the id
+            itself. ``phalanx map`` gives its command template.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        spec_hashes: Mapping[str, str],
+        command_line: str,
+        file_key: str | None = None,
+        run_kind: str = "run",
+        history: bool = True,
+        history_key: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self._journal = journal
+        self._spec_hashes = spec_hashes
+        self._command_line = command_line
+        self._file = file_key
+        self._kind = run_kind
+        self._history_key = history_key or _same
+        self._history: DurationHistory | None = None
+        if history:
+            from .history import DurationHistory  # not at the top: history imports this module
+
+            self._history = DurationHistory(journal)
+        self._run_id: str | None = None
+        self._started_at = 0.0
+        self._ended = False
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id, once it has started."""
+        return self._run_id
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, TaskFinished):
+            self._finished(event.result)
+        elif isinstance(event, TaskStarted):
+            if self._run_id is not None:
+                self._journal.record_started(
+                    self._run_id, event.task_id, event.attempt, event.worker, self._started_at + event.at
+                )
+        elif isinstance(event, TaskRetrying):
+            if self._run_id is not None:
+                self._journal.record_retrying(
+                    self._run_id, event.task_id, event.attempt, self._started_at + event.at, event.reason
+                )
+        elif isinstance(event, RunStarted):
+            self._run_id = event.run_id
+            self._started_at = event.started_at
+            self._journal.begin_run(
+                event.run_id, kind=self._kind, file=self._file, command_line=self._command_line,
+                started_at=event.started_at, spec_hashes=self._spec_hashes,
+            )
+        elif isinstance(event, RunFinished) and self._run_id is not None:
+            self._ended = True
+            self._journal.end_run(self._run_id, run_status(event.report), self._started_at + event.at)
+
+    def _finished(self, result: TaskResult) -> None:
+        if self._run_id is None:
+            return
+        record: Callable[[sqlite3.Connection], None] | None = None
+        history = self._history
+        if history is not None and result.status is Status.SUCCEEDED and result.attempts:
+            key = self._history_key(result.task_id)
+            if key is not None:
+                def record(db: sqlite3.Connection, key: str = key, seconds: float = result.duration) -> None:
+                    history.observe(key, seconds, db=db)
+        self._journal.record_finished(
+            self._run_id, result, run_started_at=self._started_at,
+            spec_hash=self._spec_hashes.get(result.task_id), on_commit=record,
+        )
+
+    def close(self) -> None:
+        if self._run_id is not None and not self._ended:
+            # Stopped without a report (the scheduler raised): whatever it ran has been
+            # stopped with the backends, which close before the sinks.
+            self._ended = True
+            self._journal.end_run(self._run_id, "aborted", time.time())
+
+
+def _same(task_id: str) -> str:
+    return task_id
+
+
+def run_status(report: RunReport) -> str:
+    """A finished run's status in the journal."""
+    if report.summary.cancelled_by is CancelReason.INTERRUPT:
+        return "interrupted"
+    if report.summary.cancelled_by is CancelReason.TERMINATE:
+        return "terminated"
+    return _SUCCEEDED if report.ok else Status.FAILED.value
+
+
+# ---------------------------------------------------------------------------- spec hashes
+
+
+#: Bumped whenever what `spec_hash` covers changes (every task then runs again once).
+_SPEC_VERSION = "phalanx-spec-1"
+
+
+def spec_hash(task: Task) -> str:
+    """A stable sha256 of what defines what a task does, as 64 hex digits.
+
+    Covered: the action (a shell string, an argv list, or a callable's module, name and
+    code, with its args and kwargs), env, cwd, deps, resources, timeout, retry settings
+    and rate limits. Not covered: priority, tags, cost, group - they change when it runs,
+    not what it does. Editing a task's command changes its hash, so a resume runs it again.
+
+    A callable's arguments count by ``repr``: one that shows an address changes every run
+    (the task always runs again, the safe side); one that elides its content (a large
+    array) may hide a change.
+    """
+    retry = task.retry
+    spec = {
+        "action": _action_spec(task),
+        "env": sorted(task.env.items()),
+        "cwd": task.cwd,
+        "deps": sorted(task.deps),
+        "resources": sorted(task.requests.items()),
+        "timeout": task.timeout or None,  # 0 and None both mean none, once a run's default is applied
+        "retry": {
+            "count": retry.count,
+            "backoff": retry.backoff,
+            "initial": retry.initial,
+            "max": retry.max,
+            "jitter": retry.jitter,
+            "on_exit_codes": None if retry.on_exit_codes is None else sorted(retry.on_exit_codes),
+            "on_exceptions": None if retry.on_exceptions is None else [_name(kind) for kind in retry.on_exceptions],
+            "on_statuses": None if retry.on_statuses is None else sorted(retry.on_statuses),
+            "max_retry_after": retry.max_retry_after,
+        },
+        "limiter": list(task.limiter),
+        "limiter_key": task.limiter_key,
+        "tokens": task.tokens,
+    }
+    text = json.dumps([_SPEC_VERSION, spec], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def spec_hashes(graph: Graph) -> dict[str, str]:
+    """Every task's `spec_hash`, by id (what `JournalSink` wants)."""
+    return {task.id: spec_hash(task) for task in graph}
+
+
+def _action_spec(task: Task) -> dict[str, Any]:
+    action = task.action
+    if isinstance(action, str):
+        return {"shell": action}
+    if not callable(action):
+        return {"argv": list(action)}
+    return {
+        "callable": _callable_spec(action),
+        "args": [repr(arg) for arg in task.args],
+        "kwargs": sorted((key, repr(value)) for key, value in task.kwargs.items()),
+    }
+
+
+def _callable_spec(action: Callable[..., Any]) -> Any:
+    import functools
+
+    if isinstance(action, functools.partial):
+        return {
+            "partial": _callable_spec(action.func),
+            "args": [repr(arg) for arg in action.args],
+            "kwargs": sorted((key, repr(value)) for key, value in action.keywords.items()),
+        }
+    function = getattr(action, "__func__", action)  # a bound method: its function
+    if hasattr(function, "__qualname__"):  # a function, a builtin, a class
+        return {
+            "name": _name(function),
+            "code": _code_digest(function.__code__) if hasattr(function, "__code__") else None,
+            "defaults": repr(getattr(function, "__defaults__", None)),
+        }
+    # An object with __call__: its class's code, and its state as its repr shows it (the
+    # default repr shows an address: such a task always runs again, the safe side).
+    call = getattr(type(action).__call__, "__code__", None)
+    return {"name": _name(type(action)), "code": None if call is None else _code_digest(call), "repr": repr(action)}
+
+
+def _name(thing: Any) -> str:
+    return f"{getattr(thing, '__module__', '?')}.{getattr(thing, '__qualname__', repr(thing))}"
+
+
+def _code_digest(code: Any) -> str:
+    """A digest of a code object: its bytecode, constants (nested functions' code included)
+    and names, so that editing a function's body changes it; line numbers do not count."""
+    digest = hashlib.sha256(code.co_code)
+    for const in code.co_consts:
+        digest.update(_code_digest(const).encode() if hasattr(const, "co_code") else repr(const).encode())
+        digest.update(b"\0")
+    digest.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- resuming
+
+
+def plan_resume(journal: Journal, file_key: str, graph: Graph) -> ResumePlan:
+    """What resuming the runs of task file ``file_key`` does with ``graph`` (the file as it is now).
+
+    A task is done when its latest record among those runs is ``succeeded`` and its spec
+    hash is unchanged; each task's own latest record counts (not only the latest run's),
+    because a resumed run holds only what was left to do. Every other task runs, and so
+    does everything that depends on one that runs: it would otherwise keep a result made
+    from what that dependency gave before.
+
+    Leftovers are the process groups recorded as running in runs of this file that never
+    finished and whose phalanx process is gone (one still alive is another run going on,
+    whose processes are not ours to kill).
+    """
+    graph.validate()
+    latest = journal.latest_tasks(file_key)
+    hashes = spec_hashes(graph)
+    reasons: dict[str, str] = {}
+    done: set[str] = set()
+    for tid in graph.topological_order():
+        task = graph[tid]
+        record = latest.get(tid)
+        if record is None:
+            reasons[tid] = "it never ran"
+        elif record.status in (RUNNING, LOST):
+            reasons[tid] = f"run {record.run_id} stopped before it ended"
+        elif record.status != _SUCCEEDED:
+            reasons[tid] = f"it ended {record.status} in run {record.run_id}"
+        elif record.spec_hash != hashes[tid]:
+            reasons[tid] = f"its definition changed since run {record.run_id}"
+        elif (rerun := next((dep for dep in task.deps if dep not in done), None)) is not None:
+            reasons[tid] = f"its dependency {rerun!r} runs again"
+        else:
+            done.add(tid)
+    leftovers: list[Leftover] = []
+    crashed: list[str] = []
+    for run_id, runner_pid, runner_started in journal.unfinished_runs(file_key):
+        if runner_pid is not None and _same_process(runner_pid, runner_started, alive=True):
+            continue  # still going (or this very process): not crashed
+        crashed.append(run_id)
+        leftovers.extend(journal.running_attempts(run_id))
+    todo = tuple(tid for tid in graph.ids if tid not in done)
+    return ResumePlan(
+        done=frozenset(done),
+        todo=todo,
+        reasons=MappingProxyType({tid: reasons[tid] for tid in graph.ids if tid in reasons}),
+        leftovers=tuple(leftovers),
+        crashed_runs=tuple(crashed),
+        spec_hashes=MappingProxyType({tid: hashes[tid] for tid in todo}),
+    )
+
+
+#: How far apart two create times of "the same" process may be, in seconds. psutil derives
+#: them from the same clock ticks since boot, so they agree exactly; this only absorbs float
+#: rounding, never a different process.
+_SAME_START = 1e-3
+
+
+def _same_process(pid: int, started: float | None, *, alive: bool = False) -> bool:
+    """Whether process ``pid`` exists and started at ``started`` (with ``alive``: and has not
+    exited; a zombie nobody reaped yet has, though its group may live on)."""
+    import psutil
+
+    if started is None:
+        return False
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - started) > _SAME_START:
+            return False
+        return not alive or process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill_leftovers(entries: Iterable[Leftover], *, grace: float = 2.0) -> list[int]:
+    """Stop the process groups a killed run left running; the group ids signalled.
+
+    A group is signalled only if its leader still exists with the very start time recorded
+    when it was spawned, and still leads that group: pids (and so group ids) are reused,
+    and an unrelated process that got the number since must not be touched. Those groups
+    get SIGTERM, up to ``grace`` seconds for their leaders to exit, then SIGKILL, which
+    also reaches members that outlived their leader (the kernel does not hand out a group
+    id again while the group has members).
+    """
+    signalled: list[Leftover] = []
+    for entry in entries:
+        if not _same_process(entry.pid, entry.leader_started):
+            continue
+        try:
+            if os.getpgid(entry.pid) != entry.pgid:
+                continue  # it left the group we recorded: not ours to judge
+            os.killpg(entry.pgid, signal.SIGTERM)
+        except OSError:
+            continue
+        signalled.append(entry)
+    deadline = time.monotonic() + grace
+    pause = 0.005
+    waiting = signalled
+    while waiting:
+        waiting = [entry for entry in waiting if _same_process(entry.pid, entry.leader_started, alive=True)]
+        left = deadline - time.monotonic()
+        if not waiting or left <= 0:
+            break
+        # Not our children: there is nothing to wait on but the process table. A short poll, bounded.
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.05)
+    for entry in signalled:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(entry.pgid, signal.SIGKILL)
+    return [entry.pgid for entry in signalled]
