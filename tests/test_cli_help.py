@@ -51,9 +51,9 @@ def test_main_help_lists_map_with_a_description() -> None:
     text = ok("--help")
     assert_snapshot("help_main.txt", text)
     commands = text.split("Commands:")[1]
-    for name in ("graph", "list", "map", "plan", "run"):
+    for name in ("graph", "history", "list", "map", "plan", "run", "runs", "show"):
         assert f"\n  {name} " in commands, name
-    assert "map    Run a command once per input, as GNU parallel does." in commands
+    assert "map      Run a command once per input, as GNU parallel does." in commands
     assert '_PHALANX_COMPLETE=bash_source phalanx' in text
 
 
@@ -255,7 +255,7 @@ def test_bash_completion_copes_with_the_colon_in_tag(tagged: Path) -> None:
 
 def test_completion_offers_commands_and_never_fails(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()
-    assert complete("bash", "phalanx ", tmp_path) == ["graph", "list", "map", "plan", "run"]
+    assert complete("bash", "phalanx ", tmp_path) == ["graph", "history", "list", "map", "plan", "run", "runs", "show"]
     assert complete("bash", "phalanx run --select x", tmp_path) == []  # no task file: nothing, no traceback
     (tmp_path / "phalanx.toml").write_text("[tasks.a\n")
     assert complete("bash", "phalanx run --select x", tmp_path) == []

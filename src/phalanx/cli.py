@@ -316,6 +316,9 @@ def _jobs_option(function: Any) -> Any:
 @click.option("--otel", is_flag=True,
               help="Send OpenTelemetry spans (a span per run, one per attempt) to the OTLP endpoint of "
               "$OTEL_EXPORTER_OTLP_ENDPOINT (needs phalanx[otel]).")
+@click.option("--resume", is_flag=True,
+              help="Run only what did not succeed last time (or whose definition changed since), from the "
+              "journal in .phalanx/; processes a killed run left behind are stopped first.")
 @click.option("--show-workers", is_flag=True, help="On a terminal, show a line per slot with its running task.")
 @click.option("-q", "--quiet", is_flag=True, help="Show only failures and the summary.")
 @_colour_option
@@ -335,6 +338,7 @@ def run(
     html_file: str | None,
     trace_file: str | None,
     otel: bool,
+    resume: bool,
     show_workers: bool,
     quiet: bool,
     colour: str,
@@ -365,7 +369,8 @@ def run(
     if dry_run:
         _dry_run(task_file, graph, workers)
         return
-    backends = StandardBackends("auto", grace=2.0)
+    journal, journal_sink, graph, cost_model = _journal_for(task_file, graph, resume, human)
+    backends = StandardBackends("auto", grace=2.0, on_spawn=journal.attempt_spawned)
     own_junit = _junit_files(task_file)
     failing = None
     if task_file.junit:
@@ -374,8 +379,9 @@ def run(
         def failing(tid: str) -> list[str]:
             return failing_tests(own_junit(tid))
 
-    sinks: list[Sink] = [_reporter(human, output, painted, show_workers=show_workers, quiet=quiet,
-                                   failing_tests=failing)]
+    # The journal first: a task's record is committed before anything else hears of its end.
+    sinks: list[Sink] = [journal_sink, _reporter(human, output, painted, show_workers=show_workers, quiet=quiet,
+                                                 failing_tests=failing)]
     try:
         limiters = named_limiters(task_file.rate_limits, workers)
         if results is not None:
@@ -413,10 +419,13 @@ def run(
                 log_dir=log_dir,
                 handle_signals=True,
                 limiters=limiters,
+                cost_model=cost_model,
             )
         )
     except PhalanxError as error:
         _fail(_locate(error, task_file, "resources"))
+    finally:
+        journal.close()
     summary = summary_text(report)
     human.write((paint_summary(summary, report.exit_code == 0) if painted else summary) + "\n")
     human.flush()
@@ -424,6 +433,34 @@ def run(
         json.dump(report.to_dict(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     sys.exit(report.exit_code)
+
+
+def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any) -> tuple[Any, Sink, Graph, Any]:
+    """The run journal in ``.phalanx/`` beside the task file, its sink, the graph to run
+    (with ``--resume``, only what is not done), and the cost model (declared costs, else
+    the duration history)."""
+    from .history import DurationHistory, HistoryCosts
+    from .journal import Journal, JournalSink, file_key, kill_leftovers, plan_resume, spec_hashes
+
+    try:
+        journal = Journal.open(task_file.path.parent)
+    except PhalanxError as error:
+        _fail(error)
+    except OSError as error:
+        _fail(f"cannot open the run journal in {task_file.path.parent / '.phalanx'}: {error.strerror or error}")
+    key = file_key(task_file.path)
+    hashes = spec_hashes(graph)
+    if resume:
+        plan = plan_resume(journal, key, graph)
+        stopped = kill_leftovers(plan.leftovers)
+        journal.mark_crashed(plan.crashed_runs)
+        if stopped:
+            human.write(f"phalanx: stopped {len(stopped)} process group(s) a killed run left running\n")
+        human.write(f"phalanx: resuming: {len(plan.done)} done, {len(plan.todo)} to run\n")
+        human.flush()
+        graph, hashes = plan.graph(graph), dict(plan.spec_hashes)
+    sink = JournalSink(journal, spec_hashes=hashes, command_line=" ".join(["phalanx", *sys.argv[1:]]), file_key=key)
+    return journal, sink, graph, HistoryCosts(DurationHistory(journal))
 
 
 def _junit_files(task_file: TaskFile) -> Callable[[str], list[str]]:
@@ -603,6 +640,132 @@ def _task_dict(task: Task) -> dict[str, Any]:
         "cwd": task.cwd,
         "cost": task.cost,
     }
+
+
+RUNS_EXAMPLES = """\b
+Examples:
+  phalanx runs                        # the last 20 runs of the task file here
+  phalanx runs --limit 5 ci.toml
+"""
+
+SHOW_EXAMPLES = """\b
+Examples:
+  phalanx show 3f2a                   # a run's tasks (a prefix of its id is enough)
+  phalanx show 3f2a mypy              # one task's attempts, reasons and output
+"""
+
+HISTORY_EXAMPLES = """\b
+Examples:
+  phalanx history                     # each task's duration estimate from past runs
+  phalanx history --clear             # forget them all (or --clear TASK)
+"""
+
+
+def _journal_of(file: str | None) -> Any:
+    """The journal of the task file (found as `phalanx run` finds it)."""
+    from .journal import Journal
+
+    task_file = _load(file)
+    if not (task_file.path.parent / ".phalanx").is_dir():
+        _fail(f"no runs recorded yet for {task_file.path.name} (the journal lives in .phalanx/ beside it)")
+    try:
+        return Journal.open(task_file.path.parent)
+    except PhalanxError as error:
+        _fail(error)
+
+
+def _when(timestamp: float | None) -> str:
+    import time
+
+    return "-" if timestamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+@main.command(epilog=RUNS_EXAMPLES, short_help="List past runs from the journal.")
+@_file_argument
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs, newest first.")
+def runs(file: str | None, limit: int) -> None:
+    """List the runs recorded in the journal of FILE's directory, newest first."""
+    from .durations import format_duration
+
+    journal = _journal_of(file)
+    try:
+        records = journal.runs(limit)
+    finally:
+        journal.close()
+    if not records:
+        click.echo("no runs recorded yet")
+        return
+    click.echo(f"{'run':14} {'started':19}  {'took':>8}  {'status':11} tasks")
+    for record in records:
+        took = format_duration(record.duration) if record.duration is not None else "-"
+        counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in sorted(record.counts.items()) if n)
+        click.echo(f"{record.id[:14]:14} {_when(record.started_at):19}  {took:>8}  {record.status:11} {counts or '-'}")
+
+
+@main.command(epilog=SHOW_EXAMPLES, short_help="Show a past run's tasks, or one task's attempts and output.")
+@click.argument("run_ref", metavar="RUN")
+@click.argument("task", required=False)
+@click.option("-f", "--file", "file", type=click.Path(), help="The task file (default: found as phalanx run finds it).")
+def show(run_ref: str, task: str | None, file: str | None) -> None:
+    """Show RUN's tasks (RUN may be a prefix of its id), or TASK's attempts with their output."""
+    from .durations import format_duration
+
+    journal = _journal_of(file)
+    try:
+        record = journal.run(run_ref)
+        if record is None:
+            _fail(f"no run {run_ref!r} in the journal (see: phalanx runs)")
+        if task is None:
+            click.echo(f"run {record.id} ({record.kind}, {record.status}), started {_when(record.started_at)}: "
+                       f"{record.command_line}")
+            for entry in journal.show(record.id):
+                took = format_duration(entry.duration) if entry.duration is not None else "-"
+                why = f"  {entry.reason}" if entry.reason and entry.status != "succeeded" else ""
+                click.echo(f"  {entry.status:10} {took:>8}  {entry.task_id}{why}")
+            return
+        attempts = journal.show(record.id, task)
+        if not attempts:
+            _fail(f"run {record.id} has no task {task!r}")
+        for attempt in attempts:
+            took = format_duration(attempt.duration) if attempt.duration is not None else "-"
+            code = f", exit code {attempt.exit_code}" if attempt.exit_code is not None else ""
+            click.echo(f"{task} attempt {attempt.attempt}: {attempt.status} in {took}{code}"
+                       + (f": {attempt.reason}" if attempt.reason else ""))
+            for name, text in (("stdout", attempt.stdout_tail), ("stderr", attempt.stderr_tail)):
+                if text:
+                    click.echo(f"--- {name} ---\n{text}", nl=not text.endswith("\n"))
+    finally:
+        journal.close()
+
+
+@main.command(epilog=HISTORY_EXAMPLES, short_help="Show or clear the duration history that orders runs.")
+@_file_argument
+@click.option("--clear", "clear", is_flag=False, flag_value="*", default=None, metavar="[TASK]",
+              help="Forget the history of TASK, or of every task.")
+def history(file: str | None, clear: str | None) -> None:
+    """Each task's estimated duration from past runs (a moving average): the scheduler uses it
+    for the critical path where a task declares no cost."""
+    from .durations import format_duration
+    from .history import DurationHistory
+
+    journal = _journal_of(file)
+    try:
+        durations = DurationHistory(journal)
+        if clear is not None:
+            gone = durations.clear(None if clear == "*" else clear)
+            click.echo(f"forgot {gone} estimate{'s' if gone != 1 else ''}")
+            return
+        entries = durations.entries()
+        if not entries:
+            click.echo("no durations recorded yet")
+            return
+        width = max(len(entry.key) for entry in entries)
+        for entry in entries:
+            click.echo(f"{entry.key:{width}}  {format_duration(entry.estimate):>8}  "
+                       f"({entry.samples} run{'s' if entry.samples != 1 else ''})")
+    finally:
+        journal.close()
+
 
 
 @main.command(

@@ -37,9 +37,11 @@ class StandardBackends:
     commands as subprocesses, ``async def`` on the loop itself, other callables in threads
     (or all callables on the loop with ``"inline"``)."""
 
-    def __init__(self, callables: BackendName, grace: float) -> None:
+    def __init__(self, callables: BackendName, grace: float,
+                 on_spawn: Callable[[str, str, int, int], None] | None = None) -> None:
         self._callables = callables
         self._grace = grace
+        self._on_spawn = on_spawn
         self._made: dict[str, Backend] = {}
 
     def for_task(self, task: Task) -> Backend:
@@ -58,7 +60,7 @@ class StandardBackends:
         if kind == "command":
             from .backends.command import CommandBackend
 
-            return CommandBackend(grace=self._grace)
+            return CommandBackend(grace=self._grace, on_spawn=self._on_spawn)
         if kind == "inline":
             return InlineBackend()
         return ThreadBackend()

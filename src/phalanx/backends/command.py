@@ -28,7 +28,7 @@ import re
 import signal
 import stat
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +99,11 @@ class CommandBackend:
             that background processes it started do not outlive it.
     """
 
-    def __init__(self, *, grace: float = 2.0, tail_bytes: int = 4096, kill_leftovers: bool = True) -> None:
+    def __init__(self, *, grace: float = 2.0, tail_bytes: int = 4096, kill_leftovers: bool = True,
+                 on_spawn: Callable[[str, str, int, int], None] | None = None) -> None:
+        """``on_spawn(run_id, task_id, attempt, pid)`` is told of each process group as it
+        starts (the run journal records it, so that a run killed outright leaves a trace of
+        what it left running)."""
         if grace < 0:
             raise ValueError(f"grace must be >= 0, got {grace!r}")
         if tail_bytes < 0:
@@ -107,6 +111,7 @@ class CommandBackend:
         self._grace = grace
         self._tail_bytes = tail_bytes
         self._kill_leftovers = kill_leftovers
+        self._on_spawn = on_spawn
         self._reaper = ChildReaper()
         self._running: dict[int, subprocess.Popen[bytes]] = {}
         self._stopped: dict[tuple[str, int], Outcome] = {}
@@ -162,6 +167,8 @@ class CommandBackend:
                     ok=False, exit_code=exit_code, reason=reason, stdout_path=files.stdout, stderr_path=files.stderr
                 )
             self._running[proc.pid] = proc
+            if self._on_spawn is not None:
+                self._on_spawn(attempt.run_id, task.id, attempt.number, proc.pid)
             try:
                 await self._wait(proc)
             except asyncio.CancelledError:
