@@ -712,7 +712,10 @@ def show(run_ref: str, task: str | None, file: str | None) -> None:
 
     journal = _journal_of(file)
     try:
-        record = journal.run(run_ref)
+        try:
+            record = journal.run(run_ref)
+        except PhalanxError as error:
+            _fail(f"{error} (see: phalanx runs)")
         if record is None:
             _fail(f"no run {run_ref!r} in the journal (see: phalanx runs)")
         if task is None:

@@ -1,0 +1,64 @@
+"""The journal from the command line: `phalanx run --resume`, `runs`, `show`, `history`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+
+def phalanx(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "phalanx", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=60)
+
+
+def test_resume_reruns_only_what_did_not_succeed_and_what_changed(tmp_path: Path) -> None:
+    (tmp_path / "phalanx.toml").write_text(textwrap.dedent("""
+        [tasks.a]
+        cmd = "echo a >> ran"
+        [tasks.b]
+        cmd = "echo b >> ran; test -e fixed"
+        deps = ["a"]
+        [tasks.c]
+        cmd = "echo c >> ran"
+        deps = ["b"]
+    """))
+    first = phalanx("run", cwd=tmp_path)
+    assert first.returncode == 1
+    assert (tmp_path / "ran").read_text().split() == ["a", "b"]
+    (tmp_path / "fixed").touch()
+    second = phalanx("run", "--resume", cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming: 1 done, 2 to run" in second.stdout
+    assert (tmp_path / "ran").read_text().split() == ["a", "b", "b", "c"]  # a, which succeeded, never again
+    third = phalanx("run", "--resume", cwd=tmp_path)
+    assert "resuming: 3 done, 0 to run" in third.stdout
+    assert (tmp_path / "ran").read_text().split() == ["a", "b", "b", "c"]
+    # Editing a task's command reruns it (and what depends on it) on the next resume.
+    text = (tmp_path / "phalanx.toml").read_text().replace("echo c >> ran", "echo C >> ran")
+    (tmp_path / "phalanx.toml").write_text(text)
+    fourth = phalanx("run", "--resume", cwd=tmp_path)
+    assert "resuming: 2 done, 1 to run" in fourth.stdout
+    assert (tmp_path / "ran").read_text().split()[-1] == "C"
+
+    runs = phalanx("runs", cwd=tmp_path)
+    assert runs.returncode == 0
+    lines = runs.stdout.splitlines()
+    assert lines[0].split() == ["run", "started", "took", "status", "tasks"]
+    assert len(lines) == 5 and " failed " in lines[-1]
+    first_run = lines[-1].split()[0]
+    shown = phalanx("show", first_run[:6], cwd=tmp_path)
+    assert "failed" in shown.stdout and "skipped" in shown.stdout and "exit code 1" in shown.stdout
+    attempt = phalanx("show", first_run, "b", cwd=tmp_path)
+    assert "b attempt 1: failed" in attempt.stdout and "--- stdout ---" not in attempt.stdout
+    history = phalanx("history", cwd=tmp_path)
+    assert [line.split()[0] for line in history.stdout.splitlines()] == ["a", "b", "c"]
+    assert phalanx("history", "--clear", cwd=tmp_path).stdout.strip() == "forgot 3 estimates"
+    assert phalanx("show", "nosuchrun", cwd=tmp_path).returncode == 2
+
+
+def test_runs_without_a_journal_say_so(tmp_path: Path) -> None:
+    (tmp_path / "phalanx.toml").write_text('[tasks.a]\ncmd = "true"\n')
+    done = phalanx("runs", cwd=tmp_path)
+    assert done.returncode == 2 and "no runs recorded yet" in done.stderr
