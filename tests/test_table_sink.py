@@ -6,6 +6,9 @@
   writer; all 10,000 come back intact, CSV and JSONL.
 - The CSV's header (fixed at the first row, ``extra``, ``columns=``, reused on append),
   cells, quoting and bytes that are not UTF-8; JSONL lines; fsync; the file name's suffix.
+- The scribe: rows waiting in its pipe written together with one write(2), a frame a read
+  cuts kept for its rest, its pause between batches (and an owner that waits ending it), a
+  batch that does not fit, failures raised, never a deadlock on its answers.
 - `result_row`'s shapes and `TableSink`'s choice of tasks.
 """
 
@@ -27,7 +30,9 @@ import sys
 import termios
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO, Any
 
 import pytest
@@ -495,6 +500,163 @@ def test_a_row_cut_short_in_the_pipe_is_dropped_whole(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert path.read_bytes() == b'{"n": 1}\n'
+
+
+# ------------------------------------------------------------------------------ the scribe
+
+# Put before the scribe's program: every write(2) it makes to its file is logged (its size,
+# one a line) to the file named LOG, so a test sees how rows were batched.
+WRITE_LOG = """
+import os as _os, sys as _sys
+_write = _os.write
+def _logged(fd, data):
+    done = _write(fd, data)
+    if fd == int(_sys.argv[1]):
+        with open(LOG, "a") as log:
+            log.write("%d\\n" % done)
+    return done
+_os.write = _logged
+"""
+
+
+def log_scribe_writes(monkeypatch: pytest.MonkeyPatch, log: Path) -> Callable[[], list[int]]:
+    """Make the scribes started from now on log their writes; the sizes logged so far."""
+    monkeypatch.setattr(table, "_SCRIBE", WRITE_LOG.replace("LOG", repr(str(log))) + table._SCRIBE)
+    return lambda: [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+@contextlib.contextmanager
+def stopped(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    """The scribe stopped (SIGSTOP) for the block: rows sent meanwhile wait in its pipe."""
+    os.kill(process.pid, signal.SIGSTOP)
+    os.waitpid(process.pid, os.WUNTRACED)
+    try:
+        yield
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + BOUND
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)  # a poll of the condition, bounded
+
+
+def test_rows_waiting_in_the_pipe_are_written_with_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = log_scribe_writes(monkeypatch, tmp_path / "writes")
+    path = tmp_path / "rows.jsonl"
+    with TableWriter(path) as writer:
+        assert writer._scribe is not None
+        with stopped(writer._scribe._process):  # one read then takes all 200 rows
+            for number in range(200):
+                writer.write({"n": number, "text": f"row {number}"})
+        writer.flush()
+    assert read_jsonl(path) == [{"n": number, "text": f"row {number}"} for number in range(200)]
+    assert writes() == [path.stat().st_size]
+
+
+@pytest.mark.parametrize("where", ["head", "row"])
+def test_a_frame_a_read_cuts_is_kept_until_its_rest_comes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    writes = log_scribe_writes(monkeypatch, tmp_path / "writes")
+    path = tmp_path / "rows.jsonl"
+    rows = [b'{"n": %d}\n' % number for number in range(4)]
+    frames = b"".join(table._FRAME.pack(len(row)) + row for row in rows)
+    cut = len(frames) - len(rows[-1]) - (3 if where == "head" else -4)  # in the last frame's head, or its row
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        scribe = table._Scribe.start(fd, str(path))
+        assert scribe is not None
+        os.write(scribe._send, frames[:cut])  # one write to the pipe, one read: three rows and a part
+        wait_until(lambda: path.read_bytes() == b"".join(rows[:3]), "the three whole rows were not written")
+        os.write(scribe._send, frames[cut:])
+        scribe._end()
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(rows)
+    assert writes() == [len(b"".join(rows[:3])), len(rows[3])]  # the three together, then the fourth
+
+
+def test_the_scribe_pauses_between_batches_unless_the_owner_waits(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    big = b"x" * (3 * table.CHUNK) + b"\n"  # more than the pipe holds
+    try:
+        scribe = table._Scribe.start(fd, str(path), pause=60.0)  # longer than this test may take
+        assert scribe is not None
+        started = time.monotonic()
+        scribe.send(b"first\n")  # it was waiting for rows: it writes this at once, then pauses
+        wait_until(lambda: path.read_bytes() == b"first\n", "the first row was not written")
+        scribe.send(b"second\n")
+        time.sleep(0.2)
+        assert path.read_bytes() == b"first\n"  # it waits for the pause's end...
+        scribe.flush()  # ...or for an owner that waits for it: flush wakes it
+        assert path.read_bytes() == b"first\nsecond\n"
+        scribe.send(big)  # so does a full pipe
+        scribe.close()  # and closing the wake-up pipe ends a pause for good
+        assert time.monotonic() - started < BOUND
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"first\nsecond\n" + big
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")
+def test_a_batch_that_does_not_fit_keeps_the_rows_that_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The scribe may write files up to a limit that row 6 crosses: the batch's write fails
+    # (EFBIG), is taken back, and each row is then written alone, as if it had come alone:
+    # rows 0-5 fit, 6-9 do not, and the small row after them does.
+    rows: list[dict[str, Any]] = [{"n": number, "pad": "x" * 80} for number in range(10)]
+    small = {"n": 10}
+    lines = [table._json_line(row) for row in rows]
+    limit = len(b"".join(lines[:6])) + len(lines[6]) // 2
+    limited = (
+        "import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+    )
+    monkeypatch.setattr(table, "_SCRIBE", limited + table._SCRIBE)
+    path = tmp_path / "rows.jsonl"
+    writer = TableWriter(path)
+    try:
+        assert writer._scribe is not None
+        with stopped(writer._scribe._process):  # one batch
+            for row in [*rows, small]:
+                writer.write(row)
+        with pytest.raises(OSError) as failure:
+            writer.flush()
+        assert failure.value.errno == errno.EFBIG
+    finally:
+        writer.close()
+    assert path.read_bytes() == b"".join(lines[:6]) + table._json_line(small)
+
+
+def test_jsonl_rows_of_every_shape_are_encoded_as_the_reference_does(tmp_path: Path) -> None:
+    # `write` takes a dict with text keys straight to JSON: every other row, and every value
+    # that is not JSON as it is, must come out exactly as `_json_line` (the reference) makes it.
+    class Subclass(dict[str, Any]):
+        pass
+
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    rows: list[Any] = [
+        {"a": 1, "b": "é ✓", "c": [1.5, None, True], "d": {"e": float("nan"), "f": float("inf")}},
+        {"a": 2, "b": "the same keys again"},
+        {"a": 3, 7: "an int key", True: "a bool key", None: "a None key", 1.5: "a float key"},
+        {"a": 4, "inner": {True: "json's own rules for keys inside"}},
+        {"a": 5, "cycle": cycle},
+        {"a": 6, "inner": {(1, 2): "a key JSON cannot hold"}},
+        {"a": 7, "path": Path("/x"), "set": {1}, "bytes": b"\xff", "proxy": MappingProxyType({"k": 1})},
+        {"a": 8, "text": "\udcff \ud800 lone surrogates", "line": "two\nlines\u2028"},
+        Subclass(a=9),
+        MappingProxyType({"a": 10}),
+        {"a": 11},
+    ]
+    path = tmp_path / "rows.jsonl"
+    with TableWriter(path) as writer:
+        for row in rows:
+            writer.write(row)
+    assert path.read_bytes() == b"".join(table._json_line(row) for row in rows)
 
 
 def test_flush_makes_rows_readable(tmp_path: Path) -> None:

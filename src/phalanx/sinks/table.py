@@ -13,16 +13,20 @@ cache a page at a time and gives up between two pages when a fatal signal is pen
 kill can leave the first pages of any row that crosses a 4 KiB boundary of the file
 (measured on Linux 6: about one kill in ten while 1 KB rows are written, most kills while
 100 KB rows are). So the writes are made by a *scribe*: a small helper process (this
-Python, isolated, builtin modules only) that reads whole, length-prefixed rows from a
-pipe and writes each with one ``write(2)``. A kill of phalanx does not reach it (it has a
-session of its own and ignores SIGINT, SIGTERM and SIGHUP): it writes every whole row it
-was sent, drops a row cut short in the pipe, and ends at the pipe's end. So once
-`TableWriter.write` has put a row in the pipe, no kill of phalanx keeps it from the file,
-and writing need not wait for the scribe (it waits with ``fsync=True``, for the row to be
-on disk, and in `TableWriter.flush`). A row whose write fails (a full disk) is taken back
-out of the file, and the error raised by the writer's next call. Where no helper process
-can be started, rows are written in-process: whole, but a kill can then cut the last one
-short (appending to the file later cuts it off).
+Python, isolated, builtin modules only) that reads length-prefixed rows from a pipe and
+writes the whole rows it has, together, with one ``write(2)``. A kill of phalanx does not
+reach it (it has a session of its own and ignores SIGINT, SIGTERM and SIGHUP): it writes
+every whole row it was sent, drops a row cut short in the pipe, and ends at the pipe's
+end. So once `TableWriter.write` has put a row in the pipe, no kill of phalanx keeps it
+from the file, and writing need not wait for the scribe (it waits with ``fsync=True``,
+for the row to be on disk, and in `TableWriter.flush`). Rows are not acknowledged, and
+the scribe, once it has written what the pipe held, pauses a moment (`_SCRIBE_PAUSE`,
+10 ms) so that the rows of a busy run reach it in batches: a row costs the two processes
+a few microseconds, not a wake-up each. A row whose write fails (a full disk) is taken
+back out of the file, and the error raised by one of the writer's next calls (within
+about two pauses). Where no helper process can be started, rows are written in-process:
+whole, but a kill can then cut the last one short (appending to the file later cuts it
+off).
 
 Other processes. A writer stays in the process that opened it (one file offset, one CSV
 header, one lock); `TableWriter.remote` gives a picklable handle that sends rows to it over
@@ -47,10 +51,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
 from ..errors import ConfigError
 from ..events import Event
@@ -191,9 +196,9 @@ class _Layout:
 class TableWriter:
     """One results file, one writer: rows written whole, one at a time, in the order given.
 
-    Each row is assembled in memory and written with one ``write(2)`` (by the scribe: see
-    the module's docstring), in the order written, and fsynced before the next when
-    ``fsync`` is set. It is safe to call from many threads (a lock), so rows never
+    Each row is assembled in memory and written whole with one ``write(2)``, with the rows
+    sent just before it (by the scribe: see the module's docstring), in the order written,
+    and fsynced before the next when ``fsync`` is set. It is safe to call from many threads (a lock), so rows never
     interleave; other processes write through `remote`. The file is opened ``O_APPEND |
     O_CREAT``, mode 0o644. An existing non-empty file is appended to: a last record
     without its line end (a file made by hand) gets one, a record cut short (an open
@@ -235,16 +240,21 @@ class TableWriter:
         self._relay: _Relay | None = None
         self._layout: _Layout | None = None
         self._buffer = io.StringIO()
+        self._json = _json_encoder()
+        self._text_keys: set[str] = set()  # keys of JSONL rows that were dicts with text keys
         self._csv = csv.writer(self._buffer, delimiter=delimiter or ",", lineterminator="\r\n")
         if columns is not None:
             columns = _checked_columns(self.path, columns)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._scribe: _Scribe | None = None
+        self._deliver: Callable[[bytes], None] = self._emit
         try:
             size = _repair(self._fd, self.path, self.format)
             if self.format == "csv" and size:
                 self._layout = _Layout.of(_read_header(self.path, delimiter, size))
             self._scribe = _Scribe.start(self._fd, self.path)
+            # A row no one waits for goes straight down the scribe's pipe.
+            self._deliver = self._emit if self._scribe is None or fsync else self._scribe.send
             if self.format == "csv" and self._layout is None and columns is not None:
                 # Written now, so a run that finishes nothing still leaves its header.
                 layout = _Layout.of(columns)
@@ -265,15 +275,25 @@ class TableWriter:
     def write(self, row: Mapping[str, Any]) -> None:
         """Write ``row`` whole. When this returns, a kill of this process no longer keeps
         it from the file (with ``fsync``, it is on disk). An error writing it is raised by
-        this call with ``fsync``, else by the next call (`write`, which then writes
-        nothing, `flush` or `close`)."""
+        this call with ``fsync``, else by a later one: the next `flush` or `close`, or a
+        `write` once the scribe has told it (a write looks for its word every
+        `_SCRIBE_PAUSE`), which then writes nothing."""
         if os.getpid() != self._pid:
             raise RuntimeError(_FOREIGN_PROCESS)
         with self._lock:
             if self._closed:
                 raise ValueError(f"results file {self.path!r} is closed")
             if self.format == "jsonl":
-                self._emit(_json_line(row))
+                # The usual row, a dict with keys known to be text, goes straight to JSON
+                # (this is the hot path of a busy run: it is kept short).
+                if type(row) is dict and row.keys() <= self._text_keys:
+                    try:
+                        record = "".join(self._json(row, 0)).encode("utf-8", "backslashreplace") + b"\n"
+                    except (TypeError, ValueError, RecursionError):  # not JSON as it is (a cycle, odd keys inside)
+                        record = _json_line(row)
+                else:
+                    record = self._json_line(row)
+                self._deliver(record)
                 return
             layout = self._layout
             header = b""
@@ -281,9 +301,11 @@ class TableWriter:
                 names = [_name(key) for key in row]
                 layout = _Layout.of([name for name in names if name != EXTRA] + [EXTRA])
                 header = self._csv_line(layout.columns)
-            # The row that carries the header waits for its write: the header is the
-            # file's only once that succeeded.
-            self._emit(header + self._csv_line(self._cells(layout, row)), wait=bool(header))
+            record = self._csv_line(self._cells(layout, row))
+            if header:  # the row that carries the header waits for its write: the header is
+                self._emit(header + record, wait=True)  # the file's only once that succeeded
+            else:
+                self._deliver(record)
             self._layout = layout
 
     def flush(self) -> None:
@@ -355,6 +377,18 @@ class TableWriter:
             write_all(self._fd, record)
         if self._fsync:
             os.fsync(self._fd)
+
+    def _json_line(self, row: Mapping[str, Any]) -> bytes:
+        """`_json_line`, for a row `write` cannot take straight to JSON: a dict whose keys
+        are all text is (the keys are remembered, so the next such row is), others are
+        made plain first."""
+        if type(row) is dict and all(isinstance(key, str) for key in row):
+            if len(self._text_keys) > _TEXT_KEYS:
+                self._text_keys.clear()
+            self._text_keys.update(row)
+            with contextlib.suppress(TypeError, ValueError, RecursionError):
+                return "".join(self._json(row, 0)).encode("utf-8", "backslashreplace") + b"\n"
+        return _json_line(row)
 
     def _cells(self, layout: _Layout, row: Mapping[str, Any]) -> list[str]:
         cells = [""] * len(layout.columns)
@@ -487,6 +521,31 @@ def _compact_json(value: object) -> str:
         return str(value)
 
 
+#: How many keys a JSONL `TableWriter` remembers as text (more: it forgets them, and learns again).
+_TEXT_KEYS = 1024
+
+
+def _json_encoder() -> Callable[[object, int], Iterable[str]]:
+    """What ``json.dumps(value, ensure_ascii=False, default=_json_default)`` encodes with:
+    ``"".join(encode(value, 0))`` is its text. json.dumps makes this encoder anew on every
+    call, which is most of the cost of a small row; made once, it is reused. It does not
+    look for cycles (the marks cost a tenth of a row): a value that contains itself raises
+    RecursionError, not ValueError. Without the C encoder (or should it change), the
+    Python one."""
+    encoder = json.JSONEncoder(ensure_ascii=False, default=_json_default, check_circular=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is not None:
+        try:
+            encode = make(None, encoder.default, json.encoder.encode_basestring, None, encoder.key_separator,
+                          encoder.item_separator, False, False, True)
+            sample = {"a": [1, 2.5, None, True, float("inf")], "é\n": {"b": "\udcff"}}
+            if "".join(encode(sample, 0)) == encoder.encode(sample):
+                return cast(Callable[[object, int], Iterable[str]], encode)
+        except Exception:
+            pass
+    return lambda value, _: encoder.iterencode(value)
+
+
 def _json_line(row: Mapping[str, Any]) -> bytes:
     """One JSONL record: the row as a JSON object and a newline, as UTF-8; a lone surrogate
     becomes the JSON escape ``\\udcXX`` ("backslashreplace"), which reads back as itself."""
@@ -524,119 +583,208 @@ def _encode(text: str) -> bytes:
 # ------------------------------------------------------------------------------ the scribe
 
 # The scribe's program. Builtin modules only, run with -I -S: it starts in milliseconds
-# and nothing from the environment (PYTHONPATH, site-packages) runs in it. A frame is a
-# row's length (its top bit: "answer this one") and the row; an answer is the frame's
-# number and 0 or the errno that failed its write. Rows are answered when asked (fsync,
-# flush) or when their write failed, so writing does not wait on the scribe. After one
-# failure is told unasked, the next ones wait for a question (the first of them is its
-# answer): the owner, blocked on a full pipe, could not read a stream of failures, and the
-# scribe must never block on its answers while the owner blocks on its rows.
+# and nothing from the environment (PYTHONPATH, site-packages) runs in it. Its arguments:
+# the file's descriptor, the read end of the owner's wake-up pipe, and its pause (ms).
+#
+# A frame is a row's length (its top bit: "answer this one") and the row; an answer is a
+# frame's number and 0 or the errno that failed a write. The scribe reads what the pipe
+# holds (64 KiB at most: a pipe's usual capacity, and a larger read costs an mmap of its
+# own), writes every whole row in it with one write(2), keeps a frame not yet whole for
+# the next read, and then pauses (`_SCRIBE_PAUSE`) so the rows that come meanwhile make
+# the next batch: a wake-up a row would cost more than the row. An owner that waits for
+# it (an answer, room in a full pipe) wakes it with a byte on the wake-up pipe, and
+# closing that pipe (the owner's close, or death) ends a pause at once too.
+#
+# Rows are answered when asked (fsync, flush) or when their write failed, so writing does
+# not wait on the scribe. After one failure is told unasked, the next ones wait for a
+# question (the first of them is its answer): the owner, blocked on a full pipe, could not
+# read a stream of failures, and the scribe must never block on its answers while the
+# owner blocks on its rows. A batch whose write fails is taken back out of the file whole
+# and its rows then written one by one, as if each had come alone: those that fit stay.
 _SCRIBE = r"""
-import os, signal, struct, sys
+import os, select, signal, struct, sys
 for name in ("SIGINT", "SIGTERM", "SIGHUP"):
     signal.signal(getattr(signal, name), signal.SIG_IGN)
-fd = int(sys.argv[1])
+fd, wake, pause = (int(argument) for argument in sys.argv[1:4])
 ASK = 1 << 63
-pending = bytearray()
+READ = 1 << 16
+head_of = struct.Struct(">Q").unpack_from
+told = struct.Struct(">QI").pack
+os.set_blocking(wake, False)
+woken = select.poll()
+woken.register(wake, select.POLLIN)
 
-def fill(size):
-    while len(pending) < size:
-        chunk = os.read(0, max(1 << 20, size - len(pending)))
-        if not chunk:
-            return False
-        pending.extend(chunk)
-    return True
-
-def answer(data):
+def say(data):
     try:
         os.write(1, data)
     except OSError:
         pass  # the owner is gone: write what else it sent, then stop at the pipe's end
 
-answer(b"R")
-number = 0
-quiet = False  # a failure was told unasked: the next ones wait for a question
-missed = 0  # the first failure not told yet
-while fill(8):
-    (head,) = struct.unpack_from(">Q", pending)
-    size = head & (ASK - 1)
-    if not fill(8 + size):
-        break  # the owner died while sending this row: it is dropped whole
-    record = pending[8 : 8 + size]
-    del pending[: 8 + size]
-    error = 0
-    if record:
-        start = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            view = memoryview(record)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError as failure:
-            error = failure.errno or 5
-            try:
-                os.ftruncate(fd, start)  # take back the part written: the file keeps whole rows only
+def put(data):
+    # One write(2), more only if the file takes part of it; 0 or the errno that failed it.
+    done = 0
+    try:
+        done = os.write(fd, data)
+        while done < len(data):
+            done += os.write(fd, memoryview(data)[done:])
+    except OSError as failure:
+        if done:
+            try:  # take back the part written: the file keeps whole rows only
+                os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_END) - done)
             except OSError:
                 pass
-    if head & ASK:
-        answer(struct.pack(">QI", number, error or missed))
-        quiet, missed = False, 0
-    elif error and quiet:
-        missed = missed or error
-    elif error:
-        answer(struct.pack(">QI", number, error))
-        quiet = True
-    number += 1
+        return failure.errno or 5
+    return 0
+
+def put_rows(rows):
+    if len(rows) == 1:
+        return put(rows[0])
+    error = put(b"".join(rows))
+    if error:
+        error = 0
+        for row in rows:
+            failed = put(row)
+            error = error or failed
+    return error
+
+say(b"R")
+number = 0  # the frames read so far
+quiet = False  # a failure was told unasked: the next ones wait for a question
+missed = 0  # the first failure not told yet
+pending = bytearray()  # the start of a frame not yet whole
+pausing = False
+while True:
+    if pausing and woken.poll(pause):
+        try:
+            os.read(wake, 4096)
+        except OSError:
+            pass
+    chunk = os.read(0, READ)
+    if not chunk:
+        break  # the owner is gone: a row it was sending when it died is dropped whole
+    if pending:
+        pending += chunk
+        data = pending
+    else:
+        data = chunk
+    end = len(data)
+    at = 0
+    rows = []
+    while end - at >= 8:
+        (head,) = head_of(data, at)
+        stop = at + 8 + (head & (ASK - 1))
+        if stop > end:
+            break
+        if stop > at + 8:
+            rows.append(data[at + 8 : stop])
+        at = stop
+        if head & ASK:  # every row before it is in the file before the answer
+            error = put_rows(rows) if rows else 0
+            rows = []
+            say(told(number, error or missed))
+            quiet, missed = False, 0
+        number += 1
+    if rows:
+        error = put_rows(rows)
+        if error and quiet:
+            missed = missed or error
+        elif error:
+            say(told(number - 1, error))
+            quiet = True
+    if data is pending:
+        del pending[:at]
+    elif at < end:
+        pending = bytearray(memoryview(data)[at:])
+    pausing = not pending and len(chunk) < READ
 """
 
+#: How long the scribe waits, once it has written what the pipe held, before it reads
+#: again (the rows that came meanwhile are then one batch, one write): how late a row
+#: can reach the file. An owner that waits for the scribe wakes it at once.
+_SCRIBE_PAUSE = 0.01
+
 _ASK = 1 << 63  # in a frame's head (`_FRAME`), with its row's length: the frame wants an answer
-_ANSWER = struct.Struct(">QI")  # the frame's number, and 0 or the errno that failed its write
+_ANSWER = struct.Struct(">QI")  # a frame's number, and 0 or the errno that failed a write
 
 
 class _Scribe:
     """The owner's end of a scribe process: rows go down a pipe, answers come back.
 
     A row sent is as good as written: a kill of the owner leaves it in the pipe, and the
-    scribe writes it. An error writing a row is raised by the next call (write, flush or
-    close). The scribe's standard error is the owner's, so its messages are seen, and a
+    scribe writes it. An error writing a row is raised by a later call: the next flush or
+    close (they wait for the scribe's answer), or a send or write once the scribe has told
+    it (`send` looks for its word once a pause, not at every row). The pipe is
+    non-blocking on this end: when it is full, the scribe is woken before the owner waits
+    for room. The scribe's standard error is the owner's, so its messages are seen, and a
     reader of that stream sees its end only once the scribe has written everything sent.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], path: str) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], path: str, wake: int) -> None:
         assert process.stdin is not None and process.stdout is not None
         self._process = process
         self._path = path
         self._send = process.stdin.fileno()
         self._answers = process.stdout.fileno()
+        self._wake = wake  # the wake-up pipe's write end (non-blocking)
+        os.set_blocking(self._send, False)  # a full pipe wakes the scribe before the owner waits
         self._received = b""  # a part of an answer
         # poll, not select: a busy run has descriptors past select's limit (1024).
         self._poll = select.poll()
         self._poll.register(self._answers, select.POLLIN)
+        self._room = select.poll()
+        self._room.register(self._send, select.POLLOUT)
         self._sent = 0  # frames sent so far (the next one's number)
+        self._look_at = 0.0  # when `send` next looks for an answer
         self._failure: OSError | None = None
 
     @classmethod
-    def start(cls, fd: int, path: str) -> _Scribe | None:
+    def start(cls, fd: int, path: str, *, pause: float = _SCRIBE_PAUSE) -> _Scribe | None:
         """A scribe writing to ``fd``, ready; None when none can be started (an embedded
         Python with no usable ``sys.executable``): the owner then writes itself."""
         if not sys.executable:
             return None
+        woken, wake = os.pipe()
         try:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _SCRIBE, str(fd)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,), start_new_session=True, bufsize=0,
+                [sys.executable, "-I", "-S", "-c", _SCRIBE, str(fd), str(woken), str(round(pause * 1000))],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd, woken), start_new_session=True,
+                bufsize=0,
             )
         except OSError:
+            os.close(wake)
             return None
-        scribe = cls(process, path)
+        finally:
+            os.close(woken)
+        os.set_blocking(wake, False)
+        scribe = cls(process, path, wake)
         if scribe._poll.poll(_SCRIBE_START_TIMEOUT * 1000) and os.read(scribe._answers, 1) == b"R":
             return scribe
         process.kill()
         scribe._end()
         return None
 
+    def send(self, record: bytes) -> None:
+        """Send ``record``, and return: `write` without ``wait``, made short (most rows)."""
+        if time.monotonic() >= self._look_at:
+            self._look()
+        if len(record) > CHUNK:
+            self._frame(record, False)
+            return
+        frame = _FRAME.pack(len(record)) + record
+        try:
+            done = os.write(self._send, frame)
+        except BlockingIOError:
+            done = 0
+        except BrokenPipeError:
+            raise self._gone() from None
+        if done < len(frame):
+            self._put(frame, done)
+        self._sent += 1
+
     def write(self, record: bytes, *, wait: bool = False) -> None:
         """Send ``record``; with ``wait``, return once it is in the file."""
-        self._collect(None)
+        if self._poll.poll(0):
+            self._collect(None)
         self._raise()
         self._frame(record, wait)
         if wait:
@@ -656,28 +804,51 @@ class _Scribe:
 
     def _frame(self, record: bytes, ask: bool) -> None:
         head = _FRAME.pack(len(record) | (_ASK if ask else 0))
-        try:
-            if len(record) <= CHUNK:
-                write_all(self._send, head + record)
-            else:  # not copied once more only to put its length before it
-                write_all(self._send, head)
-                write_all(self._send, record)
-        except BrokenPipeError:
-            raise OSError(errno.EPIPE, "the results file's writer process has ended", self._path) from None
+        if len(record) <= CHUNK:
+            self._put(head + record)
+        else:  # not copied once more only to put its length before it
+            self._put(head)
+            self._put(record)
         self._sent += 1
+        if ask:
+            self._rouse()
+
+    def _put(self, data: bytes, done: int = 0) -> None:
+        """Put ``data`` in the pipe; while it is full, wake the scribe and wait for room."""
+        while True:
+            try:
+                done += os.write(self._send, data if not done else memoryview(data)[done:])
+            except BlockingIOError:
+                pass
+            except BrokenPipeError:
+                raise self._gone() from None
+            if done == len(data):
+                return
+            self._rouse()
+            self._room.poll()
+
+    def _look(self) -> None:
+        """Raise a failure the scribe told (it tells no more than a pause after the write)."""
+        self._look_at = time.monotonic() + _SCRIBE_PAUSE
+        if self._poll.poll(0):
+            self._collect(None)
+        self._raise()
+
+    def _rouse(self) -> None:
+        """End the scribe's pause now: the owner waits for it."""
+        with contextlib.suppress(OSError):  # full: it is woken already; closed: it is gone
+            os.write(self._wake, b"!")
 
     def _collect(self, until: int | None) -> None:
-        """Read the answers there are; with ``until``, wait for that frame's answer."""
+        """Read the answers there are (the pipe has some); with ``until``, until that frame's."""
         while True:
-            if until is None and not self._poll.poll(0):
-                return
             data = os.read(self._answers, 4096)
             if not data:
                 if until is None:
                     return  # the next frame finds out
-                raise OSError(errno.EPIPE, "the results file's writer process has ended", self._path)
+                raise self._gone()
             self._received += data
-            answered = False
+            answered = until is None
             while len(self._received) >= _ANSWER.size:
                 number, error = _ANSWER.unpack_from(self._received)
                 self._received = self._received[_ANSWER.size :]
@@ -687,6 +858,9 @@ class _Scribe:
             if answered:
                 return
 
+    def _gone(self) -> OSError:
+        return OSError(errno.EPIPE, "the results file's writer process has ended", self._path)
+
     def _raise(self) -> None:
         if self._failure is not None:
             failure, self._failure = self._failure, None
@@ -695,6 +869,9 @@ class _Scribe:
     def _end(self) -> None:
         assert self._process.stdin is not None and self._process.stdout is not None
         self._process.stdin.close()
+        if self._wake >= 0:
+            os.close(self._wake)  # a pausing scribe reads on at once, to the pipe's end
+            self._wake = -1
         self._process.wait()
         self._process.stdout.close()
 
