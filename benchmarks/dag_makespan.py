@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import os
 import random
 import statistics
@@ -334,6 +335,56 @@ def report(dags: list[Dag], timings: dict[tuple[str, str], list[Timing]]) -> str
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------- ordering by history
+
+
+def lopsided_dag(scale: float) -> Dag:
+    """Where depth is a poor guess: four long tasks on chains of one, eight deep chains of
+    short tasks. Ordered by depth, the chains go first and the long tasks start late."""
+    long = [Node(f"long{i}", _seconds(3.0, scale)) for i in range(4)]
+    chains: list[Node] = []
+    for c in range(8):
+        for step in range(12):
+            deps = (f"c{c}-{step - 1:02d}",) if step else ()
+            chains.append(Node(f"c{c}-{step:02d}", _seconds(0.1, scale), deps))
+    return Dag("lopsided", (*long, *chains))
+
+
+def history_rounds(dag: Dag) -> tuple[float, float]:
+    """`phalanx run` twice on a task file of ``dag`` with no declared costs, in a fresh
+    directory (a fresh journal): the first run has only depth to go on, the second the
+    durations the first one recorded. Returns both runs' wall times."""
+    with tempfile.TemporaryDirectory() as directory:
+        lines = []
+        for node in dag.nodes:
+            lines += [f'[tasks."{node.id}"]', f'cmd = "{node.command}"']
+            if node.deps:
+                lines.append("deps = [" + ", ".join(f'"{dep}"' for dep in node.deps) + "]")
+        Path(directory, "phalanx.toml").write_text("\n".join(lines) + "\n")
+        walls = []
+        for _ in range(2):
+            done = subprocess.run([sys.executable, "-m", "phalanx", "run", "-j", str(SLOTS), "--json", "-q"],
+                                  cwd=directory, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise ToolFailed(f"phalanx run on {dag.name} exited {done.returncode}: {done.stderr[-500:]}")
+            walls.append(float(json.loads(done.stdout)["summary"]["wall_time"]))
+    return walls[0], walls[1]
+
+
+def history_report(scale: float) -> str:
+    dag = lopsided_dag(scale)
+    bound = lower_bound(dag)
+    first, second = history_rounds(dag)
+    rows = [["first run (depth order)", f"{first:.2f}", f"{first / bound:.2f}x", ">= 1.30x",
+             "yes" if first / bound >= 1.3 else "NO"],
+            ["second run (history order)", f"{second:.2f}", f"{second / bound:.2f}x", "<= 1.10x",
+             "PASS" if second / bound <= 1.10 else "MISS"]]
+    head = (f"Ordering by duration history: DAG {dag.name}, {len(dag.nodes)} tasks, no declared costs, "
+            f"{SLOTS} slots, lower bound {bound:.2f}s")
+    return head + "\n" + table(["run", "makespan", "x bound", "target", "met"], rows)
+
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5, help="rounds per tool and DAG (default 5; the median counts)")
@@ -354,6 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     durations = f", durations x{scale}" if args.quick else ""
     print(f"{len(dags)} DAG(s), {SLOTS} slots, median of {rounds} round(s), seconds{durations}")
     print(report(dags, timings))
+    if args.dag is None:
+        try:
+            print()
+            print(history_report(scale))
+        except ToolFailed as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     return 0
 
 
