@@ -62,3 +62,15 @@ def test_runs_without_a_journal_say_so(tmp_path: Path) -> None:
     (tmp_path / "phalanx.toml").write_text('[tasks.a]\ncmd = "true"\n')
     done = phalanx("runs", cwd=tmp_path)
     assert done.returncode == 2 and "no runs recorded yet" in done.stderr
+
+
+def test_a_damaged_journal_does_not_stop_the_run_but_stops_resume(tmp_path: Path) -> None:
+    (tmp_path / "phalanx.toml").write_text('[tasks.a]\ncmd = "echo hi"\n')
+    (tmp_path / ".phalanx").mkdir()
+    (tmp_path / ".phalanx" / "journal.db").write_text("not a database")
+    done = phalanx("run", cwd=tmp_path)
+    assert done.returncode == 0 and "PASS" in done.stdout
+    assert "warning: running without a journal" in done.stderr
+    resumed = phalanx("run", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 2 and "--resume needs the run journal" in resumed.stderr
+    assert "Traceback" not in resumed.stderr

@@ -444,10 +444,12 @@ def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any) ->
 
     try:
         journal = Journal.open(task_file.path.parent)
-    except PhalanxError as error:
-        _fail(error)
-    except OSError as error:
-        _fail(f"cannot open the run journal in {task_file.path.parent / '.phalanx'}: {error.strerror or error}")
+    except (PhalanxError, OSError) as error:
+        if resume:
+            _fail(f"--resume needs the run journal: {error}")
+        # A read-only checkout or a damaged journal must not stop the run itself.
+        click.echo(f"phalanx: warning: running without a journal (no --resume, no history): {error}", err=True)
+        return _NoJournal(), _NoJournal(), graph, None
     key = file_key(task_file.path)
     hashes = spec_hashes(graph)
     if resume:
@@ -461,6 +463,19 @@ def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any) ->
         graph, hashes = plan.graph(graph), dict(plan.spec_hashes)
     sink = JournalSink(journal, spec_hashes=hashes, command_line=" ".join(["phalanx", *sys.argv[1:]]), file_key=key)
     return journal, sink, graph, HistoryCosts(DurationHistory(journal))
+
+
+class _NoJournal:
+    """Stands for the journal and its sink when the journal cannot be opened."""
+
+    def attempt_spawned(self, run_id: str, task_id: str, attempt: int, pid: int) -> None:
+        return None
+
+    def handle(self, event: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 def _junit_files(task_file: TaskFile) -> Callable[[str], list[str]]:
