@@ -74,3 +74,21 @@ def test_a_damaged_journal_does_not_stop_the_run_but_stops_resume(tmp_path: Path
     resumed = phalanx("run", "--resume", cwd=tmp_path)
     assert resumed.returncode == 2 and "--resume needs the run journal" in resumed.stderr
     assert "Traceback" not in resumed.stderr
+
+
+def test_report_writes_a_past_runs_html_from_the_journal(tmp_path: Path) -> None:
+    (tmp_path / "phalanx.toml").write_text(textwrap.dedent("""
+        [tasks.a]
+        cmd = "echo '<script>alert(1)</script>'"
+        [tasks.b]
+        cmd = "exit 3"
+        deps = ["a"]
+    """))
+    assert phalanx("run", cwd=tmp_path).returncode == 1
+    run_id = phalanx("runs", cwd=tmp_path).stdout.splitlines()[1].split()[0]
+    done = phalanx("report", run_id[:5], "--html", "past.html", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "past.html").read_text()
+    assert page.count('class="bar') == 2  # one bar per attempt
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
+    assert phalanx("report", "nope", "--html", "x.html", cwd=tmp_path).returncode == 2

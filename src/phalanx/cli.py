@@ -786,6 +786,41 @@ def history(file: str | None, clear: str | None) -> None:
 
 
 
+REPORT_EXAMPLES = """\b
+Examples:
+  phalanx report 3f2a --html run.html   # the page --html would have written, from the journal
+"""
+
+
+@main.command(epilog=REPORT_EXAMPLES, short_help="Write a past run's HTML report from the journal.")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--html", "html_file", metavar="FILE", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the self-contained HTML report.")
+@click.option("-f", "--file", "file", type=click.Path(), help="The task file (default: found as phalanx run finds it).")
+def report(run_ref: str, html_file: str, file: str | None) -> None:
+    """Write RUN's HTML report (RUN may be a prefix of its id), as --html would have."""
+    from .journalreport import render_run
+    from .sinks.html import write_report
+
+    journal = _journal_of(file)
+    try:
+        try:
+            record = journal.run(run_ref)
+        except PhalanxError as error:
+            _fail(f"{error} (see: phalanx runs)")
+        if record is None:
+            _fail(f"no run {run_ref!r} in the journal (see: phalanx runs)")
+        page = render_run(journal, record)
+    finally:
+        journal.close()
+    try:
+        write_report(html_file, page)
+    except OSError as error:
+        _fail(f"cannot write {html_file}: {error.strerror or error}")
+    click.echo(f"wrote {html_file}")
+
+
+
 @main.command(
     "map",
     help=MAP_HELP,
