@@ -92,3 +92,39 @@ def test_report_writes_a_past_runs_html_from_the_journal(tmp_path: Path) -> None
     assert page.count('class="bar') == 2  # one bar per attempt
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
     assert phalanx("report", "nope", "--html", "x.html", cwd=tmp_path).returncode == 2
+
+
+def _stable(text: str, run_ids: list[str]) -> str:
+    """The text with what changes from run to run (ids, clock times, durations) replaced."""
+    import re
+
+    for number, run_id in enumerate(run_ids, 1):
+        text = text.replace(run_id, f"<run{number}>").replace(run_id[:14], f"<run{number}>")
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "<time>", text)
+    return re.sub(r"\d+(\.\d+)?(ms|s)\b", "<dur>", text)
+
+
+def test_runs_show_and_history_as_people_read_them(tmp_path: Path) -> None:
+    from test_snapshots import assert_snapshot
+
+    (tmp_path / "phalanx.toml").write_text(textwrap.dedent("""
+        [tasks.build]
+        cmd = "echo built"
+        [tasks.test]
+        cmd = "echo 'one test failed' >&2; exit 1"
+        deps = ["build"]
+        [tasks.deploy]
+        cmd = "true"
+        deps = ["test"]
+    """))
+    phalanx("run", cwd=tmp_path)
+    runs = phalanx("runs", cwd=tmp_path).stdout
+    run_id = runs.splitlines()[1].split()[0]
+    full_id = phalanx("show", run_id, cwd=tmp_path).stdout.split()[1]
+    text = "\n".join([
+        "$ phalanx runs", runs,
+        "$ phalanx show RUN", phalanx("show", run_id, cwd=tmp_path).stdout,
+        "$ phalanx show RUN test", phalanx("show", run_id, "test", cwd=tmp_path).stdout,
+        "$ phalanx history", phalanx("history", cwd=tmp_path).stdout,
+    ])
+    assert_snapshot("journal_commands.txt", _stable(text, [full_id]))

@@ -747,8 +747,8 @@ def show(run_ref: str, task: str | None, file: str | None) -> None:
         for attempt in attempts:
             took = format_duration(attempt.duration) if attempt.duration is not None else "-"
             code = f", exit code {attempt.exit_code}" if attempt.exit_code is not None else ""
-            click.echo(f"{task} attempt {attempt.attempt}: {attempt.status} in {took}{code}"
-                       + (f": {attempt.reason}" if attempt.reason else ""))
+            why = f": {attempt.reason}" if attempt.reason and attempt.reason != code.removeprefix(", ") else ""
+            click.echo(f"{task} attempt {attempt.attempt}: {attempt.status} in {took}{code}{why}")
             for name, text in (("stdout", attempt.stdout_tail), ("stderr", attempt.stderr_tail)):
                 if text:
                     click.echo(f"--- {name} ---\n{text}", nl=not text.endswith("\n"))
