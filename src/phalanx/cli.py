@@ -689,6 +689,17 @@ def _journal_of(file: str | None) -> Any:
         _fail(error)
 
 
+def _run_record(journal: Any, run_ref: str) -> Any:
+    """The journal's run RUN (an id or a prefix of one), or a clean exit 2 naming it."""
+    try:
+        record = journal.run(run_ref)
+    except PhalanxError as error:
+        _fail(f"{error} (see: phalanx runs)")
+    if record is None:
+        _fail(f"no run {run_ref!r} in the journal (see: phalanx runs)")
+    return record
+
+
 def _when(timestamp: float | None) -> str:
     import time
 
@@ -727,12 +738,7 @@ def show(run_ref: str, task: str | None, file: str | None) -> None:
 
     journal = _journal_of(file)
     try:
-        try:
-            record = journal.run(run_ref)
-        except PhalanxError as error:
-            _fail(f"{error} (see: phalanx runs)")
-        if record is None:
-            _fail(f"no run {run_ref!r} in the journal (see: phalanx runs)")
+        record = _run_record(journal, run_ref)
         if task is None:
             click.echo(f"run {record.id} ({record.kind}, {record.status}), started {_when(record.started_at)}: "
                        f"{record.command_line}")
@@ -804,12 +810,7 @@ def report(run_ref: str, html_file: str, file: str | None) -> None:
 
     journal = _journal_of(file)
     try:
-        try:
-            record = journal.run(run_ref)
-        except PhalanxError as error:
-            _fail(f"{error} (see: phalanx runs)")
-        if record is None:
-            _fail(f"no run {run_ref!r} in the journal (see: phalanx runs)")
+        record = _run_record(journal, run_ref)
         page = render_run(journal, record)
     finally:
         journal.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .journal import AttemptRecord, Journal, RunRecord
-from .sinks.html import AttemptSpan, Output, ReportData, TaskEntry, render_report
+from .sinks.html import AttemptSpan, Output, ReportData, TaskEntry, max_overlap, render_report
 
 
 def report_data(journal: Journal, run: RunRecord) -> ReportData:
@@ -62,7 +62,7 @@ def report_data(journal: Journal, run: RunRecord) -> ReportData:
         busy_time=busy,
         max_workers=slots,
         achieved_parallelism=busy / wall if wall > 0 else 0.0,
-        max_concurrency=_most_at_once(spans),
+        max_concurrency=max_overlap(spans),
         lower_bound=busy / slots,
         critical_path=(),
         critical_path_time=0.0,
@@ -75,11 +75,3 @@ def render_run(journal: Journal, run: RunRecord) -> str:
     """The whole page for ``run``."""
     return render_report(report_data(journal, run))
 
-
-def _most_at_once(spans: Sequence[AttemptSpan]) -> int:
-    edges = sorted([(span.start, 1) for span in spans] + [(span.end, -1) for span in spans])
-    most = current = 0
-    for _, step in edges:
-        current += step
-        most = max(most, current)
-    return most

@@ -375,7 +375,7 @@ class HtmlReportSink:
             busy_time=busy,
             max_workers=self._max_workers,
             achieved_parallelism=busy / wall if wall > 0 else 0.0,
-            max_concurrency=_max_overlap(attempts),
+            max_concurrency=max_overlap(attempts),
             lower_bound=busy / self._max_workers,
             critical_path=(),
             critical_path_time=0.0,
@@ -391,7 +391,7 @@ def _size(path: str | None) -> int:
         return 0
 
 
-def _max_overlap(attempts: Sequence[AttemptSpan]) -> int:
+def max_overlap(attempts: Sequence[AttemptSpan]) -> int:
     """The most attempts that ran at once (an end at the same moment as a start comes first)."""
     changes = sorted([(span.start, 1) for span in attempts] + [(span.end, -1) for span in attempts])
     most = running = 0
