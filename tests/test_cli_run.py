@@ -58,14 +58,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_ci_example_runs_green() -> None:
-    result = phalanx("run", str(EXAMPLES / "ci.toml"), "-j", "8")
-    assert result.returncode == 0, result.stderr
-    assert "Summary: 15 tasks in" in result.stdout
-    assert "15 succeeded" in result.stdout
-    assert "totals: errors=0, warnings=9" in result.stdout
-
-
 def test_json_report_and_result_file_totals(tmp_path: Path) -> None:
     write(
         tmp_path / "phalanx.toml",

@@ -18,9 +18,7 @@ name others). Without them the browser tests are skipped, saying so; the rest st
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +43,7 @@ from phalanx.sinks.html import (
     script_json,
     write_report,
 )
+from viewers import headless_chromium
 
 SCRIPT = "<script>alert(1)</script>"
 EVIL_ID = 'evil"<img src=x onerror=alert(2)>'
@@ -99,35 +98,11 @@ def test_the_run_has_every_kind_of_task(run: Run) -> None:
 # -------------------------------------------------------------------------- the browser
 
 
-def _find(variable: str, *names: str) -> str | None:
-    if os.environ.get(variable):
-        return os.environ[variable]
-    return next((found for name in names if (found := shutil.which(name))), None)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One headless Chromium for the module (starting it takes about a second)."""
-    chromium = _find("PHALANX_CHROMIUM", "chromium", "chromium-browser", "google-chrome")
-    driver_path = _find("PHALANX_CHROMEDRIVER", "chromedriver")
-    if chromium is None or driver_path is None:
-        pytest.skip("no Chromium or chromedriver (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser tests drive Chromium with selenium")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,900"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # An alert must stay open for the test to see it, not be dismissed by the next command.
-    options.set_capability("unhandledPromptBehavior", "ignore")
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

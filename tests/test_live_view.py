@@ -295,6 +295,44 @@ def test_eta_default_and_given() -> None:
     view.close()
 
 
+def test_eta_from_expected_durations() -> None:
+    # Estimates for a..d (the history's), none for e: it counts as their mean, 5 s.
+    expected = {"a": 2.0, "b": 4.0, "c": 6.0, "d": 8.0}
+    now = [0.0]
+    console = terminal()
+    view = LiveView(console, clock=lambda: now[0], colour=False, expected=expected, refresh_per_second=0)
+    view.handle(RunStarted("run", total=5, max_workers=2, started_at=0.0))
+    view.refresh()
+    assert " 0/5  0.0s  eta 13s" in screen(raw(console))  # (2+4+6+8+5) / 2 slots = 12.5, before anything ran
+    view.handle(TaskStarted("d", 1, 1, 0.0))
+    view.handle(TaskStarted("c", 1, 2, 0.0))
+    now[0] = 3.0
+    view.refresh()
+    assert " 0/5  3.0s  eta 10s" in screen(raw(console))  # running d 5 + c 3 left, a 2 b 4 e 5: 19 / 2
+    view.handle(TaskFinished(ran("c", Status.SUCCEEDED, 0.0, 6.0, 2), 6.0))
+    view.handle(TaskFinished(ran("a", Status.SKIPPED, 6.0, 6.0, 0, attempts=0), 6.0))  # skipped: never runs
+    view.handle(TaskStarted("b", 1, 2, 6.0))
+    now[0] = 7.5
+    view.refresh()
+    assert " 2/5  7.5s  eta 4s" in screen(raw(console))  # d 0.5 + b 2.5 + e 5 = 8 / 2
+    view.handle(TaskFinished(ran("d", Status.SUCCEEDED, 0.0, 8.0, 1), 8.0))
+    view.handle(TaskStarted("e", 1, 1, 8.0))
+    now[0] = 9.0
+    view.refresh()
+    # b 1 + e 4 = 5 over 2 slots is 2.5, but e alone still needs 4.
+    assert " 3/5  9.0s  eta 4s" in screen(raw(console))
+    view.handle(run_finished(13.0))
+    view.close()
+
+    # The plain lines use the same estimate.
+    stream = io.StringIO()
+    lines = ProgressLines(stream, interval=0.0, expected=expected)
+    lines.handle(RunStarted("run", total=5, max_workers=2, started_at=0.0))
+    lines.handle(TaskStarted("d", 1, 1, 0.0))
+    lines.handle(TaskStarted("c", 1, 2, 1.0))
+    assert stream.getvalue().splitlines()[-1].endswith("2 running, eta 12s")  # (8+6+2+4+5 - 1 of d) / 2 = 12
+
+
 def test_stopping_is_shown_and_close_without_run_finished_restores_the_terminal() -> None:
     console = terminal()
     view = LiveView(console, clock=lambda: 1.0, colour=False)

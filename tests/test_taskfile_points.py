@@ -399,11 +399,13 @@ def test_plural() -> None:
 
 def test_one_task_is_one_task(tmp_path: Path) -> None:
     write(tmp_path / "phalanx.toml", '[tasks.a]\ncmd = "true"\n')
-    run = phalanx_cli("run", "-j", "1", cwd=tmp_path).stdout
-    assert "Summary: 1 task in " in run and " on 1 worker: " in run
-    plan = phalanx_cli("plan", "-j", "1", cwd=tmp_path).stdout
+    plan = phalanx_cli("plan", "-j", "1", cwd=tmp_path).stdout  # before any run: no duration known
     assert plan.startswith("Plan: 1 task, 1 level, 1 worker\n")
     assert "widest level: 0 (1 task)" in plan and "critical path (1 task)" in plan
+    assert "durations: 0 declared, 0 from history, 1 unknown" in plan
+    run = phalanx_cli("run", "-j", "1", cwd=tmp_path).stdout
+    assert "Summary: 1 task in " in run and " on 1 worker: " in run
+    assert "durations: 0 declared, 1 from history, 0 unknown" in phalanx_cli("plan", cwd=tmp_path).stdout
     dry = phalanx_cli("run", "--dry-run", "-j", "1", cwd=tmp_path).stdout
     assert dry.startswith("Would run 1 task on 1 worker,")
     assert phalanx_cli("list", cwd=tmp_path).stdout.endswith("\n1 task\n")

@@ -9,10 +9,9 @@ that never overlap, one slice per attempt.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,62 +21,7 @@ import phalanx
 from phalanx import Event, RetryPolicy, Status, Task, TaskStarted
 from phalanx.errors import ConfigError
 from phalanx.sinks.trace import TraceSink
-
-#: Slack when comparing microsecond times: the file keeps them to the nanosecond.
-EPSILON = 1e-3
-
-_PHASES = set("BEXiIMCbneSTpFsftPNODvVRc")  # every phase the format defines
-_METADATA_ARGS = {
-    "process_name": "name",
-    "process_labels": "labels",
-    "process_sort_index": "sort_index",
-    "thread_name": "name",
-    "thread_sort_index": "sort_index",
-}
-
-
-def validate_trace(document: Any) -> list[dict[str, Any]]:
-    """Check ``document`` is a well-formed trace-event JSON object; return its events."""
-    assert isinstance(document, dict), "the JSON Object Format is an object"
-    events = document["traceEvents"]
-    assert isinstance(events, list)
-    assert document.get("displayTimeUnit", "ms") in ("ms", "ns")
-    assert isinstance(document.get("otherData", {}), dict)
-    for event in events:
-        assert isinstance(event, dict)
-        phase = event["ph"]
-        assert phase in _PHASES, f"unknown phase {phase!r}"
-        assert isinstance(event["name"], str) and event["name"]
-        assert isinstance(event["pid"], int) and isinstance(event["tid"], int)
-        assert isinstance(event.get("args", {}), dict)
-        if "cat" in event:
-            assert isinstance(event["cat"], str)
-        if phase == "M":
-            key = _METADATA_ARGS[event["name"]]
-            assert key in event["args"], f"metadata {event['name']} needs args.{key}"
-            continue
-        ts = event["ts"]
-        assert isinstance(ts, int | float) and not isinstance(ts, bool) and ts >= 0
-        if phase == "X":
-            dur = event["dur"]
-            assert isinstance(dur, int | float) and not isinstance(dur, bool) and dur >= 0
-        elif phase in "iI":
-            assert event.get("s", "t") in ("g", "p", "t")
-    # Complete events on one thread may nest but never partly overlap; phalanx's never even nest.
-    by_track: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)
-    for event in events:
-        if event["ph"] == "X":
-            by_track[event["pid"], event["tid"]].append((event["ts"], event["ts"] + event["dur"]))
-    for track, spans in by_track.items():
-        spans.sort()
-        for (_, end), (start, _) in itertools.pairwise(spans):
-            assert start >= end - EPSILON, f"slices overlap on {track}: one ends at {end}, the next starts at {start}"
-    # Every track with slices is named exactly once, and no other track is.
-    named = Counter(event["tid"] for event in events if event["ph"] == "M" and event["name"] == "thread_name")
-    used = {tid for (_, tid) in by_track}
-    assert set(named) == used, (named, used)
-    assert all(count == 1 for count in named.values()), named
-    return events
+from viewers import validate_trace
 
 
 def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

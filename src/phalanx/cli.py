@@ -381,7 +381,7 @@ def run(
 
     # The journal first: a task's record is committed before anything else hears of its end.
     sinks: list[Sink] = [journal_sink, _reporter(human, output, painted, show_workers=show_workers, quiet=quiet,
-                                                 failing_tests=failing)]
+                                                 failing_tests=failing, expected=_expected(graph, cost_model))]
     try:
         limiters = named_limiters(task_file.rate_limits, workers)
         if results is not None:
@@ -465,6 +465,27 @@ def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any) ->
     return journal, sink, graph, HistoryCosts(DurationHistory(journal))
 
 
+def _past_durations(task_file: TaskFile) -> Any:
+    """The cost model `phalanx run` would use (declared costs, else the duration history),
+    or None when there is no journal yet: planning never creates one."""
+    from .history import DurationHistory, HistoryCosts
+    from .journal import Journal, journal_path
+
+    if not journal_path(task_file.path.parent).exists():
+        return None
+    try:
+        journal = Journal.open(task_file.path.parent)
+    except (PhalanxError, OSError):
+        return None  # the run itself warns about it
+    try:
+        costs = HistoryCosts(DurationHistory(journal))
+        for task in task_file.graph:  # read every estimate now: the journal closes below
+            costs.estimate(task)
+        return costs
+    finally:
+        journal.close()
+
+
 class _NoJournal:
     """Stands for the journal and its sink when the journal cannot be opened."""
 
@@ -489,10 +510,20 @@ def _junit_files(task_file: TaskFile) -> Callable[[str], list[str]]:
     return files
 
 
+def _expected(graph: Graph, cost_model: Any) -> dict[str, float]:
+    """Each task's estimated seconds for the ETA: its declared cost, else its history."""
+    if cost_model is None:
+        return {task.id: task.cost for task in graph if task.cost is not None}
+    estimates = {task.id: cost_model.estimate(task) for task in graph}
+    return {tid: seconds for tid, seconds in estimates.items() if seconds is not None}
+
+
 def _reporter(human: Any, output: str, painted: bool, *, show_workers: bool, quiet: bool,
-              failing_tests: Callable[[str], list[str]] | None = None) -> Sink:
+              failing_tests: Callable[[str], list[str]] | None = None,
+              expected: dict[str, float] | None = None) -> Sink:
     """What people see while the run goes: the live view on a terminal; otherwise a line per
-    finished task (as before) with parseable progress lines on standard error."""
+    finished task (as before) with parseable progress lines on standard error. ``expected``:
+    each task's estimated seconds, for the ETA."""
     import os
 
     from .sinks.console import ConsoleReporter
@@ -500,10 +531,10 @@ def _reporter(human: Any, output: str, painted: bool, *, show_workers: bool, qui
 
     if human.isatty() and os.environ.get("TERM") != "dumb":
         return LiveView(live_console(human, painted), output=output, colour=painted,  # type: ignore[arg-type]
-                        show_workers=show_workers, quiet=quiet, failing_tests=failing_tests)
+                        show_workers=show_workers, quiet=quiet, failing_tests=failing_tests, expected=expected)
     reporter = ConsoleReporter(human, output=output, colour=painted, quiet=quiet,  # type: ignore[arg-type]
                                failing_tests=failing_tests)
-    return _Both(reporter, ProgressLines(sys.stderr, quiet=quiet)) if not quiet else reporter
+    return _Both(reporter, ProgressLines(sys.stderr, quiet=quiet, expected=expected)) if not quiet else reporter
 
 
 class _Both:
@@ -559,7 +590,8 @@ def plan(file: str | None, jobs: int | None, colour: str) -> None:
     """Show levels, the critical path, the widest level and the start order of FILE's tasks.
 
     Nothing runs: the start order comes from the scheduler itself, on estimated durations
-    (each task's cost, else the depth of the graph below it).
+    (each task's declared cost, else its duration history from past runs, else the depth of
+    the graph below it).
     """
     from .plan import get_execution_plan
     from .render import plan_text
@@ -567,14 +599,19 @@ def plan(file: str | None, jobs: int | None, colour: str) -> None:
     from .workers import optimal_workers
 
     task_file = _load(file)
+    cost_model = _past_durations(task_file)
     try:
         execution_plan = get_execution_plan(
-            task_file.graph, max_workers=jobs or optimal_workers("commands").count, resources=task_file.capacities
+            task_file.graph, max_workers=jobs or optimal_workers("commands").count, resources=task_file.capacities,
+            cost_model=cost_model,
         )
     except PhalanxError as error:
         _fail(_locate(error, task_file, "resources"))
     _warn(task_file)
-    text = plan_text(execution_plan, task_file.graph)
+    from_history = 0
+    if cost_model is not None:
+        from_history = sum(1 for task in task_file.graph if task.cost is None and cost_model.estimate(task) is not None)
+    text = plan_text(execution_plan, task_file.graph, from_history=from_history)
     painted = _colour(colour, sys.stdout)
     click.echo(paint_plan(text) if painted else text, color=painted)
 

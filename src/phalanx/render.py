@@ -71,8 +71,12 @@ def summary_text(report: RunReport) -> str:
     return "\n".join(lines)
 
 
-def plan_text(plan: ExecutionPlan, graph: Graph) -> str:
-    """``phalanx plan``: levels, critical path, widest level, start order."""
+def plan_text(plan: ExecutionPlan, graph: Graph, *, from_history: int = 0) -> str:
+    """``phalanx plan``: levels, critical path, widest level, start order.
+
+    ``from_history``: how many of the tasks' durations are the history's estimates (the
+    rest are declared, or unknown and ordered by the graph's depth).
+    """
     unit = plan.costs_known
     lines = [
         f"Plan: {plural(len(graph), 'task')}, {plural(len(plan.levels), 'level')}, "
@@ -89,6 +93,12 @@ def plan_text(plan: ExecutionPlan, graph: Graph) -> str:
     lines.append(
         f"  estimated: work {_seconds(plan.total_work, unit)}, makespan {_seconds(plan.estimated_makespan, unit)}, "
         f"lower bound {_seconds(plan.lower_bound, unit)}, speedup {plan.speedup:.2f}x"
+    )
+    declared = sum(1 for task in graph if task.cost is not None)
+    unknown = len(graph) - declared - from_history
+    lines.append(
+        f"  durations: {declared} declared, {from_history} from history, {unknown} unknown"
+        + (" (ordered by depth)" if unknown else "")
     )
     lines.append("  start order:")
     width = len(str(len(plan.start_order)))

@@ -41,7 +41,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO, cast
 
@@ -118,9 +118,17 @@ class _Limit:
 
 
 class _Tally:
-    """The run's state as both sinks show it, kept from the events alone."""
+    """The run's state as both sinks show it, kept from the events alone.
 
-    def __init__(self) -> None:
+    ``expected``: estimated seconds of the run's tasks (declared costs, else the duration
+    history), for the ETA; a task not in it counts as the mean of those that are.
+    """
+
+    def __init__(self, expected: Mapping[str, float] | None = None) -> None:
+        self._expected = dict(expected) if expected else {}
+        # The expected seconds of the tasks with an estimate that have not started yet.
+        self._unstarted = dict(self._expected)
+        self._unstarted_seconds = math.fsum(self._expected.values())
         self.total = 0
         self.slots = 1
         self.succeeded = 0
@@ -149,10 +157,12 @@ class _Tally:
             self.slots = max(1, event.max_workers)
         elif isinstance(event, TaskStarted):
             self.running[event.task_id] = _Attempt(event.task_id, event.attempt, event.worker, event.at)
+            self._leave_unstarted(event.task_id)
         elif isinstance(event, TaskRetrying):
             self.running.pop(event.task_id, None)  # the attempt ended; the task waits for its next one
         elif isinstance(event, TaskFinished):
             self.running.pop(event.task_id, None)
+            self._leave_unstarted(event.task_id)  # a skipped task never started
             result = event.result
             if result.status is Status.SUCCEEDED:
                 self.succeeded += 1
@@ -177,18 +187,42 @@ class _Tally:
         # A run that takes tasks while it goes on (an Executor) may outgrow its first total.
         self.total = max(self.total, self.done + len(self.running))
 
-    def eta(self) -> float | None:
-        """Tasks not done x the mean slot time of those done so far / the slots they can use.
+    def _leave_unstarted(self, task_id: str) -> None:
+        seconds = self._unstarted.pop(task_id, None)
+        if seconds is not None:
+            self._unstarted_seconds -= seconds
 
-        Running tasks count whole (a slight overestimate); fewer tasks left than slots use
-        only as many slots, so the last few are not promised at a fraction of their time.
+    def eta(self, now: float) -> float | None:
+        """An estimate of the seconds left at ``now`` (seconds since the run started).
+
+        With estimates (``expected``): the work left (tasks not started at their estimate,
+        running ones at what is left of theirs) spread over the slots it can use, and never
+        less than the longest running task still needs. Without: tasks not done x the mean
+        slot time of those done so far / the slots they can use (running tasks count whole,
+        a slight overestimate). Either way fewer tasks left than slots use only as many
+        slots, so the last few are not promised at a fraction of their time.
         """
-        if not self._ran:
-            return None
         remaining = self.total - self.done
         if remaining <= 0:
-            return 0.0
+            return 0.0 if self.started else None
+        if self._expected:
+            return self._eta_from_estimates(now, remaining)
+        if not self._ran:
+            return None
         return remaining * (self._busy / self._ran) / min(self.slots, remaining)
+
+    def _eta_from_estimates(self, now: float, remaining: int) -> float:
+        # A task with no estimate of its own: as the mean of the ones that have one.
+        mean = math.fsum(self._expected.values()) / len(self._expected)
+        unknown = max(0, remaining - len(self.running) - len(self._unstarted))
+        work = self._unstarted_seconds + unknown * mean
+        longest = 0.0
+        for attempt in self.running.values():
+            # A task past its estimate is taken to end soon: nothing better is known.
+            left = max(0.0, self._expected.get(attempt.task_id, mean) - (now - attempt.at))
+            work += left
+            longest = max(longest, left)
+        return max(longest, work / min(self.slots, remaining))
 
     def counts_text(self) -> str:
         return f"{self.succeeded} succeeded, {self.failed} failed, {self.skipped} skipped"
@@ -226,8 +260,9 @@ class LiveView:
         show_workers: a line per slot with its task and running time.
         quiet: no live area, no retries, no successes: only failures as they happen and the
             final state.
-        eta: an estimate of the seconds left (the caller's, from duration history); default:
-            tasks not done x mean duration so far / slots.
+        expected: each task's estimated seconds (declared costs, else the duration history),
+            for the ETA; without, the ETA is tasks not done x mean duration so far / slots.
+        eta: an estimate of the seconds left, overriding both.
         clock: seconds since the run started, as the events' ``at`` (for tests); default:
             the event loop's time (virtual or not) from `RunStarted` on.
         refresh_per_second: how often the loop redraws the area, so running times tick between
@@ -242,6 +277,7 @@ class LiveView:
         colour: bool | None = None,
         show_workers: bool = False,
         quiet: bool = False,
+        expected: Mapping[str, float] | None = None,
         eta: Eta | None = None,
         clock: Callable[[], float] | None = None,
         refresh_per_second: float = 4.0,
@@ -255,7 +291,7 @@ class LiveView:
         self._eta = eta
         self._clock = clock
         self._period = 1.0 / refresh_per_second if refresh_per_second > 0 else 0.0
-        self._tally = _Tally()
+        self._tally = _Tally(expected)
         # The reporter writes its lines to this buffer; each block is taken whole from it.
         self._buffer = io.StringIO()
         self._lines = ConsoleReporter(self._buffer, output=output, colour=self._colour, failing_tests=failing_tests)
@@ -399,7 +435,7 @@ class LiveView:
         now = self._now()
         right = f" {tally.done}/{tally.total}  {_elapsed(now)}"
         if tally.finished_at is None:
-            eta = self._eta() if self._eta is not None else tally.eta()
+            eta = self._eta() if self._eta is not None else tally.eta(now)
             if eta is not None:
                 right += f"  eta {span(eta, round_up=True)}"
         line = Text("phalanx ", style=self._style("bold"))
@@ -539,17 +575,24 @@ class ProgressLines:
         stream: where the lines go (default: stderr).
         interval: the least time between two progress lines, in seconds of the run.
         quiet: write nothing at all.
-        eta: an estimate of the seconds left; default as `LiveView`'s.
+        expected: each task's estimated seconds, for the ETA, as `LiveView`'s.
+        eta: an estimate of the seconds left, overriding ``expected``.
     """
 
     def __init__(
-        self, stream: TextIO | None = None, *, interval: float = 5.0, quiet: bool = False, eta: Eta | None = None
+        self,
+        stream: TextIO | None = None,
+        *,
+        interval: float = 5.0,
+        quiet: bool = False,
+        expected: Mapping[str, float] | None = None,
+        eta: Eta | None = None,
     ) -> None:
         self._stream = sys.stderr if stream is None else stream
         self._interval = interval
         self._quiet = quiet
         self._eta = eta
-        self._tally = _Tally()
+        self._tally = _Tally(expected)
         self._last = 0.0  # when the last line was written (the run's start before any)
         self._done = False
         self._wrote = False
@@ -566,7 +609,7 @@ class ProgressLines:
                 self._write(f"finished {self._head()} in {span(event.at)}")
         elif not isinstance(event, RunStarted) and event.at - self._last >= self._interval:
             self._last = event.at
-            eta = self._eta() if self._eta is not None else self._tally.eta()
+            eta = self._eta() if self._eta is not None else self._tally.eta(event.at)
             estimate = "unknown" if eta is None else span(eta, round_up=True)
             self._write(f"progress {self._head()}, {len(self._tally.running)} running, eta {estimate}")
 
