@@ -874,5 +874,122 @@ def map_command(args: tuple[str, ...]) -> None:
     sys.exit(map_main(list(args)))
 
 
+PYTEST_HELP = """Run pytest with every test file (or test) in its own warm fork.
+
+pytest collects once, in this process (conftests, test modules and the package under
+test imported once); each unit then runs in a fresh fork of it, on phalanx's scheduler:
+isolated like one process per file, without paying the imports again. A test that
+crashes its fork (a segfault, os._exit) or outlives --unit-timeout costs only itself:
+it is reported failed, naming why, and the rest of its file runs in a new fork.
+
+phalanx's options come first; everything after them (or after --) is pytest's, untouched:
+-k, -m, -x, node ids, -p, -o, --junitxml, plugins' options. Output, the counts line and
+the exit code (0, 1, 2, 3, 4, 5) are pytest's own. Each fork sees PHALANX_WORKER and
+xdist's PYTEST_XDIST_WORKER (gw0, gw1, ...) and PYTEST_XDIST_WORKER_COUNT; session-scoped
+fixtures run once per unit, as they run once per worker under xdist.
+"""
+
+PYTEST_EXAMPLES = """\b
+Examples:
+  phalanx pytest                                # every file in its own fork, one per CPU
+  phalanx pytest -j 4 -- -x -k "not slow"       # pytest's own options after --
+  phalanx pytest --isolate test tests/test_io.py
+  phalanx pytest --unit-timeout 2m --junit-out reports/junit.xml
+  phalanx pytest --coverage=mypkg
+  phalanx pytest --each ACTIVE_GREMLIN=g1,g2,g3 -- -x -q   # once per value: killed/survived
+"""
+
+
+class _PytestCommand(click.Command):
+    """Bad phalanx options exit 4, as pytest's usage errors do."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            click.echo(f"phalanx pytest: error: {error.format_message()}", err=True)
+            sys.exit(4)
+
+
+@main.command(
+    "pytest",
+    cls=_PytestCommand,
+    help=PYTEST_HELP,
+    epilog=PYTEST_EXAMPLES,
+    short_help="Run pytest with each test file (or test) in its own warm fork.",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option("-j", "--jobs", "jobs", default="auto", show_default=True, metavar="N|auto",
+              help="Forks at once; auto: one per CPU.")
+@click.option("--isolate", default="file", show_default=True, metavar="file|test|none",
+              help="The unit each fork runs: a file, a test, or (none) whole files on kept warm forks.")
+@click.option("--unit-timeout", default=None, metavar="DUR",
+              help="Kill a fork that spends longer on its unit (30s, 2m); the test running is named and failed.")
+@click.option("--each", default=None, metavar="NAME=v1,v2|NAME=@FILE",
+              help="Run the tests once per value with NAME set to it; prints killed/survived per value.")
+@click.option("--coverage", default=None, is_flag=False, flag_value="", metavar="[=PKG]",
+              help="Measure every fork with coverage.py and combine: --coverage or --coverage=PKG.")
+@click.option("--junit-out", default=None, metavar="FILE", help="Write one merged JUnit XML report.")
+@click.option("--show-workers", is_flag=True, help="A line per unit as it starts and ends, naming its fork (gwN).")
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+def pytest_command(jobs: str, isolate: str, unit_timeout: str | None, each: str | None, coverage: str | None,
+                   junit_out: str | None, show_workers: bool, pytest_args: tuple[str, ...]) -> None:
+    from .pytestrun import ISOLATIONS, PytestOptions, main as pytest_main
+
+    def usage(message: str) -> NoReturn:
+        click.echo(f"phalanx pytest: error: {message}", err=True)
+        sys.exit(4)
+
+    if jobs == "auto":
+        workers = os.cpu_count() or 1
+    else:
+        try:
+            workers = int(jobs)
+        except ValueError:
+            usage(f"--jobs takes a number or auto, not {jobs!r}")
+        if workers < 1:
+            usage(f"--jobs must be at least 1, not {workers}")
+    if isolate not in ISOLATIONS:
+        usage(f"--isolate takes one of {', '.join(ISOLATIONS)}, not {isolate!r}")
+    seconds = None
+    if unit_timeout is not None:
+        from .durations import parse_duration
+
+        try:
+            seconds = parse_duration(unit_timeout, what="--unit-timeout") or None
+        except (PhalanxError, ValueError) as error:
+            usage(str(error))
+    try:
+        options = PytestOptions(
+            jobs=workers, isolate=isolate,
+            unit_timeout=seconds, each=_each(each) if each is not None else None,
+            coverage=coverage.removeprefix("=") if coverage is not None else None,
+            junit_out=junit_out, show_workers=show_workers,
+        )
+        sys.exit(pytest_main(options, pytest_args))
+    except PhalanxError as error:
+        usage(str(error))
+
+
+def _each(spec: str) -> tuple[str, tuple[str, ...]]:
+    """``NAME=v1,v2`` or ``NAME=@FILE`` (a value per line) as (NAME, values)."""
+    name, sep, values = spec.partition("=")
+    if not sep or not name.isidentifier():
+        raise PhalanxError(f"--each takes NAME=v1,v2,... or NAME=@FILE, not {spec!r}")
+    if values.startswith("@"):
+        try:
+            text = Path(values[1:]).read_text(encoding="utf-8")
+        except OSError as error:
+            raise PhalanxError(f"--each: cannot read {values[1:]}: {error.strerror or error}") from error
+        found = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    else:
+        found = [value.strip() for value in values.split(",") if value.strip()]
+    if not found:
+        raise PhalanxError(f"--each {name}: no values")
+    if len(set(found)) != len(found):
+        raise PhalanxError(f"--each {name}: a value is given twice")
+    return name, tuple(found)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -85,6 +85,28 @@ _EXCEPTION = re.compile(r"([A-Za-z_][\w.]*)(?::|$)")
 
 
 @dataclass(frozen=True, slots=True)
+class TestCaseRecord:
+    """One test's verdict, for a report of tests rather than tasks (``phalanx pytest``).
+
+    ``outcome``: passed, failed (the test itself), error (its setup or teardown), skipped.
+    ``details``: the failure's long text (a traceback); ``message`` its one-line summary.
+    """
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    classname: str
+    name: str
+    seconds: float
+    outcome: str
+    message: str = ""
+    details: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    file: str | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FailedAttempt:
     """An attempt that failed and was retried: what `TaskRetrying` said about it."""
 
@@ -169,6 +191,34 @@ class JUnitWriter:
         elif result.status in (Status.SKIPPED, Status.CANCELLED):
             self._counts.skipped += 1
         self._counts.add(merged)
+
+    def add_test(self, test: TestCaseRecord) -> None:
+        """Add one test's case (a test runner's own report, as pytest's ``--junitxml`` writes it)."""
+        case = ET.Element(
+            "testcase", classname=_xml_safe(test.classname), name=_xml_safe(test.name), time=_seconds(test.seconds)
+        )
+        if test.file is not None:
+            case.set("file", _xml_safe(test.file))
+        if test.line is not None:
+            case.set("line", str(test.line))
+        if test.outcome in ("failed", "error"):
+            tag = "failure" if test.outcome == "failed" else "error"
+            element = ET.SubElement(case, tag, message=_message(test.message or test.details or test.outcome))
+            element.text = _xml_safe(test.details) or None
+        elif test.outcome == "skipped":
+            ET.SubElement(case, "skipped", message=_message(test.message or "skipped"))
+        _output(case, "system-out", test.stdout[-TAIL:])
+        _output(case, "system-err", test.stderr[-TAIL:])
+        ET.indent(case, space="  ", level=2)
+        self._cases.seek(0, os.SEEK_END)
+        self._cases.write(b"    " + ET.tostring(case, encoding="utf-8", xml_declaration=False) + b"\n")
+        self._counts.tests += 1
+        if test.outcome == "failed":
+            self._counts.failures += 1
+        elif test.outcome == "error":
+            self._counts.errors += 1
+        elif test.outcome == "skipped":
+            self._counts.skipped += 1
 
     def _merge_junit_files(
         self, result: TaskResult, sources: list[str], notes: list[str], merged: _Counts

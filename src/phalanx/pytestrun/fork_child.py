@@ -1,0 +1,139 @@
+"""The fork's side: become a clean child of the warm parent, run the tests given, report.
+
+Everything here runs in a process that `os.fork` made from the parent *during* its
+pytest session, after collection: the test modules, conftests and the package under test
+are already imported, fixtures' definitions known. What must not be shared is undone
+first (`_become_a_fork`):
+
+- the parent's event loop is running in the forking thread: the child forgets it, so a
+  test calling ``asyncio.run`` gets a loop of its own;
+- signal handling back to Python's defaults, and no wakeup fd into the parent's loop;
+- pytest's global output capture writes to temporary files the parent opened: shared file
+  offsets would mix two forks' captured output, so the child starts capture anew;
+- its own ``tmp_path`` base under the parent's (``fork-<pid>``), as xdist's ``popen-gwN``;
+- the terminal reporter (the parent prints), its own process group (the parent kills the
+  whole group at a timeout), the worker's environment.
+
+Then it reads index lists from the command pipe and runs those tests with pytest's own
+``pytest_runtest_protocol``, reporting each through `wire`, until the pipe closes. It
+always ends with ``os._exit``: never atexit handlers or finalizers of the parent's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from . import wire
+
+#: The fork's exit status when phalanx's own code in it failed (not a test: tests fail in reports).
+EXIT_INTERNAL = 70
+
+
+class _ForkReporter:
+    """Sends what pytest reports in the fork to the parent."""
+
+    def __init__(self, config: pytest.Config, fd: int) -> None:
+        self._config = config
+        self._fd = fd
+        self.index = -1
+
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        wire.send(self._fd, wire.Started(self.index, nodeid, location))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = self._config.hook.pytest_report_to_serializable(config=self._config, report=report)
+        wire.send(self._fd, wire.Reported(data))
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        wire.send(self._fd, wire.Finished(self.index, nodeid, location))
+
+
+def serve(
+    session: pytest.Session,
+    commands: int,
+    results: int,
+    env: Mapping[str, str],
+    *,
+    maxfail: int,
+    on_exit: Callable[[], None] | None = None,
+) -> NoReturn:
+    """The whole life of a fork. ``maxfail``: pytest's, for this fork's own tests."""
+    status = 0
+    try:
+        reporter = _become_a_fork(session, results, env, maxfail)
+        while (indices := wire.read_command(commands)) is not None:
+            _run(session, indices, reporter)
+            wire.send(results, wire.Done())
+    except BaseException:
+        traceback.print_exc()
+        status = EXIT_INTERNAL
+    finally:
+        try:
+            if on_exit is not None:
+                on_exit()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+
+
+def _become_a_fork(session: pytest.Session, results: int, env: Mapping[str, str], maxfail: int) -> _ForkReporter:
+    config = session.config
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # the parent does it too: whichever runs first wins the race
+    asyncio.events._set_running_loop(None)  # the parent's loop is not ours to run
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
+        signal.signal(number, signal.SIG_DFL)
+    os.environ.update(env)
+    config.option.maxfail = maxfail
+    manager = config.pluginmanager
+    terminal = manager.get_plugin("terminalreporter")
+    if terminal is not None:
+        # Silenced, not unregistered: the parent prints; but assertion messages ask the
+        # terminal writer how to highlight, so it stays, writing nowhere.
+        from _pytest._io import TerminalWriter
+
+        loud = terminal._tw
+        quiet = TerminalWriter(file=open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives as long as the fork
+        quiet.hasmarkup = loud.hasmarkup
+        quiet.code_highlight = loud.code_highlight
+        quiet.fullwidth = loud.fullwidth
+        terminal._tw = quiet
+    capture: Any = manager.get_plugin("capturemanager")
+    if capture is not None and capture._global_capturing is not None:
+        capture.stop_global_capturing()
+        capture.start_global_capturing()
+        capture.suspend_global_capture(in_=False)
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is not None and getattr(factory, "_basetemp", None) is not None:
+        own = Path(factory._basetemp) / f"fork-{os.getpid()}"
+        own.mkdir(mode=0o700)
+        factory._basetemp = own  # no public way to give a session a new base once it has one
+    reporter = _ForkReporter(config, results)
+    manager.register(reporter, "phalanx-fork-reporter")
+    return reporter
+
+
+def _run(session: pytest.Session, indices: tuple[int, ...], reporter: _ForkReporter) -> None:
+    items = session.items
+    hook = session.config.hook
+    for position, index in enumerate(indices):
+        item = items[index]
+        # The last test of the unit tears everything down (module, session fixtures).
+        nextitem = items[indices[position + 1]] if position + 1 < len(indices) else None
+        reporter.index = index
+        hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        if session.shouldfail or session.shouldstop:
+            break
