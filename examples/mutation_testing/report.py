@@ -1,12 +1,18 @@
 """Reports a mutation-testing run and checks it against ``expected.tsv``.
 
-Run as a script, it reads the JSONL results that ``phalanx map --results results.jsonl``
-wrote (one record per mutant, see run_cli.sh)::
+Run as a script, it reads either the JUnit report ``phalanx pytest --each
+ACTIVE_GREMLIN=... --junit-out results.xml`` wrote (run_pytest.sh: each test case's
+classname starts with its gremlin), or the JSONL results ``phalanx map --results
+results.jsonl`` wrote (one record per mutant, see run_cli.sh)::
 
+    python report.py results.xml
     python report.py results.jsonl
 
-A mutant is **killed** when its test run failed (exit status not 0) and **survived** when
-every test passed. pytest's output is read only to *name* the killing test: with ``-x -q``
+From JUnit, a mutant is **killed** when one of its test cases failed (or errored), the
+first such case naming the killing test, and **survived** when every case passed.
+
+From JSONL, a mutant is **killed** when its test run failed (exit status not 0) and
+**survived** when every test passed. pytest's output is read only to *name* the killing test: with ``-x -q``
 pytest prints a short summary line ``FAILED tests/test_calc.py::test_add - assert -1 == 5``
 for the first test that failed.
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TypedDict
 
@@ -69,6 +76,23 @@ def from_jsonl(path: Path) -> list[Outcome]:
     return outcomes
 
 
+def from_junit(path: Path) -> tuple[list[Outcome], list[float]]:
+    """The outcomes in ``phalanx pytest --each ... --junit-out FILE``'s report, and each
+    gremlin's total test time (classname ``g1.tests.test_calc``, test cases in the order
+    they ended)."""
+    outcomes: dict[str, Outcome] = {}
+    seconds: dict[str, float] = {}
+    for case in ET.parse(path).iter("testcase"):
+        gremlin = case.get("classname", "").split(".", 1)[0]
+        outcome = outcomes.setdefault(gremlin, Outcome(gremlin=gremlin, killed=False, killing_test=None))
+        seconds[gremlin] = seconds.get(gremlin, 0.0) + float(case.get("time", "0"))
+        failed = case.find("failure") is not None or case.find("error") is not None
+        if failed and not outcome["killed"]:
+            outcome["killed"] = True
+            outcome["killing_test"] = f"{case.get('file')}::{case.get('name')}"
+    return list(outcomes.values()), list(seconds.values())
+
+
 def print_report(outcomes: list[Outcome], out=sys.stdout) -> None:
     """Each mutant, killed or survived and by which test, then the counts."""
     rows = sorted(outcomes, key=lambda o: (len(o["gremlin"]), o["gremlin"]))
@@ -114,17 +138,21 @@ def finish(outcomes: list[Outcome]) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python report.py RESULTS.jsonl", file=sys.stderr)
+        print("usage: python report.py RESULTS.xml|RESULTS.jsonl", file=sys.stderr)
         return 2
     try:
-        outcomes = from_jsonl(Path(argv[0]))
-        durations = [json.loads(line)["duration"] for line in Path(argv[0]).read_text().splitlines()]
-    except (OSError, ValueError, KeyError, IndexError) as error:
+        if argv[0].endswith(".xml"):
+            outcomes, durations = from_junit(Path(argv[0]))
+        else:
+            outcomes = from_jsonl(Path(argv[0]))
+            durations = [json.loads(line)["duration"] for line in Path(argv[0]).read_text().splitlines()]
+    except (OSError, ValueError, KeyError, IndexError, ET.ParseError) as error:
         print(f"report.py: cannot read {argv[0]}: {error}", file=sys.stderr)
         return 2
     status = finish(outcomes)
     if durations:
-        print(f"(each mutant's job took {sum(durations) / len(durations):.2f} s on average)", file=sys.stderr)
+        what = "tests" if argv[0].endswith(".xml") else "job"
+        print(f"(each mutant's {what} took {sum(durations) / len(durations):.2f} s on average)", file=sys.stderr)
     return status
 
 
