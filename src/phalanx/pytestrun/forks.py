@@ -56,7 +56,6 @@ class UnitListener(Protocol):
 class _Fork:
     pid: int
     commands: int
-    results: int
     reader: asyncio.StreamReader
     transport: asyncio.ReadTransport
     env: tuple[tuple[str, str], ...]
@@ -104,9 +103,9 @@ class ForkBackend:
         self._on_fork_exit = on_fork_exit
         self._reaper = ChildReaper()
         self._kept: dict[int, _Fork] = {}
-        # The parent's ends of every live fork's pipes. A fork inherits every fd; one that
-        # kept another fork's command pipe open would keep that fork from ever seeing EOF.
-        self._parent_fds: set[int] = set()
+        # Every fork not yet reaped. A fork inherits every fd; one that kept another fork's
+        # command pipe open would keep that fork from ever seeing EOF: it closes them first.
+        self._live: dict[int, _Fork] = {}
 
     async def run(self, attempt: Attempt) -> Outcome:
         unit = self._units[attempt.task.id]
@@ -172,7 +171,7 @@ class ForkBackend:
         pid = os.fork()
         if pid == 0:  # the child: never returns
             try:
-                for fd in (commands_write, results_read, *self._parent_fds):
+                for fd in (commands_write, results_read, *self._other_forks_fds()):
                     with contextlib.suppress(OSError):
                         os.close(fd)
                 fork_child.serve(
@@ -183,7 +182,6 @@ class ForkBackend:
                 os._exit(fork_child.EXIT_INTERNAL)
         os.close(commands_read)
         os.close(results_write)
-        self._parent_fds.update((commands_write, results_read))
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # the child does it too; whichever runs first
         loop = asyncio.get_running_loop()
@@ -191,7 +189,21 @@ class ForkBackend:
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(results_read, "rb", buffering=0)
         )
-        return _Fork(pid, commands_write, results_read, reader, transport, env)
+        fork = _Fork(pid, commands_write, reader, transport, env)
+        self._live[pid] = fork
+        return fork
+
+    def _other_forks_fds(self) -> list[int]:
+        """The parent's ends of the live forks' pipes that are still open (in a new fork)."""
+        fds = []
+        for fork in self._live.values():
+            if not fork.closed:
+                fds.append(fork.commands)
+            # The transport closes its pipe itself at EOF: only a pipe still open is ours to close.
+            pipe = fork.transport.get_extra_info("pipe")
+            if pipe is not None and not pipe.closed:
+                fds.append(pipe.fileno())
+        return fds
 
     async def _drive(
         self, fork: _Fork, unit: Unit, indices: tuple[int, ...], worker: int
@@ -233,7 +245,6 @@ class ForkBackend:
     async def _end(self, fork: _Fork, *, kill: bool) -> int:
         """Close the fork's pipes and wait for it (after SIGKILL to its group with ``kill``);
         its wait status."""
-        self._parent_fds.discard(fork.commands)
         fork.close_commands()
         if kill:
             _kill_group(fork.pid)
@@ -244,12 +255,12 @@ class ForkBackend:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(fork.pid, 0)
             fork.transport.close()
-            self._parent_fds.discard(fork.results)
+            self._live.pop(fork.pid, None)
             raise
         # Whatever else is left in its group (a test's own subprocesses) goes with it.
         _kill_group(fork.pid)
         fork.transport.close()
-        self._parent_fds.discard(fork.results)
+        self._live.pop(fork.pid, None)
         return status
 
 
