@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -46,6 +47,7 @@ class _ForkReporter:
         self._config = config
         self._fd = fd
         self.index = -1
+        self.listening = False
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
         wire.send(self._fd, wire.Started(self.index, nodeid, location))
@@ -56,6 +58,14 @@ class _ForkReporter:
 
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
         wire.send(self._fd, wire.Finished(self.index, nodeid, location))
+
+    def pytest_warning_recorded(
+        self, warning_message: warnings.WarningMessage, when: str, nodeid: str, location: tuple[str, int, str] | None
+    ) -> None:
+        # A historic hook: registering this plugin replays every warning the parent had heard
+        # before the fork (its own, and earlier forks' it was told of). Only new ones are news.
+        if self.listening:
+            wire.send(self._fd, wire.Warned.of(warning_message, nodeid, location))
 
 
 def serve(
@@ -119,10 +129,11 @@ def _become_a_fork(session: pytest.Session, results: int, env: Mapping[str, str]
     factory = getattr(config, "_tmp_path_factory", None)
     if factory is not None and getattr(factory, "_basetemp", None) is not None:
         own = Path(factory._basetemp) / f"fork-{os.getpid()}"
-        own.mkdir(mode=0o700)
+        own.mkdir(mode=0o700, exist_ok=True)  # a pid can come again in a long run: pytest numbers what is inside
         factory._basetemp = own  # no public way to give a session a new base once it has one
     reporter = _ForkReporter(config, results)
     manager.register(reporter, "phalanx-fork-reporter")
+    reporter.listening = True
     return reporter
 
 

@@ -47,6 +47,8 @@ class UnitListener(Protocol):
 
     def finished(self, unit: Unit, message: wire.Finished) -> None: ...
 
+    def warned(self, unit: Unit, message: wire.Warned) -> None: ...
+
     def lost(self, unit: Unit, index: int, reason: str, seconds: float) -> None:
         """The test at ``index`` will never report: its fork died or was killed."""
         ...
@@ -237,6 +239,8 @@ class ForkBackend:
                         done.add(message.index)
                         current = None
                         self._listener.finished(unit, message)
+                    elif isinstance(message, wire.Warned):
+                        self._listener.warned(unit, message)
                     else:
                         return done, None, _Why(failed, complete=True, timed_out=False), started
         except TimeoutError:

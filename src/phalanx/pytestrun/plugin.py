@@ -259,6 +259,15 @@ class PhalanxPytest:
         if self._junit is not None:
             self._junit.test_ended(message.nodeid, unit.value)
 
+    def warned(self, unit: Unit, message: wire.Warned) -> None:
+        assert self._session is not None
+        self._session.config.hook.pytest_warning_recorded.call_historic(
+            kwargs={
+                "warning_message": message.warning_message(), "when": "runtest", "nodeid": message.nodeid,
+                "location": message.location,
+            }
+        )
+
     def lost(self, unit: Unit, index: int, reason: str, seconds: float) -> None:
         session = self._session
         assert session is not None

@@ -10,6 +10,7 @@ Messages, in the order a fork sends them per test:
 - ``Reported(data)``: `pytest_runtest_logreport`, the report as
   ``pytest_report_to_serializable`` makes it (setup, call, teardown);
 - ``Finished(index, nodeid, location)``: `pytest_runtest_logfinish`;
+- ``Warned(...)``: `pytest_warning_recorded` while a test ran (any number, before ``Finished``);
 
 and ``Done()`` once the tests it was given have all run (or ``-x`` stopped them).
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,11 +51,49 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True)
+class Warned:
+    """``pytest_warning_recorded`` during a test: the warning as plain data (its object may not pickle)."""
+
+    message: str
+    category: tuple[str, str]  # the warning class's module and qualified name
+    filename: str
+    lineno: int
+    line: str | None
+    nodeid: str
+    location: tuple[str, int, str] | None
+
+    @classmethod
+    def of(
+        cls, warning: warnings.WarningMessage, nodeid: str, location: tuple[str, int, str] | None
+    ) -> Warned:
+        category = warning.category
+        return cls(
+            str(warning.message), (category.__module__, category.__qualname__), str(warning.filename),
+            int(warning.lineno), warning.line, nodeid, location,
+        )
+
+    def warning_message(self) -> warnings.WarningMessage:
+        """The warning again, as pytest's hooks take it (its class found by name, or made alike)."""
+        module, qualname = self.category
+        found: Any = sys.modules.get(module)
+        for part in qualname.split("."):
+            found = getattr(found, part, None)
+        category = found if isinstance(found, type) and issubclass(found, Warning) else None
+        if category is None:
+            category = type(qualname.rsplit(".", 1)[-1], (Warning,), {"__module__": module})
+        try:
+            message: Warning | str = category(self.message)
+        except Exception:
+            message = self.message
+        return warnings.WarningMessage(message, category, self.filename, self.lineno, line=self.line)
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     pass
 
 
-Message = Started | Reported | Finished | Done
+Message = Started | Reported | Finished | Warned | Done
 
 
 def send(fd: int, message: Message) -> None:
@@ -77,7 +118,7 @@ def body_size(header: bytes) -> int:
 
 def decode(body: bytes) -> Message:
     message = pickle.loads(body)
-    if not isinstance(message, Started | Reported | Finished | Done):
+    if not isinstance(message, Started | Reported | Finished | Warned | Done):
         raise ValueError(f"not a message: {type(message).__name__}")
     return message
 
