@@ -361,6 +361,50 @@ def test_isolate_none_shares_module_state_across_files_on_one_fork(tmp_path: Pat
     assert seen[f"{second}.two"] == [f"{first}.one", f"{first}.two", f"{second}.one"]
 
 
+def test_threads_in_the_parent_mean_fresh_workers_instead_of_forks(tmp_path: Path) -> None:
+    """A conftest that starts a thread at import: forking would copy a process whose other
+    thread may hold a lock. phalanx says so, naming it, and runs the tests on fresh worker
+    processes, one per slot, each collecting for itself (still reporting to the parent)."""
+    root = project(tmp_path, {
+        "conftest.py": """
+            import threading
+
+            threading.Thread(target=threading.Event().wait, name="started-at-import", daemon=True).start()
+            """,
+        "test_a.py": """
+            import os
+            from pathlib import Path
+
+            def test_where():
+                command = Path("/proc/self/cmdline").read_bytes().replace(b"\\0", b" ").decode()
+                Path(f"pid-a-{os.getpid()}").write_text(f"{os.environ['PYTEST_XDIST_WORKER']} {command}")
+
+            def test_fails():
+                assert 1 == 2
+            """,
+        "test_b.py": """
+            import os
+            from pathlib import Path
+
+            def test_where():
+                command = Path("/proc/self/cmdline").read_bytes().replace(b"\\0", b" ").decode()
+                Path(f"pid-b-{os.getpid()}").write_text(f"{os.environ['PYTEST_XDIST_WORKER']} {command}")
+            """,
+    })
+    result = phalanx(root, "-j", "2", "--", *NO_CACHE, "-rA")
+    assert result.code == 1, result.explain()
+    assert "thread(s) running after collection (started-at-import)" in result.out
+    assert "fresh worker process per slot" in result.out
+    assert result.counts == "1 failed, 2 passed", result.explain()
+    assert result.summary["FAILED"] == ["test_a.py::test_fails"]
+    # Not forks of phalanx (whose command line they would share): fresh interpreters, one per
+    # slot, with the xdist-style names of the two slots.
+    workers = {path.name.split("-")[2]: path.read_text().split(" ", 1) for path in root.glob("pid-*")}
+    assert len(workers) == 2, workers
+    assert {name for name, _ in workers.values()} == {"gw0", "gw1"}
+    assert all("-m phalanx.pytestrun.spawned" in command for _, command in workers.values()), workers
+
+
 # --------------------------------------------------------------------------- 4, 11, 13: a healthy project
 
 HEALTHY = {

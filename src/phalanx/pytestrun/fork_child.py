@@ -28,7 +28,7 @@ import signal
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,7 +40,7 @@ from . import wire
 EXIT_INTERNAL = 70
 
 
-class _ForkReporter:
+class ForkReporter:
     """Sends what pytest reports in the fork to the parent."""
 
     def __init__(self, config: pytest.Config, fd: int) -> None:
@@ -81,9 +81,7 @@ def serve(
     status = 0
     try:
         reporter = _become_a_fork(session, results, env, maxfail)
-        while (indices := wire.read_command(commands)) is not None:
-            _run(session, indices, reporter)
-            wire.send(results, wire.Done())
+        serve_commands(session, session.items, commands, results, reporter)
     except BaseException:
         traceback.print_exc()
         status = EXIT_INTERNAL
@@ -97,7 +95,7 @@ def serve(
             os._exit(status)
 
 
-def _become_a_fork(session: pytest.Session, results: int, env: Mapping[str, str], maxfail: int) -> _ForkReporter:
+def _become_a_fork(session: pytest.Session, results: int, env: Mapping[str, str], maxfail: int) -> ForkReporter:
     config = session.config
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # the parent does it too: whichever runs first wins the race
@@ -109,18 +107,7 @@ def _become_a_fork(session: pytest.Session, results: int, env: Mapping[str, str]
     os.environ.update(env)
     config.option.maxfail = maxfail
     manager = config.pluginmanager
-    terminal = manager.get_plugin("terminalreporter")
-    if terminal is not None:
-        # Silenced, not unregistered: the parent prints; but assertion messages ask the
-        # terminal writer how to highlight, so it stays, writing nowhere.
-        from _pytest._io import TerminalWriter
-
-        loud = terminal._tw
-        quiet = TerminalWriter(file=open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives as long as the fork
-        quiet.hasmarkup = loud.hasmarkup
-        quiet.code_highlight = loud.code_highlight
-        quiet.fullwidth = loud.fullwidth
-        terminal._tw = quiet
+    silence_terminal(config)
     capture: Any = manager.get_plugin("capturemanager")
     if capture is not None and capture._global_capturing is not None:
         capture.stop_global_capturing()
@@ -131,19 +118,51 @@ def _become_a_fork(session: pytest.Session, results: int, env: Mapping[str, str]
         own = Path(factory._basetemp) / f"fork-{os.getpid()}"
         own.mkdir(mode=0o700, exist_ok=True)  # a pid can come again in a long run: pytest numbers what is inside
         factory._basetemp = own  # no public way to give a session a new base once it has one
-    reporter = _ForkReporter(config, results)
+    reporter = ForkReporter(config, results)
     manager.register(reporter, "phalanx-fork-reporter")
     reporter.listening = True
     return reporter
 
 
-def _run(session: pytest.Session, indices: tuple[int, ...], reporter: _ForkReporter) -> None:
-    items = session.items
+def serve_commands(
+    session: pytest.Session, items: Sequence[pytest.Item | None], commands: int, results: int, reporter: ForkReporter
+) -> None:
+    """Run the tests the parent names (indices into ``items``) until it closes the pipe.
+
+    ``items``: by the parent's index; None for a test this process did not collect (a
+    fresh worker whose collection differs), which is then reported lost by the parent.
+    """
+    while (indices := wire.read_command(commands)) is not None:
+        _run(session, items, indices, reporter)
+        wire.send(results, wire.Done())
+
+
+def silence_terminal(config: pytest.Config) -> None:
+    """The parent prints; this process's terminal reporter stays (assertion messages ask
+    its writer how to highlight) but writes nowhere."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is None:
+        return
+    from _pytest._io import TerminalWriter
+
+    loud = terminal._tw
+    quiet = TerminalWriter(file=open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives as long as the process
+    quiet.hasmarkup = loud.hasmarkup
+    quiet.code_highlight = loud.code_highlight
+    quiet.fullwidth = loud.fullwidth
+    terminal._tw = quiet
+
+
+def _run(
+    session: pytest.Session, items: Sequence[pytest.Item | None], indices: tuple[int, ...], reporter: ForkReporter
+) -> None:
     hook = session.config.hook
-    for position, index in enumerate(indices):
+    runnable = [index for index in indices if items[index] is not None]
+    for position, index in enumerate(runnable):
         item = items[index]
+        assert item is not None
         # The last test of the unit tears everything down (module, session fixtures).
-        nextitem = items[indices[position + 1]] if position + 1 < len(indices) else None
+        nextitem = items[runnable[position + 1]] if position + 1 < len(runnable) else None
         reporter.index = index
         hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
         if session.shouldfail or session.shouldstop:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,8 @@ class ForkBackend:
         keep_forks: keep a fork for the slot's next unit (``--isolate none``).
         maxfail: pytest's ``--maxfail`` inside each fork (0: none).
         on_fork_exit: run in each fork just before it ends (saving coverage data).
+        fresh: start fresh worker processes instead of forks (`spawned`), with pytest's
+            arguments, directory and the collected node ids; kept per slot.
     """
 
     def __init__(
@@ -94,13 +97,15 @@ class ForkBackend:
         keep_forks: bool = False,
         maxfail: int = 0,
         on_fork_exit: Callable[[], None] | None = None,
+        fresh: FreshWorkers | None = None,
     ) -> None:
         self._session = session
+        self._fresh = fresh
         self._listener = listener
         self._units = units
         self._worker_env = worker_env
         self._timeout = unit_timeout
-        self._keep = keep_forks
+        self._keep = keep_forks or fresh is not None
         self._maxfail = maxfail
         self._on_fork_exit = on_fork_exit
         self._reaper = ChildReaper()
@@ -170,18 +175,10 @@ class ForkBackend:
         commands_read, commands_write = os.pipe()
         results_read, results_write = os.pipe()
         environment = {**self._worker_env(worker), **dict(env)}
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            try:
-                for fd in (commands_write, results_read, *self._other_forks_fds()):
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-                fork_child.serve(
-                    self._session, commands_read, results_write, environment,
-                    maxfail=self._maxfail, on_exit=self._on_fork_exit,
-                )
-            finally:
-                os._exit(fork_child.EXIT_INTERNAL)
+        if self._fresh is not None:
+            pid = self._start_fresh(commands_read, results_write, environment)
+        else:
+            pid = self._fork(commands_read, commands_write, results_read, results_write, environment)
         os.close(commands_read)
         os.close(results_write)
         with contextlib.suppress(OSError):
@@ -194,6 +191,42 @@ class ForkBackend:
         fork = _Fork(pid, commands_write, reader, transport, env)
         self._live[pid] = fork
         return fork
+
+    def _start_fresh(self, commands: int, results: int, environment: Mapping[str, str]) -> int:
+        """A fresh interpreter serving the slot (`spawned`), in its own process group."""
+        from .spawned import SPEC_VARIABLE, WorkerSpec
+
+        fresh = self._fresh
+        assert fresh is not None
+        spec = WorkerSpec(
+            commands, results, fresh.cwd, list(fresh.args), fresh.nodeids_file, self._maxfail, dict(environment)
+        )
+        env = {**os.environ, SPEC_VARIABLE: spec.to_env()}
+        for fd in (commands, results):
+            os.set_inheritable(fd, True)  # only these two: every other fd of ours is close-on-exec
+        return os.posix_spawn(
+            sys.executable, [sys.executable, "-m", "phalanx.pytestrun.spawned"], env, setpgroup=0,
+            # Its terminal output goes nowhere: the parent prints what it reports.
+            file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)],
+        )
+
+    def _fork(
+        self, commands_read: int, commands_write: int, results_read: int, results_write: int,
+        environment: Mapping[str, str],
+    ) -> int:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            try:
+                for fd in (commands_write, results_read, *self._other_forks_fds()):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                fork_child.serve(
+                    self._session, commands_read, results_write, environment,
+                    maxfail=self._maxfail, on_exit=self._on_fork_exit,
+                )
+            finally:
+                os._exit(fork_child.EXIT_INTERNAL)
+        return pid
 
     def _other_forks_fds(self) -> list[int]:
         """The parent's ends of the live forks' pipes that are still open (in a new fork)."""
@@ -266,6 +299,16 @@ class ForkBackend:
         fork.transport.close()
         self._live.pop(fork.pid, None)
         return status
+
+
+@dataclass(frozen=True, slots=True)
+class FreshWorkers:
+    """How to start a fresh worker: pytest's arguments and directory as the parent had
+    them, and a file of the parent's node ids in collection order (one per line)."""
+
+    args: tuple[str, ...]
+    cwd: str
+    nodeids_file: str
 
 
 @dataclass(frozen=True, slots=True)

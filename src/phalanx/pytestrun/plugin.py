@@ -34,7 +34,7 @@ from ..model import Graph, Task
 from ..results import CancelReason
 from ..scheduler import Scheduler
 from . import wire
-from .forks import ForkBackend
+from .forks import ForkBackend, FreshWorkers
 from .junitout import JUnitOut
 from .units import Isolation, Unit, make_units
 
@@ -99,6 +99,7 @@ class PhalanxPytest:
         self._maxfail = 0
         self._junit: JUnitOut | None = None
         self._terminal: Any = None
+        self._fresh_workers = False
         self.lost_tests: list[str] = []
 
     # ------------------------------------------------------------------ pytest hooks
@@ -119,7 +120,7 @@ class PhalanxPytest:
             )
         if config.option.collectonly or not session.items:
             return True
-        self._warn_about_threads()
+        self._fresh_workers = self._threads_make_forks_unsafe()
         factory = getattr(config, "_tmp_path_factory", None)
         if factory is not None:
             factory.getbasetemp()  # made once here: each fork makes its own folder inside it
@@ -180,20 +181,27 @@ class PhalanxPytest:
             units = self._units
             cost_model = HistoryCosts(DurationHistory(journal), key=lambda task: f"pytest:{units[task.id].name}")
         jobs = self.options.jobs
-        backend = ForkBackend(
-            session, self, self._units,
-            worker_env=lambda worker: {
-                "PHALANX_WORKER": str(worker),
-                "PYTEST_XDIST_WORKER": f"gw{worker - 1}",
-                "PYTEST_XDIST_WORKER_COUNT": str(jobs),
-            },
-            unit_timeout=self.options.unit_timeout,
-            keep_forks=self.options.isolate == "none",
-            maxfail=self._maxfail,
-            on_fork_exit=self._on_fork_exit,
-        )
         sinks.append(_UnitLines(self) if self.options.show_workers else _Quiet())
         with tempfile.TemporaryDirectory(prefix="phalanx-pytest-") as run_dir:
+            fresh = None
+            if self._fresh_workers:
+                nodeids = Path(run_dir) / "nodeids"
+                nodeids.write_text("".join(f"{item.nodeid}\n" for item in session.items), encoding="utf-8")
+                params = session.config.invocation_params
+                fresh = FreshWorkers(tuple(params.args), str(params.dir), str(nodeids))
+            backend = ForkBackend(
+                session, self, self._units,
+                worker_env=lambda worker: {
+                    "PHALANX_WORKER": str(worker),
+                    "PYTEST_XDIST_WORKER": f"gw{worker - 1}",
+                    "PYTEST_XDIST_WORKER_COUNT": str(jobs),
+                },
+                unit_timeout=self.options.unit_timeout,
+                keep_forks=self.options.isolate == "none",
+                maxfail=self._maxfail,
+                on_fork_exit=self._on_fork_exit,
+                fresh=fresh,
+            )
             try:
                 self._scheduler = Scheduler(
                     graph, backend_for=lambda task: backend, max_workers=jobs, cost_model=cost_model,
@@ -221,14 +229,18 @@ class PhalanxPytest:
         )
         return journal, [sink]
 
-    def _warn_about_threads(self) -> None:
+    def _threads_make_forks_unsafe(self) -> bool:
+        """Whether other threads run here after collection; if so, say so, and that fresh
+        worker processes take the forks' place (a fork copies only the calling thread)."""
         others = [thread.name for thread in threading.enumerate() if thread is not threading.current_thread()]
         if others:
             self._note(
-                f"warning: {len(others)} thread(s) running after collection ({', '.join(others[:5])}); a fork "
-                "copies only this thread, so a lock one of them holds stays locked in every fork. Start them "
-                "in fixtures, not at import time."
+                f"warning: {len(others)} thread(s) running after collection ({', '.join(others[:5])}): a fork "
+                "copies only this thread, so a lock one of them holds would stay locked in every fork. Running "
+                "on a fresh worker process per slot instead, as --isolate none (warm, not isolated per unit). "
+                "Start such threads in fixtures, not at import time, to get forks back."
             )
+        return bool(others)
 
     def _note(self, text: str) -> None:
         if self._terminal is not None:
