@@ -16,6 +16,7 @@ The slowest units start first once the duration history (the run journal in
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import tempfile
 import threading
@@ -132,10 +133,15 @@ class PhalanxPytest:
         if self._terminal is not None and config.get_verbosity() <= 0:
             self._terminal.showfspath = False  # forks interleave files: one line of dots, as xdist
         units = make_units([item.nodeid for item in session.items], self.options.isolate, each=self.options.each)
+        # Everything collected so far moves to the collector's permanent generation: a fork's
+        # garbage collections then never touch (and so never copy) the parent's objects.
+        gc.collect()
+        gc.freeze()
         self._units = {unit.id: unit for unit in units}
         try:
             asyncio.run(self._run(session))
         finally:
+            gc.unfreeze()
             if self.options.each is not None:
                 config.option.maxfail = self._maxfail
         if session.shouldfail:
