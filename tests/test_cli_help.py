@@ -255,7 +255,7 @@ def test_bash_completion_copes_with_the_colon_in_tag(tagged: Path) -> None:
 
 def test_completion_offers_commands_and_never_fails(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()
-    commands = ["graph", "history", "list", "map", "plan", "report", "run", "runs", "show"]
+    commands = ["graph", "history", "list", "map", "plan", "pytest", "report", "run", "runs", "show"]
     assert complete("bash", "phalanx ", tmp_path) == commands
     assert complete("bash", "phalanx run --select x", tmp_path) == []  # no task file: nothing, no traceback
     (tmp_path / "phalanx.toml").write_text("[tasks.a\n")
