@@ -48,3 +48,19 @@ def test_the_second_run_starts_the_slowest_file_first(tmp_path: Path) -> None:
         assert all(run.kind == "pytest" for run in journal.runs())
         assert start_order(journal, first) == [f"tests/test_{name}.py" for name in ("a", "b", "c", "slow")]
         assert start_order(journal, second)[0] == "tests/test_slow.py"
+
+
+def test_runs_and_history_read_the_journal_where_phalanx_pytest_ran(tmp_path: Path) -> None:
+    # No task file here: `phalanx runs` and `history` read the .phalanx/ of this directory.
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_one.py").write_text("def test_it():\n    pass\n")
+    assert phalanx_pytest("-q", "-p", "no:cacheprovider", cwd=tmp_path).returncode == 0
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTEST_", "PHALANX_"))}
+    runs = subprocess.run([sys.executable, "-m", "phalanx", "runs"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=60)
+    assert runs.returncode == 0, runs.stderr
+    assert len(runs.stdout.splitlines()) == 2 and "1 succeeded" in runs.stdout
+    history = subprocess.run([sys.executable, "-m", "phalanx", "history"], capture_output=True, text=True,
+                             cwd=tmp_path, env=env, timeout=60)
+    assert history.returncode == 0, history.stderr
+    assert history.stdout.startswith("pytest:test_one.py ")

@@ -714,14 +714,20 @@ Examples:
 
 
 def _journal_of(file: str | None) -> Any:
-    """The journal of the task file (found as `phalanx run` finds it)."""
-    from .journal import Journal
+    """The journal in ``.phalanx/`` here (``phalanx map`` and ``phalanx pytest`` record
+    theirs in the directory they run in), else the task file's (found as `phalanx run`
+    finds it)."""
+    from .journal import Journal, journal_path
 
-    task_file = _load(file)
-    if not (task_file.path.parent / ".phalanx").is_dir():
-        _fail(f"no runs recorded yet for {task_file.path.name} (the journal lives in .phalanx/ beside it)")
+    if file is None and journal_path(Path.cwd()).exists():
+        directory = Path.cwd()
+    else:
+        task_file = _load(file)
+        directory = task_file.path.parent
+        if not (directory / ".phalanx").is_dir():
+            _fail(f"no runs recorded yet for {task_file.path.name} (the journal lives in .phalanx/ beside it)")
     try:
-        return Journal.open(task_file.path.parent)
+        return Journal.open(directory)
     except PhalanxError as error:
         _fail(error)
 
