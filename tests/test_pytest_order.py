@@ -64,3 +64,14 @@ def test_runs_and_history_read_the_journal_where_phalanx_pytest_ran(tmp_path: Pa
                              cwd=tmp_path, env=env, timeout=60)
     assert history.returncode == 0, history.stderr
     assert history.stdout.startswith("pytest:test_one.py ")
+
+
+def test_before_any_history_the_file_with_most_tests_starts_first(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    for name, count in (("a", 1), ("b", 2), ("many", 5)):
+        (tmp_path / f"test_{name}.py").write_text("".join(f"def test_{n}():\n    pass\n" for n in range(count)))
+    result = phalanx_pytest("-j", "1", "-q", "-p", "no:cacheprovider", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with Journal.open(tmp_path) as journal:
+        (run,) = journal.runs()
+        assert start_order(journal, run.id) == ["test_many.py", "test_b.py", "test_a.py"]

@@ -182,10 +182,11 @@ class PhalanxPytest:
 
         graph = Graph([Task(unit.id, _placeholder) for unit in self._units.values()])
         journal, sinks = self._journal(session)
-        cost_model = None
+        history = None
         if journal is not None:
             units = self._units
-            cost_model = HistoryCosts(DurationHistory(journal), key=lambda task: f"pytest:{units[task.id].name}")
+            history = HistoryCosts(DurationHistory(journal), key=lambda task: f"pytest:{units[task.id].name}")
+        cost_model = _UnitCosts(self._units, history)
         jobs = self.options.jobs
         sinks.append(_UnitLines(self) if self.options.show_workers else _Quiet())
         with tempfile.TemporaryDirectory(prefix="phalanx-pytest-") as run_dir:
@@ -375,6 +376,35 @@ class PhalanxPytest:
             f"{where}{tid}: {progress.passed} passed, {progress.failed} failed, {progress.skipped} skipped "
             f"in {took:.2f}s"
         )
+
+
+class _UnitCosts:
+    """A unit's expected seconds: its duration history; a unit never timed yet counts as its
+    number of tests times the seconds per test of the units that were (10 ms each when none
+    was): before any history, files with more tests start first."""
+
+    def __init__(self, units: dict[str, Unit], history: Any) -> None:
+        self._units = units
+        self._history = history
+        self._per_test: float | None = None
+
+    def estimate(self, task: Task) -> float | None:
+        known = self._history.estimate(task) if self._history is not None else None
+        if known is not None:
+            return float(known)
+        if self._per_test is None:
+            self._per_test = self._seconds_per_test()
+        return len(self._units[task.id].indices) * self._per_test
+
+    def _seconds_per_test(self) -> float:
+        seconds = tests = 0.0
+        if self._history is not None:
+            for unit in self._units.values():
+                known = self._history.estimate(Task(unit.id, _placeholder))
+                if known is not None:
+                    seconds += known
+                    tests += len(unit.indices)
+        return seconds / tests if tests else 0.01
 
 
 def _new_line(terminal: Any) -> None:
