@@ -80,6 +80,7 @@ class MapOptions:
     rate_tokens: RateLimit | None = None  # --rate-tokens 90000/min: a weighted limit, charged --rate-cost
     rate_cost: str | None = None  # --rate-cost TEMPLATE: a job's cost on --rate-tokens ({3}, {tokens})
     rate_key: str | None = None  # --rate-key TEMPLATE: jobs with different keys are limited apart ({model})
+    no_journal: bool = False  # --no-journal (phalanx's own): leave the run out of the run journal
     help: bool = False
     version: bool = False
 
@@ -213,6 +214,7 @@ _FLAGS = {
     "-0": "null", "--null": "null", "--csv": "csv",
     "-X": "context_replace", "-u": "ungroup", "--ungroup": "ungroup",
     "-h": "help", "--help": "help", "--version": "version", "--pipe": "pipe", "--spreadstdin": "pipe",
+    "--no-journal": "no_journal",
 }
 _IGNORED = {"--will-cite", "--no-notice", "--group", "-g"}
 _VALUES: dict[str, tuple[str, Callable[[str], object]]] = {

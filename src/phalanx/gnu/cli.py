@@ -58,6 +58,11 @@ Options (GNU parallel's names and meanings):
                             -N N with --pipe: N records per block
   -0, --null; --colsep REGEX; --csv; --header :; -a FILE
 
+phalanx's own (GNU parallel has none of these):
+  --no-journal              do not record the run in the run journal, .phalanx/ in the
+                            current directory (by default each job is recorded there
+                            for phalanx runs, show and history; --resume uses the joblog)
+
 Examples:
   phalanx map gzip -9 ::: *.log                     compress every log, one job per CPU
   find . -name '*.tar.gz' | phalanx map -j 8 -k tar xzf {}
@@ -105,4 +110,16 @@ def _main(argv: Sequence[str]) -> int:
             out.write(prefix + (plan.command_of(job, slot=1) + "\n").encode("utf-8", "surrogateescape"))
         out.flush()
         return 0
-    return MapRun(plan).run()
+    return MapRun(plan, command_line=_command_line(argv)).run()
+
+
+#: The most of a command line the journal keeps (``::: $(seq 100000)`` is a long one).
+COMMAND_LINE_LIMIT = 1000
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    """How the run was started, for ``phalanx runs`` and ``show``: shell-quoted, cut short."""
+    import shlex
+
+    line = shlex.join(["phalanx", "map", *argv])
+    return line if len(line) <= COMMAND_LINE_LIMIT else line[: COMMAND_LINE_LIMIT - 4] + " ..."

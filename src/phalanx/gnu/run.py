@@ -4,11 +4,17 @@ Every job is a task: its command rendered from the template and its arguments, r
 own process group, its output captured to files and printed grouped (or in order with
 ``-k``). The joblog, the results file and the progress bar are sinks; ``--halt`` and
 ``--timeout N%`` are rules the scheduler applies (`GnuHalt`, `GnuTimeout`).
+
+The run is recorded in the run journal of the current directory (``.phalanx/``), each job
+a task, so that ``phalanx runs``, ``show`` and ``history`` know it (`MapJournal`); its
+records are committed in batches, since a commit per job would cost about as much as a
+short job, and ``--resume`` reads the joblog, not the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import shutil
@@ -18,7 +24,7 @@ from bisect import insort
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from ..backends.base import Attempt, Outcome
 from ..backends.command import CommandBackend
@@ -37,12 +43,19 @@ from .args import Halt, MapOptions
 from .jobs import JobPlan
 from .output import MapOutput
 
+if TYPE_CHECKING:
+    from ..journal import Journal, JournalSink
+
 EXIT_USAGE = 255
 EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE
 
 #: SIGTERM to a stopped job's process group, then SIGKILL this much later. GNU parallel's
 #: default --termseq (TERM,200,TERM,100,TERM,50,KILL,25) also ends within about 0.4 s.
 GRACE_SECONDS = 0.4
+
+#: How often the journal commits what the run's jobs did (`JournalSink`'s ``commit_every``):
+#: a kill -9 loses at most this long's records, and a commit costs about one short job.
+JOURNAL_COMMIT_SECONDS = 0.1
 
 
 def usage_error(error: PhalanxError | OSError) -> int:
@@ -76,9 +89,10 @@ def _limiters(options: MapOptions, workers: int) -> tuple[Limiters | None, tuple
 class MapRun:
     """One execution of a `JobPlan`: sinks, backend, rules, and GNU parallel's exit status."""
 
-    def __init__(self, plan: JobPlan) -> None:
+    def __init__(self, plan: JobPlan, *, command_line: str = "phalanx map") -> None:
         self.plan = plan
         self.options: MapOptions = plan.options
+        self.command_line = command_line  # as the journal shows it
         self.slots: dict[str, int] = {}  # task id -> the slot its last attempt ran in, for {%}
         self.output: MapOutput | None = None
 
@@ -114,8 +128,13 @@ class MapRun:
                 tokens=cost,
             ))
 
+        journal = None if options.no_journal else MapJournal.open(self.plan, self.command_line)
+        if journal is not None:
+            sinks.append(journal)  # last: the output and the joblog hear of a job first
+
         async def run_jobs() -> RunReport:
-            backend = _MapBackend(self, CommandBackend(grace=GRACE_SECONDS))
+            spawned = None if journal is None else journal.attempt_spawned
+            backend = _MapBackend(self, CommandBackend(grace=GRACE_SECONDS, on_spawn=spawned))
             return await run_session(
                 Graph(tasks),
                 backend_for=lambda task: backend,
@@ -136,6 +155,8 @@ class MapRun:
             sys.stderr.write(f"phalanx map: {error}\n")
             return EXIT_USAGE
         finally:
+            if journal is not None:
+                journal.close()  # the session has closed it already, unless it never ran
             shutil.rmtree(run_dir, ignore_errors=True)
         return self._exit_status(report, halt)
 
@@ -275,6 +296,90 @@ class JobWarnings:
 def _could_not_start(result: TaskResult) -> bool:
     reason = result.reason or ""
     return result.exit_code in (126, 127) or reason.startswith(("cannot start", "command not"))
+
+
+class MapJournal:
+    """The run journal of a ``phalanx map`` run: a sink, and the backend's spawn hook.
+
+    The journal in ``.phalanx/`` of the current directory (map has no task file) records the
+    run (kind ``map``, its command line, no task file), each job as a task named by its
+    sequence number, and each succeeded job's duration in the history under
+    ``map: TEMPLATE``. A `JournalSink` that commits every `JOURNAL_COMMIT_SECONDS`.
+
+    GNU parallel has no journal and map resumes from its joblog, so the journal must never
+    change what a run does or prints: one that cannot be opened or written says so once on
+    stderr and the run goes on without it (standard output never hears of it).
+    """
+
+    def __init__(self, journal: Journal, sink: JournalSink) -> None:
+        self._journal: Journal | None = journal
+        self._sink: JournalSink | None = sink
+
+    @classmethod
+    def open(cls, plan: JobPlan, command_line: str) -> MapJournal | None:
+        """The journal of the current directory, or None (with a warning) if it cannot be opened."""
+        from ..journal import Journal, JournalSink  # here: a run with --no-journal never imports SQLite
+
+        try:
+            journal = Journal.open(os.getcwd())
+        except (PhalanxError, OSError) as error:
+            _warn(f"running without a journal (no record for phalanx runs, no history; --no-journal skips it): "
+                  f"{error}")
+            return None
+        key = f"map: {_decoded(plan.template.text)}"
+        sink = JournalSink(
+            journal, spec_hashes={}, command_line=_decoded(command_line), run_kind="map",
+            history_key=lambda task_id: key, commit_every=JOURNAL_COMMIT_SECONDS,
+        )
+        return cls(journal, sink)
+
+    def handle(self, event: Event) -> None:
+        if self._sink is not None:
+            try:
+                self._sink.handle(event)
+            except (PhalanxError, ValueError) as error:  # ValueError: text SQLite refuses
+                self._stop(error)
+
+    def attempt_spawned(self, run_id: str, task_id: str, attempt: int, pid: int) -> None:
+        if self._sink is not None:
+            try:
+                self._sink.attempt_spawned(run_id, task_id, attempt, pid)
+            except (PhalanxError, ValueError) as error:
+                self._stop(error)
+
+    def close(self) -> None:
+        """End the run's record (if the session has not) and close the journal; again: nothing."""
+        if self._sink is not None:
+            try:
+                self._sink.close()
+            except (PhalanxError, ValueError) as error:
+                self._stop(error)
+            self._sink = None
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            import sqlite3  # loaded with the journal already
+
+            with contextlib.suppress(PhalanxError, sqlite3.Error):
+                journal.close()
+
+    def _stop(self, error: PhalanxError | ValueError) -> None:
+        """The journal failed (a full disk, a lock held too long): the run goes on without it."""
+        self._sink = None
+        _warn(f"the journal stopped recording this run: {error}")
+
+
+def _decoded(text: str) -> str:
+    """A command line as text SQLite can store: an argument's bytes that are not UTF-8 (kept
+    as lone surrogates, Python's ``surrogateescape``) become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _warn(text: str) -> None:
+    try:
+        sys.stderr.write(f"phalanx map: warning: {text}\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass  # nobody is reading stderr any more: nothing to tell
 
 
 class _ReaderGone:
