@@ -28,7 +28,8 @@ def _reader(data: bytes, log: list[int]) -> Callable[[int], bytes]:
     return read
 
 
-@pytest.mark.parametrize("seed", range(4))
+# One seed in the default tier; the other three (about 12 s each) in the slow one.
+@pytest.mark.parametrize("seed", [0, *(pytest.param(seed, marks=pytest.mark.slow) for seed in range(1, 4))])
 def test_blocks_as_gnu_cuts_them(seed: int, tmp_path: Path) -> None:
     rng = random.Random(seed)
     data = b"".join(b"x" * rng.randrange(0, 30) + b"\n" for _ in range(300)) + b"tail"

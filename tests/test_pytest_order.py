@@ -18,6 +18,7 @@ from phalanx.journal import Journal
 
 def phalanx_pytest(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTEST_", "PHALANX_"))}
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # installed plugins would only slow each run down
     return subprocess.run(
         [sys.executable, "-m", "phalanx", "pytest", *args], capture_output=True, text=True, cwd=cwd, env=env,
         timeout=60,
