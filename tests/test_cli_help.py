@@ -92,10 +92,12 @@ def test_map_still_goes_to_its_own_front_end_without_click() -> None:
     assert result.stderr.strip() == "exit 0 False False"
 
 
-def test_the_map_command_in_click_hands_over_to_the_map_front_end() -> None:
+def test_the_map_command_in_click_hands_over_to_the_map_front_end(tmp_path: Path) -> None:
     # Reached only by callers of phalanx.cli.main itself: `phalanx map` is routed before click.
+    # In tmp_path: map records its run in .phalanx/ of the directory it runs in.
     code = "from phalanx.cli import main; main(['map', '-k', 'echo', ':::', 'a', 'b'], prog_name='phalanx')"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env())
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env(),
+                            cwd=tmp_path)
     assert (result.returncode, result.stdout) == (0, "a\nb\n"), result.stderr
 
 

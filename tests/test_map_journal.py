@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import shlex
 import signal
@@ -35,13 +36,6 @@ def phalanx_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           env=environment(cwd), timeout=60, check=False)
 
 
-def with_task_file(directory: Path) -> Path:
-    """``phalanx runs``, ``show`` and ``history`` find the journal beside a task file (map
-    needs none, and records its runs in ``.phalanx/`` of the directory it runs in)."""
-    (directory / "phalanx.toml").write_text('[tasks.unused]\ncmd = "true"\n')
-    return directory
-
-
 @contextlib.contextmanager
 def journal_of(directory: Path) -> Iterator[Journal]:
     assert (directory / ".phalanx" / "journal.db").exists(), "map recorded nothing"
@@ -58,7 +52,7 @@ def only_run(journal: Journal) -> RunRecord:
 
 
 def test_a_map_run_is_recorded_with_each_job_as_a_task(tmp_path: Path) -> None:
-    work = with_task_file(tmp_path)
+    work = tmp_path  # no task file: runs, show and history read .phalanx/ here
     job = "printf 'out %s\\n' {}; echo 'err {}' >&2; test {} != b"
     done = run_map(["-k", job, ":::", "a", "b", "c"], cwd=work)
     assert (done.returncode, done.stdout) == (1, b"out a\nout b\nout c\n")
@@ -98,7 +92,7 @@ def test_a_map_run_is_recorded_with_each_job_as_a_task(tmp_path: Path) -> None:
 
 
 def test_the_history_learns_the_command_template_from_succeeded_jobs(tmp_path: Path) -> None:
-    work = with_task_file(tmp_path)
+    work = tmp_path  # no task file: runs, show and history read .phalanx/ here
     # No replacement string: the arguments are appended, and the template is `echo {}`.
     assert run_map(["echo"], cwd=work, stdin=b"1\n2\n3\n").returncode == 0
     assert run_map(["test {} = 0"], cwd=work, stdin=b"0\n3\n").returncode == 1
@@ -143,6 +137,35 @@ def test_two_maps_in_one_directory_at_once_are_both_recorded(tmp_path: Path) -> 
         assert DurationHistory(journal).entries()[0].samples == 100
 
 
+def _open_at_once(folder: str, barrier: Any, errors: Any) -> None:
+    barrier.wait(WAIT)
+    try:
+        Journal.open(folder).close()
+    except Exception as error:
+        errors.put(repr(error))
+        raise
+
+
+def test_a_journal_created_by_many_processes_at_once_opens_in_each(tmp_path: Path) -> None:
+    # Setting WAL mode needs the new file to itself, and SQLite refuses at once (no busy wait)
+    # while another process has it: `Journal.open` must ride that out. Forked processes that
+    # meet at a barrier first line up closely enough to hit it in about one try in four.
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    for attempt in range(10):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        barrier = context.Barrier(8)
+        procs = [context.Process(target=_open_at_once, args=(str(folder), barrier, errors)) for _ in range(8)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert [proc.exitcode for proc in procs] == [0] * 8, errors.get(timeout=WAIT)
+        with Journal.open(folder) as journal:
+            assert journal.query("PRAGMA journal_mode") == [("wal",)]
+
+
 # ---------------------------------------------------------------------------- no journal
 
 
@@ -185,7 +208,7 @@ def test_no_journal_records_nothing_and_leaves_no_folder(tmp_path: Path) -> None
 
 
 def test_resume_reads_the_joblog_and_each_run_records_what_it_ran(tmp_path: Path) -> None:
-    work = with_task_file(tmp_path)
+    work = tmp_path  # no task file: runs, show and history read .phalanx/ here
     args = ["-k", "--joblog", "log", "echo {}; test {} != 2 || test -e fixed", ":::", "1", "2", "3"]
     first = run_map(args, cwd=work)
     assert (first.returncode, first.stdout) == (1, b"1\n2\n3\n")

@@ -121,7 +121,7 @@ def test_map_rate_options_are_checked_before_anything_runs(tmp_path: Path) -> No
 def test_map_rate_tokens_charge_each_job_its_cost(tmp_path: Path) -> None:
     # 600 tokens a minute = 10 a second; jobs costing 5 each: one every 0.5 s.
     done = phalanx_cli("map", "-j", "4", "--rate-tokens", "600/min", "--rate-cost", "{}", STAMP, ":::", "5", "5",
-                       "5", "5")
+                       "5", "5", cwd=tmp_path)  # the run journal goes in .phalanx/ of the directory map runs in
     assert done.returncode == 0, done.stderr
     stamps = sorted(float(line) for line in done.stdout.split())
     assert len(stamps) == 4 and stamps[-1] - stamps[0] >= 1.5 - 0.05

@@ -380,7 +380,7 @@ class Journal:
         except (OSError, sqlite3.Error) as error:
             raise JournalError(f"cannot open the journal {path}: {_why(error)}") from error
         try:
-            connection.execute("PRAGMA journal_mode = WAL")
+            _use_wal(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
             # A checkpoint fsyncs: every 1000 pages (SQLite's default) it would cost a task
             # in a few hundred about as much as all its commits. The WAL may grow to ~40 MB
@@ -829,6 +829,28 @@ def _make_dir(directory: Path) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode = WAL`` (a no-op once the file is in WAL mode: it stays so).
+
+    Changing the mode needs the file to itself, and SQLite answers "database is locked" at
+    once, without the wait `BUSY_TIMEOUT` gives other statements, while another connection
+    has it: two runs creating the journal at once (``phalanx map`` started twice in one
+    folder). So: try again, for up to `BUSY_TIMEOUT`. A lock is all there is to wait on.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.001
+    while True:
+        try:
+            # A file system without WAL support keeps the old mode, quietly: that works too.
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
