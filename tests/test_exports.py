@@ -11,9 +11,9 @@ PUBLIC = {
     "SelectionError", "Sink", "Status", "SubmissionOrder", "Task", "TaskFinished", "TaskResult", "TaskRetrying",
     "TaskStarted", "UnknownDependencyError", "__version__", "get_execution_plan", "run",
     "run_async", "Executor", "RemoteTraceback", "TaskError", "TaskTimedOut", "WorkerChoice", "WorkerCrashed",
-    "map", "optimal_workers", "starmap",
+    "map", "optimal_workers", "starmap", "Limits",
     "amap", "Rate", "RateLimit", "RetryAfter", "HTTPStatusError", "raise_for_status", "RateLimitPaused",
-    "ConcurrencyChanged",
+    "ConcurrencyChanged", "resource_instances",
 }
 
 

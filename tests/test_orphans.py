@@ -44,8 +44,8 @@ _OWNER = textwrap.dedent(
 
 
     def hang(item):
-        if isolate:  # something the item starts: in the isolated child's process group
-            subprocess.Popen(["sleep", "1000"])
+        # Something the item starts: in its worker's process group (with isolate, the child's).
+        subprocess.Popen(["sleep", "1000"])
         open(os.path.join(busy, str(os.getpid())), "w").close()
         time.sleep(1000)
         return item
@@ -118,8 +118,9 @@ def test_sigkilled_owner_leaves_no_process_behind(tmp_path: Path, workers: int, 
         assert len(state["busy"]) == workers
         assert set(state["busy"]) <= pids  # the workers, or the isolated children running items
         assert state["forkserver"] in pids
-        # Each worker, and with isolate its child and the child's own child; the forkserver.
-        assert len(descendants) >= (3 * workers if isolate else workers) + 1
+        # Each worker, its group's keeper, the item's child (with isolate, the item's process
+        # and its child); the forkserver.
+        assert len(descendants) >= (4 if isolate else 3) * workers + 1
 
         owner.send_signal(signal.SIGKILL)
         owner.wait()

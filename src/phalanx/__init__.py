@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .asyncmap import amap as amap
+    from .backends.base import resource_instances as resource_instances
     from .errors import (
         ConfigError as ConfigError,
         CycleError as CycleError,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         RetryAfter as RetryAfter,
         raise_for_status as raise_for_status,
     )
+    from .limits import Limits as Limits
     from .mapper import map as map, starmap as starmap
     from .model import Graph as Graph, RetryPolicy as RetryPolicy, Task as Task
     from .ordering import (
@@ -76,6 +78,7 @@ _LAZY = {
     "RateLimitPaused": ".events",
     "RetryAfter": ".http",
     "raise_for_status": ".http",
+    "resource_instances": ".backends.base",
     "Executor": ".executor",
     "RemoteTraceback": ".errors",
     "TaskError": ".errors",
@@ -96,6 +99,7 @@ _LAZY = {
     "Event": ".events",
     "ExecutionPlan": ".plan",
     "Graph": ".model",
+    "Limits": ".limits",
     "OrderingPolicy": ".ordering",
     "PhalanxError": ".errors",
     "ResourceError": ".errors",
@@ -149,6 +153,7 @@ __all__ = [
     "Executor",
     "Graph",
     "HTTPStatusError",
+    "Limits",
     "OrderingPolicy",
     "PhalanxError",
     "Rate",
@@ -183,6 +188,7 @@ __all__ = [
     "map",
     "optimal_workers",
     "raise_for_status",
+    "resource_instances",
     "run",
     "run_async",
     "starmap",

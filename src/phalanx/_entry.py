@@ -11,8 +11,15 @@ from collections.abc import Sequence
 
 from . import __version__
 
+#: Whether phalanx is the program this process runs (the ``phalanx`` command, ``python -m
+#: phalanx``: `main` with no argv), rather than a function a host program calls. Only then
+#: does a run change the process itself: it becomes a child subreaper (`phalanx.guard`).
+running_as_program = False
+
 
 def main(argv: Sequence[str] | None = None) -> None:
+    global running_as_program
+    running_as_program = argv is None
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["map"]:
         # asyncio imports ssl if it can (about 5 ms), but this process only starts local

@@ -41,6 +41,20 @@ isolated item running now, if any, and ends the worker. It costs nothing per ite
 wakes until then. The forkserver ends when its liveness pipe reaches end-of-file, that is
 when every holder of the write end is gone; CPython gives every process it forks a copy, so
 a worker closes its copy first thing.
+
+Whatever an item starts (``subprocess.Popen``, ``os.system``, their own children, a
+grandchild that outlived its parent) goes when its worker goes, never later. A worker leads
+a process group of its own, which all of that joins (short of asking for a group or session
+of its own), and starts a *keeper* in it first thing: a shell that does nothing but wait
+for the worker to exit, however it exits, and then SIGKILL the group, itself included. The
+owner kills the group too when it kills a worker (an item's timeout, a cancel) and when it
+sees one exit; the keeper covers what the owner cannot see, such as the death signal that
+ends a worker after the owner died. An item that returns leaves what it started to its
+worker (like a module global, it may be meant for the next items): it goes when the worker
+does, at the end of the run at the latest. With ``isolate`` it goes when the item ends.
+Neither costs anything per item. A worker's standard input is ``/dev/null``: from a group
+of its own, a child reading a terminal would be stopped (SIGTTIN), and the owner's input is
+not the items' to take.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ import os
 import pickle
 import select
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -167,6 +182,42 @@ def _owner_watch(poller: select.poll, count: int, slots: Any) -> None:
     os._exit(_OWNER_GONE)
 
 
+def _stdin_from_devnull() -> None:
+    """Give file descriptor 0 to ``/dev/null`` (multiprocessing only replaces ``sys.stdin``)."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_RDONLY)
+        if null != 0:
+            os.dup2(null, 0)
+            os.close(null)
+
+
+def _lead_own_group() -> None:
+    """Lead a process group of our own, with a keeper in it that kills it once we are gone."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    if os.getpgrp() != os.getpid():
+        return  # no group of our own: never kill the one we are in (the owner's, its shell's)
+    # The keeper is a shell (a fork of this process would hold on to a copy of its memory)
+    # reading a pipe whose write end only we hold: it is not inheritable, so no program an
+    # item runs gets it; only a fork without exec would (an isolated item's child, which
+    # dies with us; an item's own os.fork(), which delays the keeper until it exits).
+    # End of file means we have exited, however we did: it SIGKILLs the group, itself too.
+    read_end, write_end = os.pipe()
+    try:
+        keeper = subprocess.Popen(["/bin/sh", "-c", "read _; kill -KILL 0"], stdin=read_end,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        os.close(write_end)  # no shell: the owner's kills will have to do
+    else:
+        _keeper.append((keeper, write_end))
+    finally:
+        os.close(read_end)
+
+
+#: The keeper and the write end of its pipe, held for as long as the worker lives.
+_keeper: list[tuple[subprocess.Popen[bytes], int]] = []
+
+
 if sys.version_info >= (3, 12):
 
     def _fork() -> int:
@@ -232,9 +283,11 @@ def main(conn: Connection, shared: Any, setup: bytes, owner: int = 0) -> None:
     a process's arguments would refuse or, worse, look up by name in the wrong module).
     ``owner`` is the pid of the process that started this worker for its `ProcessBackend`.
     """
-    # Ctrl-C reaches the whole process group; the parent decides what happens to workers.
+    # Ctrl-C is the owner's to handle: it decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _release_forkserver()  # first: until then the forkserver cannot see the owner go
+    _stdin_from_devnull()
+    _lead_own_group()
     slots: Any = memoryview(shared).cast("B").cast("d")  # faster than the ctypes array
     slots[CURRENT_INDEX] = IDLE
     slots[CHILD_PID] = 0

@@ -1,7 +1,9 @@
 """The command line: parse, build the model, call the engine, turn the outcome into an exit code.
 
 Exit codes (``run``, ``plan``, ``graph``, ``list``): 0 all succeeded; 1 some task did not;
-2 bad usage or input, nothing ran; 130 interrupted (SIGINT); 143 terminated (SIGTERM).
+2 bad usage or input, nothing ran (or, for ``run``, a report or standard output that could not
+be written: a full disk, a file-size limit; the run itself is in the journal); 130 interrupted
+(SIGINT); 143 terminated (SIGTERM).
 Bad input is one line on stderr naming the file and line, never a traceback.
 
 ``phalanx map`` is routed to its own front end before click is imported (`phalanx._entry`);
@@ -10,6 +12,7 @@ the ``map`` command here only lists it in ``phalanx --help`` and in shell comple
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -55,6 +58,9 @@ Examples:
   phalanx run --select mypy        # mypy and what it depends on
   phalanx run examples/ci.toml --select tag:lint --no-deps --output always
   phalanx run --timeout 5m         # for tasks that set no timeout (0: none)
+  phalanx run --priority low       # for tasks the file gives no priority
+  phalanx run --memory 2GB         # a memory limit for tasks that set none (--cpus too)
+  phalanx run --max-output 10MB    # each task's stdout and stderr: head and tail, 10 MB
   phalanx run --fail-fast --json > report.json
 """
 
@@ -94,6 +100,52 @@ Its options keep GNU parallel's names and meanings; see: phalanx map --help
 def _fail(error: PhalanxError | str) -> NoReturn:
     click.echo(f"phalanx: error: {error}", err=True)
     sys.exit(EXIT_BAD_INPUT)
+
+
+def _usage_error(error: click.UsageError, ctx: click.Context) -> NoReturn:
+    """Bad usage as one line naming the option or argument (click's own report is four lines:
+    the usage, a hint, a blank line and the error), exit 2."""
+    path = (error.ctx or ctx).command_path
+    click.echo(f"phalanx: error: {error.format_message()} (see: {path} --help)", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+# Click >= 8.2 shows the help for a bare group (`phalanx`) by raising this usage error: it stays help.
+_SHOWS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _Command(click.Command):
+    """A command whose usage errors are one line (see `_usage_error`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            if isinstance(error, _SHOWS_HELP):
+                raise
+            _usage_error(error, ctx)
+
+
+class _Group(click.Group):
+    """``phalanx``: its own usage errors and an unknown command are one line too."""
+
+    command_class = _Command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            if isinstance(error, _SHOWS_HELP):
+                raise
+            _usage_error(error, ctx)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as error:
+            _usage_error(error, ctx)
 
 
 def _load(file: str | None) -> TaskFile:
@@ -224,9 +276,12 @@ def select(graph: Graph, patterns: Sequence[str], *, with_deps: bool) -> Graph:
     tasks bring everything they depend on unless ``with_deps`` is False.
 
     Raises:
-        SelectionError: a pattern names nothing (with a did-you-mean).
+        SelectionError: a pattern names nothing (with a did-you-mean), or ``--no-deps``
+            came without ``--select``.
     """
     if not patterns:
+        if not with_deps:  # a flag that would change nothing is a mistake: say so rather than run everything
+            raise SelectionError("--no-deps needs --select: it leaves out the selected tasks' dependencies")
         return graph
     chosen: list[str] = []
     for pattern in patterns:
@@ -256,7 +311,7 @@ def select(graph: Graph, patterns: Sequence[str], *, with_deps: bool) -> Graph:
     return graph.subgraph(chosen, keep_deps=with_deps)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EPILOG)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EPILOG)
 @click.version_option(__version__, prog_name="phalanx")
 def main() -> None:
     """phalanx: run shell commands, task DAGs and Python callables in parallel.
@@ -264,6 +319,35 @@ def main() -> None:
     A task file is phalanx.toml, or the [tool.phalanx] table of pyproject.toml, in the
     current directory or the nearest directory above it (up to the repository root).
     """
+
+
+def _priority_option(function: Any) -> Any:
+    return click.option(
+        "--priority",
+        metavar="P",
+        help="The priority (an integer, or high=10, normal=0, low=-10; higher starts first) of the tasks "
+        "whose priority the task file leaves unset: neither their own, nor a tag's in [priorities], nor "
+        "[defaults]. Default: 0.",
+    )(function)
+
+
+def _with_priority(graph: Graph, priority: str | None, task_file: TaskFile) -> Graph:
+    """``--priority``: the graph with that priority for every task the file gives none.
+
+    Raises:
+        ConfigError: not an integer, high, normal or low.
+    """
+    from .model import Graph, parse_priority
+
+    if priority is None:
+        return graph
+    value = parse_priority(int(priority) if _is_integer(priority) else priority, what="--priority")
+    unset = task_file.unprioritized
+    return Graph(replace(task, priority=value) if task.id in unset else task for task in graph)
+
+
+def _is_integer(text: str) -> bool:
+    return text.strip().lstrip("+-").isdigit()
 
 
 def _jobs_option(function: Any) -> Any:
@@ -288,6 +372,18 @@ def _jobs_option(function: Any) -> Any:
     metavar="DURATION",
     help="A timeout per attempt (30, 90s, 2m) for the tasks that set none; 0: no timeout (the default).",
 )
+@click.option(
+    "--max-output",
+    metavar="SIZE",
+    help="Keep at most SIZE (10MB, 1GiB) of each task's stdout, and as much of its stderr, for the tasks "
+    "that set no max_output: the first and the last half of it; the rest is counted and dropped, and the "
+    "result says so. 0: no cap (the default).",
+)
+@_priority_option
+@click.option("--memory", metavar="SIZE",
+              help="A memory limit (512MB, 2GiB) for the tasks that set none: the RSS of each task's whole "
+              "process tree; a task over it is killed and fails.")
+@click.option("--cpus", metavar="N", help="A CPU share (0.5, 2) for the tasks that set none.")
 @click.option("--dry-run", is_flag=True, help="Print what would run, in order, and run nothing.")
 @click.option(
     "--output",
@@ -321,6 +417,9 @@ def _jobs_option(function: Any) -> Any:
               "journal in .phalanx/; processes a killed run left behind are stopped first.")
 @click.option("--show-workers", is_flag=True, help="On a terminal, show a line per slot with its running task.")
 @click.option("-q", "--quiet", is_flag=True, help="Show only failures and the summary.")
+@click.option("--redact", "redact", metavar="NAME", multiple=True,
+              help="Show the value of environment variable NAME (or a pattern: '*_SECRET') as *** in every "
+              "output, report and the journal; repeatable, and added to the task file's redact list.")
 @_colour_option
 def run(
     file: str | None,
@@ -329,6 +428,10 @@ def run(
     selects: tuple[str, ...],
     no_deps: bool,
     timeout: str | None,
+    max_output: str | None,
+    priority: str | None,
+    memory: str | None,
+    cpus: str | None,
     dry_run: bool,
     output: str,
     as_json: bool,
@@ -342,15 +445,21 @@ def run(
     show_workers: bool,
     quiet: bool,
     colour: str,
+    redact: tuple[str, ...] = (),
 ) -> None:
     """Run the tasks of FILE, each as soon as its dependencies succeed.
 
     FILE defaults to phalanx.toml, or [tool.phalanx] in pyproject.toml, in the current
     directory or the nearest one above it. Commands run in the task file's directory
     (or the task's cwd), wherever phalanx is started.
+
+    Among ready tasks the higher priority starts first. A task's priority is its own
+    priority, else the highest of its tags' in [priorities], else the priority of
+    [defaults], else --priority, else 0 (normal).
     """
     import asyncio
 
+    from .guard import TaskGuard
     from .render import summary_text
     from .runner import named_limiters, results_sink
     from .session import StandardBackends, run_session
@@ -360,24 +469,32 @@ def run(
     task_file = _load(file)
     try:
         graph = _with_timeout(select(task_file.graph, selects, with_deps=not no_deps), timeout)
+        graph = _with_max_output(graph, max_output)
+        graph = _with_priority(graph, priority, task_file)
+        graph = _with_limits(graph, memory, cpus)
     except PhalanxError as error:
         _fail(error)
     _warn(task_file)
+    redaction = _redaction(task_file, graph, redact)
     workers = jobs or optimal_workers("commands").count
     human = sys.stderr if as_json else sys.stdout
     painted = _colour(colour, human)
     if dry_run:
         _dry_run(task_file, graph, workers)
         return
-    journal, journal_sink, graph, cost_model = _journal_for(task_file, graph, resume, human)
-    backends = StandardBackends("auto", grace=2.0, on_spawn=journal.attempt_spawned)
+    mask = redaction.redactor.text if redaction is not None else None
+    journal, journal_sink, graph, cost_model = _journal_for(task_file, graph, resume, human, mask=mask)
+    # Nothing a task starts outlives the run: not a daemon, not after a kill -9 of phalanx.
+    guard = TaskGuard.for_command_line(grace=2.0)
+    backends = StandardBackends("auto", grace=2.0, on_spawn=journal.attempt_spawned, guard=guard)
     own_junit = _junit_files(task_file)
     failing = None
     if task_file.junit:
         from .sinks.junit import failing_tests
 
         def failing(tid: str) -> list[str]:
-            return failing_tests(own_junit(tid))
+            names = failing_tests(own_junit(tid))
+            return names if mask is None else [mask(name) for name in names]
 
     # The journal first: a task's record is committed before anything else hears of its end.
     sinks: list[Sink] = [journal_sink, _reporter(human, output, painted, show_workers=show_workers, quiet=quiet,
@@ -389,7 +506,7 @@ def run(
         if junit_file is not None:
             from .sinks.junit import JUnitSink
 
-            sinks.append(JUnitSink(junit_file, junit_files=own_junit))
+            sinks.append(JUnitSink(junit_file, junit_files=own_junit, redact=mask))
         if html_file is not None:
             from .sinks.html import HtmlReportSink
 
@@ -406,6 +523,8 @@ def run(
         _fail(error)
     except OSError as error:
         _fail(f"cannot write {error.filename}: {error.strerror}" if error.filename else str(error))
+    if redaction is not None:  # every sink hears the events with the secrets masked
+        sinks = [redaction.wrap(sink) for sink in sinks]
     try:
         report = asyncio.run(
             run_session(
@@ -413,32 +532,74 @@ def run(
                 backend_for=backends.for_task,
                 close_backends=backends.aclose,
                 max_workers=workers,
-                capacities=task_file.capacities,
+                capacities=task_file.resources,
                 fail_fast=fail_fast,
                 sinks=sinks,
                 log_dir=log_dir,
                 handle_signals=True,
                 limiters=limiters,
                 cost_model=cost_model,
+                on_temporary_dir=guard.temporary_dir,
             )
         )
     except PhalanxError as error:
         _fail(_locate(error, task_file, "resources"))
+    except OSError as error:  # a report or the output could not be written: the run itself is in the journal
+        _unwritable(error)
     finally:
+        guard.close()
         journal.close()
+        if redaction is not None:
+            redaction.close()
+    if redaction is not None:
+        report = redaction.report(report)
     summary = summary_text(report)
-    human.write((paint_summary(summary, report.exit_code == 0) if painted else summary) + "\n")
-    human.flush()
-    if as_json:
-        json.dump(report.to_dict(), sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
+    try:
+        human.write((paint_summary(summary, report.exit_code == 0) if painted else summary) + "\n")
+        human.flush()
+        if as_json:
+            json.dump(report.to_dict(), sys.stdout, indent=2, default=str)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    except OSError as error:
+        _unwritable(error)
     sys.exit(report.exit_code)
 
 
-def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any) -> tuple[Any, Sink, Graph, Any]:
+def _redaction(task_file: TaskFile, graph: Graph, names: Sequence[str]) -> Any:
+    """The run's `phalanx.redact.Redaction` (the task file's ``redact`` and ``--redact``, with
+    the values of phalanx's environment and the tasks' env tables), or None: nothing to mask.
+    Prints a warning for each value too short to mask."""
+    from .redact import Redaction, Redactor, pattern_problem
+
+    for name in names:
+        problem = pattern_problem(name)
+        if problem is not None:
+            _fail(f"--redact: {problem}")
+    environments = [os.environ, *(task.env for task in graph)]
+    redactor, warnings = Redactor.from_environment([*task_file.redact, *names], environments)
+    for warning in warnings:
+        click.echo(f"phalanx: warning: {warning}", err=True)
+    return Redaction(redactor) if redactor else None
+
+
+def _unwritable(error: OSError) -> NoReturn:
+    """A report, or standard output, that could not be written (a full disk, a file-size
+    limit, no permission): one line and exit 2, never a traceback."""
+    if error.filename is None:
+        # Standard output failed (a report file's error names it): what it still buffers would
+        # fail again at exit, with a second message and exit status 120.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    where = "standard output" if error.filename is None else error.filename
+    _fail(f"cannot write {where}: {error.strerror or error}")
+
+
+def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any,
+                 mask: Callable[[str], str] | None = None) -> tuple[Any, Sink, Graph, Any]:
     """The run journal in ``.phalanx/`` beside the task file, its sink, the graph to run
     (with ``--resume``, only what is not done), and the cost model (declared costs, else
-    the duration history)."""
+    the duration history). ``mask``: the command line's secrets masked (`phalanx.redact`)."""
     from .history import DurationHistory, HistoryCosts
     from .journal import Journal, JournalSink, file_key, kill_leftovers, plan_resume, spec_hashes
 
@@ -461,7 +622,9 @@ def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any) ->
         human.write(f"phalanx: resuming: {len(plan.done)} done, {len(plan.todo)} to run\n")
         human.flush()
         graph, hashes = plan.graph(graph), dict(plan.spec_hashes)
-    sink = JournalSink(journal, spec_hashes=hashes, command_line=" ".join(["phalanx", *sys.argv[1:]]), file_key=key)
+    command_line = " ".join(["phalanx", *sys.argv[1:]])
+    sink = JournalSink(journal, spec_hashes=hashes, command_line=command_line if mask is None else mask(command_line),
+                       file_key=key)
     return journal, sink, graph, HistoryCosts(DurationHistory(journal))
 
 
@@ -552,6 +715,30 @@ class _Both:
             sink.close()
 
 
+def _with_limits(graph: Graph, memory: str | None, cpus: str | None) -> Graph:
+    """``--memory`` and ``--cpus``: the graph with these limits for every command task that sets none.
+
+    Raises:
+        ConfigError: not a size, or not a positive number.
+    """
+    from .limits import LIMIT_PARSERS, Limits
+    from .model import Graph
+
+    run_wide: dict[str, Any] = {}
+    if memory is not None:
+        run_wide["memory"] = LIMIT_PARSERS["memory"](memory, what="--memory")
+    if cpus is not None:
+        try:
+            share: object = float(cpus)
+        except ValueError:
+            share = cpus  # not a number: the parser says so, naming the option
+        run_wide["cpus"] = LIMIT_PARSERS["cpus"](share, what="--cpus")
+    if not run_wide:
+        return graph
+    defaults = Limits(**run_wide)
+    return Graph(replace(task, limits=task.limits.over(defaults)) if task.is_command else task for task in graph)
+
+
 def _with_timeout(graph: Graph, timeout: str | None) -> Graph:
     """``--timeout``: the graph with a timeout for every task that sets none (0: none at all).
 
@@ -567,11 +754,27 @@ def _with_timeout(graph: Graph, timeout: str | None) -> Graph:
     return Graph(replace(task, timeout=seconds) if task.timeout is None else task for task in graph)
 
 
+def _with_max_output(graph: Graph, size: str | None) -> Graph:
+    """``--max-output``: the graph with that output cap for every task that sets none (0: no cap).
+
+    Raises:
+        ConfigError: not a size.
+    """
+    from .limits import parse_output_cap
+    from .model import Graph
+
+    cap = None if size is None else parse_output_cap(size, what="--max-output")
+    if not cap:
+        return graph
+    return Graph(replace(task, limits=replace(task.limits, max_output=cap))
+                 if task.is_command and task.limits.max_output is None else task for task in graph)
+
+
 def _dry_run(task_file: TaskFile, graph: Graph, workers: int) -> None:
     from .plan import get_execution_plan
 
     try:
-        plan = get_execution_plan(graph, max_workers=workers, resources=task_file.capacities)
+        plan = get_execution_plan(graph, max_workers=workers, resources=task_file.resources)
     except PhalanxError as error:
         _fail(_locate(error, task_file, "resources"))
     from .render import plural
@@ -585,13 +788,15 @@ def _dry_run(task_file: TaskFile, graph: Graph, workers: int) -> None:
 @main.command(epilog=PLAN_EXAMPLES, short_help="Show levels, critical path and start order; run nothing.")
 @_file_argument
 @_jobs_option
+@_priority_option
 @_colour_option
-def plan(file: str | None, jobs: int | None, colour: str) -> None:
+def plan(file: str | None, jobs: int | None, priority: str | None, colour: str) -> None:
     """Show levels, the critical path, the widest level and the start order of FILE's tasks.
 
-    Nothing runs: the start order comes from the scheduler itself, on estimated durations
-    (each task's declared cost, else its duration history from past runs, else the depth of
-    the graph below it).
+    Nothing runs: the start order comes from the scheduler itself, by priority (shown where
+    not 0; resolved as `phalanx run` resolves it), then on estimated durations (each task's
+    declared cost, else its duration history from past runs, else the depth of the graph
+    below it).
     """
     from .plan import get_execution_plan
     from .render import plan_text
@@ -601,8 +806,9 @@ def plan(file: str | None, jobs: int | None, colour: str) -> None:
     task_file = _load(file)
     cost_model = _past_durations(task_file)
     try:
+        graph = _with_priority(task_file.graph, priority, task_file)
         execution_plan = get_execution_plan(
-            task_file.graph, max_workers=jobs or optimal_workers("commands").count, resources=task_file.capacities,
+            graph, max_workers=jobs or optimal_workers("commands").count, resources=task_file.resources,
             cost_model=cost_model,
         )
     except PhalanxError as error:
@@ -611,7 +817,7 @@ def plan(file: str | None, jobs: int | None, colour: str) -> None:
     from_history = 0
     if cost_model is not None:
         from_history = sum(1 for task in task_file.graph if task.cost is None and cost_model.estimate(task) is not None)
-    text = plan_text(execution_plan, task_file.graph, from_history=from_history)
+    text = plan_text(execution_plan, graph, from_history=from_history)
     painted = _colour(colour, sys.stdout)
     click.echo(paint_plan(text) if painted else text, color=painted)
 
@@ -660,7 +866,13 @@ def list_command(file: str | None, selects: tuple[str, ...], no_deps: bool, as_j
         _fail(error)
     _warn(task_file)
     if as_json:
-        document = {"file": str(task_file.path), "tasks": [_task_dict(task) for task in chosen]}
+        tasks = [_task_dict(task) for task in chosen]
+        redaction = _redaction(task_file, chosen, ())
+        if redaction is not None:  # the env tables' secrets, as a run would show them
+            mask = redaction.redactor.text
+            for entry in tasks:
+                entry["env"] = {name: mask(value) for name, value in entry["env"].items()}
+        document = {"file": str(task_file.path), "tasks": tasks}
         click.echo(json.dumps(document, indent=2))
         return
     text = task_list_text(chosen)
@@ -987,6 +1199,10 @@ def _each(spec: str) -> tuple[str, tuple[str, ...]]:
             text = Path(values[1:]).read_text(encoding="utf-8")
         except OSError as error:
             raise PhalanxError(f"--each: cannot read {values[1:]}: {error.strerror or error}") from error
+        except UnicodeDecodeError as error:
+            line = error.object.count(b"\n", 0, error.start) + 1
+            raise PhalanxError(f"--each: {values[1:]}:{line}: not UTF-8 text (byte 0x{error.object[error.start]:02x})"
+                               ) from error
         found = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     else:
         found = [value.strip() for value in values.split(",") if value.strip()]

@@ -3,9 +3,18 @@
     [defaults]                                # any task key but cmd/deps/for_each; task keys win
                                               # (tags are merged: the defaults' and the task's)
     [resources]                               # named capacities: db = 1 (slots are -j, not here)
+    gpu = ["0", "1"]                          # named instances: a task with gpu = 1 gets one of its
+                                              # own, as $PHALANX_GPU and $CUDA_VISIBLE_DEVICES
+    [priorities]                              # tag = "high" | "normal" | "low" | an integer
+    critical = "high"
     [tasks.test]
     cmd = "pytest {item}"                     # a string runs with sh -c; a list is an argv
     for_each = { glob = "tests/test_*.py" }   # or a list: one task test[ITEM] per item
+
+A task's priority (an integer, higher starts first; high = 10, normal = 0, low = -10) is
+the first of: its own ``priority``; the highest of its tags' in ``[priorities]``; the
+``priority`` of ``[defaults]``; the run's ``--priority`` (the tasks it applies to are
+`TaskFile.unprioritized`); 0. A ``[priorities]`` tag that no task has is a warning.
 
 Every error is a `PhalanxError` with the file (as the caller spelled it) and the best line:
 the offending key's, else its table header's, else 1. tomllib reports no positions, so
@@ -36,23 +45,30 @@ from .errors import (
     UnknownDependencyError,
     did_you_mean,
 )
+from .limits import LIMIT_PARSERS, Limits, parse_limit
 from .model import SLOTS, Graph, RetryPolicy, Task, parse_priority
 from .ratelimit import RateLimit
+from .resources import check_instance_names, split_capacities
 from .shellquote import ShellQuoteError, quote_placeholders
 
 _T = TypeVar("_T")
 _Path = tuple[str, ...]
 
-_TOP_KEYS = ("defaults", "resources", "rate_limits", "tasks")
+_TOP_KEYS = ("defaults", "resources", "priorities", "rate_limits", "tasks", "redact")
 _TASK_KEYS = ("cmd", "deps", "priority", "timeout", "retries", "resources", "env", "cwd", "tags", "cost", "for_each",
-              "limiter", "limiter_key", "tokens", "junit")
+              "limiter", "limiter_key", "tokens", "junit", *LIMIT_PARSERS)  # memory, cpus, ...: a task's `Limits`
 _PER_TASK_ONLY = ("cmd", "deps", "for_each", "junit")  # meaningless as a default: they define the task
 _DEFAULT_KEYS = tuple(key for key in _TASK_KEYS if key not in _PER_TASK_ONLY)
+_REDACT = "redact"  # the run's, not a task's: at the top or in [defaults], never per task
 _FOR_EACH_KEYS = ("glob",)
 _FOR_EACH_FORMS = ('a list of items (for_each = ["a", "b"]) or a table whose only key is glob '
                    '(for_each = { glob = "*.py" })')
 _RETRY_KEYS = ("count", "backoff", "initial", "max", "jitter", "on_exit_codes", "max_retry_after")
 _ITEM = "{item}"
+# Commands, their arguments, environment and directory reach the kernel as C strings, which end at a
+# NUL: such a task could only fail when it starts, after others ran, so the loader refuses it.
+_NUL = "\0"
+_HAS_NUL = "contains a NUL character (\\u0000), which no process can be given"
 # How deep tables and arrays may nest below the top of a task file. Real files need 5 (tasks.NAME.retries
 # .on_exit_codes); the cap keeps every walk over a value, repr() included, far from the recursion limit.
 _MAX_NESTING = 64
@@ -179,11 +195,18 @@ class TaskFile:
         path: the file the tasks came from.
         graph: the tasks; checked for unknown dependencies and cycles, but not frozen
             (the runner validates it when a run starts).
-        capacities: the ``[resources]`` table; never contains ``slots`` (that is ``-j``).
+        capacities: the ``[resources]`` table; never contains ``slots`` (that is ``-j``). A
+            resource declared by its instances (``gpu = ["0", "1"]``) has their number here.
         rate_limits: the ``[rate_limits]`` table: named limits tasks pace themselves by.
         junit: for tasks that write JUnit XML themselves, where (an absolute path or glob).
         warnings: located, one-line messages about things that load but are probably
             mistakes (``{item}`` in a task without ``for_each``), for the front end to print.
+        instances: the resources of ``[resources]`` declared by their instances' names.
+        unprioritized: the ids of the tasks whose priority nothing in the file sets (no
+            ``priority`` of their own, no tag in ``[priorities]``, none in ``[defaults]``):
+            those a run's ``--priority`` applies to.
+        redact: the environment variables (names or ``fnmatch`` patterns) whose values
+            phalanx masks in what it shows and stores (`phalanx.redact`).
     """
 
     path: Path
@@ -194,6 +217,14 @@ class TaskFile:
     junit: Mapping[str, str] = field(default_factory=dict)
     _lines: _LineIndex = field(default_factory=_LineIndex, repr=False, compare=False)
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # id -> NAME
+    instances: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    unprioritized: frozenset[str] = frozenset()
+    redact: tuple[str, ...] = ()
+
+    @property
+    def resources(self) -> Mapping[str, float | tuple[str, ...]]:
+        """What the scheduler is given: the capacities, with instance names where declared."""
+        return {**self.capacities, **self.instances}
 
     def line_of(self, task_id: str, key: str | None = None) -> int | None:
         """The line of ``[tasks.NAME]``, or of ``key`` in that table, for a task id.
@@ -382,6 +413,10 @@ class _Loader:
         self.warnings: list[str] = []
         self.rate_limits: dict[str, RateLimit] = {}
         self.junit: dict[str, str] = {}  # task id -> the JUnit file (or glob) it writes
+        self.instances: dict[str, tuple[str, ...]] = {}  # [resources] declared by their instances
+        self.tag_priorities: dict[str, int] = {}  # [priorities]
+        self.default_priority: int | None = None  # [defaults] priority
+        self.unprioritized: set[str] = set()  # the [tasks.NAME] whose priority the file leaves unset
 
     def quoted_item(self, name: str, here: _Path, cmd: str, item: str) -> str:
         """``{item}`` in a shell string, quoted for the context it stands in (bare, inside
@@ -437,9 +472,16 @@ class _Loader:
         for key in defaults:
             if key in _PER_TASK_ONLY:
                 self.fail(f"[defaults]: {key!r} can only be set per task", "defaults", key)
-            if key not in _DEFAULT_KEYS:
-                self.fail(f"[defaults]: unknown key {key!r}{_hint(key, _DEFAULT_KEYS)}", "defaults", key)
+            if key not in _DEFAULT_KEYS and key != _REDACT:
+                self.fail(f"[defaults]: unknown key {key!r}{_hint(key, (*_DEFAULT_KEYS, _REDACT))}", "defaults", key)
+        redact = self.redact(document, defaults)
+        defaults = {key: value for key, value in defaults.items() if key != _REDACT}
         capacities = self.capacities(self.table(document.get("resources", {}), "[resources]", "resources"))
+        self.tag_priorities = self.priorities(self.table(document.get("priorities", {}), "[priorities]",
+                                                         "priorities"))
+        if "priority" in defaults:
+            self.default_priority = self.guard("[defaults]", ("defaults", "priority"), parse_priority,
+                                               defaults["priority"])
         self.rate_limits = self.limits(self.table(document.get("rate_limits", {}), "[rate_limits]", "rate_limits"))
         tasks = self.table(document.get("tasks", {}), "[tasks]", "tasks")
         if not tasks:
@@ -469,20 +511,82 @@ class _Loader:
             Graph(graph).validate()  # on a copy: the runner gets an unfrozen graph and validates it itself
         except CycleError as error:
             raise error.located(self.file, self.lines.best("tasks", sources[error.cycle[0]])) from None
+        self.warn_unused_priorities(graph)
         return TaskFile(self.source, graph, MappingProxyType(capacities), tuple(self.warnings),
                         MappingProxyType(self.rate_limits), MappingProxyType(self.junit), self.lines,
-                        MappingProxyType(sources))
+                        MappingProxyType(sources), instances=MappingProxyType(self.instances),
+                        unprioritized=frozenset(tid for tid, name in sources.items() if name in self.unprioritized),
+                        redact=redact)
+
+    def redact(self, document: dict[str, Any], defaults: dict[str, Any]) -> tuple[str, ...]:
+        """``redact`` (at the top and in ``[defaults]``, together): the environment variables
+        whose values phalanx masks (`phalanx.redact`)."""
+        from .redact import pattern_problem
+
+        names: list[str] = []
+        for where, table in ((("redact",), document), (("defaults", "redact"), defaults)):
+            if _REDACT not in table:
+                continue
+            value = table[_REDACT]
+            label = "redact" if len(where) == 1 else "[defaults]: redact"
+            if not isinstance(value, list):
+                self.fail(f"{label} must be a list of environment variable names or patterns "
+                          f'(redact = ["API_TOKEN", "*_SECRET"]), got {value!r}', *where)
+            for name in value:
+                problem = pattern_problem(name)
+                if problem is not None:
+                    self.fail(f"{label}: {problem}", *where)
+                names.append(name)
+        return tuple(dict.fromkeys(names))
 
     def capacities(self, resources: dict[str, Any]) -> dict[str, float]:
+        """``[resources]``: a capacity (``db = 1``), or the names of the instances
+        (``gpu = ["0", "1"]``: a capacity of 2, each instance held by one task at a time)."""
         capacities: dict[str, float] = {}
         for name, amount in resources.items():
             if name == SLOTS:
                 self.fail("[resources]: 'slots' is not declared here: it is -j, the number of parallel jobs",
                           "resources", name)
+            if isinstance(amount, list):
+                self.instances[name] = self.guard(None, ("resources", name), check_instance_names, name, amount)
+                capacities[name] = float(len(self.instances[name]))
+                continue
             if not _is_number(amount) or not (math.isfinite(amount) and amount > 0):
-                self.fail(f"[resources]: {name!r} must be a positive number, got {amount!r}", "resources", name)
+                self.fail(f"[resources]: {name!r} must be a positive number, got {amount!r} (or a list of "
+                          f'instance names such as ["0", "1"])', "resources", name)
             capacities[name] = float(amount)
+        try:
+            split_capacities(self.instances)  # two resources exported as one variable
+        except PhalanxError as error:
+            raise error.located(self.file, self.lines.best("resources", list(self.instances)[-1])) from None
         return capacities
+
+    def priorities(self, table: dict[str, Any]) -> dict[str, int]:
+        """``[priorities]``: a tag's priority, ``critical = "high"`` (or an integer)."""
+        return {tag: self.guard(None, ("priorities", tag), parse_priority, value, what=f"[priorities] {tag}")
+                for tag, value in table.items()}
+
+    def warn_unused_priorities(self, graph: Graph) -> None:
+        """Warn about a ``[priorities]`` tag that no task has: a typo would otherwise do nothing."""
+        tags = {tag for task in graph for tag in task.tags}
+        for tag in self.tag_priorities:
+            if tag not in tags:
+                line = self.lines.best("priorities", tag)
+                self.warnings.append(f"{self.file}:{line}: [priorities]: no task has the tag {tag!r}"
+                                     f"{_hint(tag, tags)}, so it sets no priority")
+
+    def priority(self, name: str, table: dict[str, Any], tags: frozenset[str]) -> int | None:
+        """A task's priority: its own, else its tags' highest in ``[priorities]``, else the
+        ``[defaults]`` one; None when the file sets none (``--priority`` then applies)."""
+        if "priority" in table:
+            own: int = self.guard(f"task {name!r}", ("tasks", name, "priority"), parse_priority, table["priority"])
+            return own
+        tagged = [self.tag_priorities[tag] for tag in tags if tag in self.tag_priorities]
+        if tagged:
+            return max(tagged)
+        if self.default_priority is None:
+            self.unprioritized.add(name)
+        return self.default_priority
 
     def limits(self, table: dict[str, Any]) -> dict[str, RateLimit]:
         """``[rate_limits]``: ``openai = "500/min"``, or a table such as
@@ -581,12 +685,17 @@ class _Loader:
             if not _is_str_list(tags):
                 self.fail(f"{whose}: tags must be a list of strings, got {tags!r}", *where)
         expect("cwd", isinstance(settings.get("cwd", ""), str), "a path string")
+        for key in ("cmd", "cwd"):
+            value = settings.get(key, "")
+            if any(_NUL in part for part in ([value] if isinstance(value, str) else value)):
+                self.fail(f"{who(key)}: {key} {_HAS_NUL}", *origin[key])
 
         # Tags add up: the defaults' and the task's own (a default tag is not lost by tagging a task).
         tags = frozenset((*defaults.get("tags", ()), *table.get("tags", ())))
         fields: dict[str, Any] = {"deps": tuple(settings.get("deps", ())), "tags": tags}
-        if "priority" in settings:
-            fields["priority"] = self.guard(who("priority"), origin["priority"], parse_priority, settings["priority"])
+        priority = self.priority(name, table, tags)
+        if priority is not None:
+            fields["priority"] = priority
         for key in ("timeout", "cost"):
             if key in settings:
                 fields[key] = self.guard(who(key), origin[key], parse_duration, settings[key], what=key)
@@ -604,6 +713,10 @@ class _Loader:
         if "resources" in settings:
             fields["resources"] = self.resources(who("resources"), origin["resources"], settings["resources"],
                                                  capacities)
+        limits = {key: self.guard(who(key), origin[key], parse_limit, key, settings[key])
+                  for key in LIMIT_PARSERS if key in settings}
+        if limits:
+            fields["limits"] = Limits(**limits)
         return cmd, settings.get("cwd", "."), fields
 
     def env(self, name: str, defaults: dict[str, Any], table: dict[str, Any]) -> dict[str, str]:
@@ -616,6 +729,11 @@ class _Loader:
             for var, text in variables.items():
                 if not isinstance(text, str):
                     self.fail(f"{who}: env {var} must be a string, got {text!r} (quote it)", *where, "env", var)
+                if not var or "=" in var or _NUL in var:
+                    self.fail(f"{who}: env variable name {var!r} is not allowed: it must not be empty or contain "
+                              "'=' or a NUL character", *where, "env", var)
+                if _NUL in text:
+                    self.fail(f"{who}: env {var} {_HAS_NUL}", *where, "env", var)
             env.update(variables)
         return env
 
@@ -664,6 +782,10 @@ class _Loader:
             if amount > capacities[name]:
                 self.fail(f"{who} requests {name} = {amount:g} but the capacity of {name!r} is "
                           f"{capacities[name]:g}", *where, name, error=ResourceError)
+            if name in self.instances and amount != int(amount):
+                self.fail(f"{who} requests {name} = {amount:g}, but {name!r} has named instances "
+                          f"({', '.join(self.instances[name])}): ask for a whole number of them",
+                          *where, name, error=ResourceError)
         return {name: float(amount) for name, amount in requests.items()}
 
     def items(self, name: str, where: _Path, value: object) -> list[str]:
@@ -693,4 +815,6 @@ class _Loader:
         for item in value:
             if not isinstance(item, str) and not _is_number(item):
                 self.fail(f"{who}: items must be strings or numbers, got {item!r}", *where)
+            if _NUL in str(item):
+                self.fail(f"{who}: item {item!r} {_HAS_NUL}", *where)
         return [str(item) for item in value]

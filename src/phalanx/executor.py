@@ -40,6 +40,7 @@ from .backends.threads import ThreadBackend
 from .errors import ConfigError, RemoteTraceback, TaskError, TaskTimedOut, WorkerCrashed
 from .events import Event, Sink, TaskFinished, TaskRetrying
 from .model import Graph, RetryPolicy, Task, is_coroutine_action
+from .resources import Capacities
 from .results import Status, TaskResult
 from .scheduler import Scheduler
 from .workers import optimal_workers
@@ -90,13 +91,16 @@ class Executor:
         max_tasks_per_worker: replace a worker process after this many items.
         max_memory_per_worker: replace a worker process whose RSS exceeds this many bytes
             (checked after each batch).
-        isolate: fork a fresh child of a warm worker for every item (no state leaks).
+        isolate: fork a fresh child of a warm worker for every item (no state leaks, and a
+            process an item starts ends with the item; without it, with the item's worker).
         timeout: default seconds per task or item; over it, the work is stopped (with
             threads it cannot be: the task ends ``timed_out`` and its thread is abandoned).
         retries: default extra attempts for a failed task or item: a count, or a
             `RetryPolicy` with its backoff (retries wait on the scheduler's timers).
         resources: named capacities beyond the worker slots, for tasks submitted with
-            `submit_task` that request them (``{"gpu": 1}``).
+            `submit_task` that request them (``{"gpu": 1}``); a list of names declares a
+            resource's units (``{"gpu": ["0", "1"]}``), each held by one task at a time (a
+            thread or ``async def`` task reads its own with `resource_instances`).
         rate_limits: named rate limits (``{"openai": "500/min"}``) for tasks submitted with
             `submit_task` that name them (``Task(..., limiter="openai")``).
         results: a ``.csv`` or ``.jsonl`` file getting one row per call or map item as it
@@ -123,7 +127,7 @@ class Executor:
         isolate: bool = False,
         timeout: float | None = None,
         retries: int | RetryPolicy = 0,
-        resources: Mapping[str, float] | None = None,
+        resources: Capacities | None = None,
         rate_limits: Mapping[str, Any] | None = None,
         results: str | Path | None = None,
         fsync: bool = False,

@@ -372,7 +372,10 @@ class Journal:
             created = _make_dir(path.parent)
             if created:
                 # A cache, not a source: keep it out of the user's commits (as pytest and ruff do).
-                (path.parent / ".gitignore").write_text("# Created by phalanx.\n*\n", encoding="utf-8")
+                # Private like everything in the folder, whatever the umask.
+                fd = os.open(path.parent / ".gitignore", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                with open(fd, "w", encoding="utf-8") as ignore:
+                    ignore.write("# Created by phalanx.\n*\n")
             # Created private before SQLite opens it: the tails of output can be sensitive,
             # and SQLite gives the -wal and -shm files the database file's mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
@@ -918,6 +921,8 @@ def _finish_params(
     # The scheduler gives a result made when no attempt was running no worker.
     last_ran = result.attempts > 0 and result.worker is not None
     reason = _text(result.reason)
+    if result.output_cut is not None:  # the note goes with the reason, for a task that succeeded too
+        reason = _text(f"{result.reason}; {result.note}" if result.reason else f"{result.note}")
     task_row = (
         seq, result.task_id, spec_hash, status, result.attempts, reason, result.exit_code,
         start, end, result.duration if last_ran else None,
@@ -1386,6 +1391,25 @@ def plan_resume(journal: Journal, file_key: str, graph: Graph) -> ResumePlan:
         crashed_runs=tuple(crashed),
         spec_hashes=MappingProxyType({tid: hashes[tid] for tid in todo}),
     )
+
+
+def crashed_runs(journal: Journal, *, kind: str) -> tuple[tuple[str, ...], tuple[Leftover, ...]]:
+    """The runs of ``kind`` without a task file (``phalanx map``'s) that never finished and
+    whose phalanx is gone, and the process groups they have as running: what ``--resume``
+    stops (`kill_leftovers`) and then records as crashed (`Journal.mark_crashed`).
+    `plan_resume` does the same for the runs of a task file."""
+    rows = journal.query(
+        "SELECT id, runner_pid, runner_started FROM runs WHERE kind = ? AND file IS NULL AND status = ? ORDER BY seq",
+        (kind, RUNNING),
+    )
+    crashed: list[str] = []
+    leftovers: list[Leftover] = []
+    for run_id, runner_pid, runner_started in rows:
+        if runner_pid is not None and _same_process(runner_pid, runner_started, alive=True):
+            continue  # still going (another map in this folder): not crashed
+        crashed.append(str(run_id))
+        leftovers.extend(journal.running_attempts(str(run_id)))
+    return tuple(crashed), tuple(leftovers)
 
 
 #: How far apart two create times of "the same" process may be, in seconds. psutil derives

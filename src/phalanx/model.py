@@ -24,6 +24,7 @@ from .errors import (
     PhalanxError,
     UnknownDependencyError,
 )
+from .limits import NO_LIMITS, Limits
 
 #: What a task runs: a shell string (``sh -c``), an argv list (run directly), or a callable.
 Action = str | Sequence[str] | Callable[..., Any]
@@ -176,6 +177,7 @@ class Task:
         limiter_key: which key of those limits it counts against (a provider, a model);
             tasks on different keys are limited independently. "" for the one shared key.
         tokens: what an attempt costs a weighted limit (tokens per minute); 1 by default.
+        limits: what the command may use (memory, cpus, cpu_time, ...); commands only.
     """
 
     id: str
@@ -195,6 +197,7 @@ class Task:
     limiter: tuple[str, ...] = ()
     limiter_key: str = ""
     tokens: float = 1.0
+    limits: Limits = NO_LIMITS
 
     def __post_init__(self) -> None:
         # Every check has a fast path for the value a field has by default: `phalanx.amap`
@@ -242,6 +245,8 @@ class Task:
                 raise ConfigError(f"task {self.id!r}: tokens must be a positive number, got {tokens!r}",
                                   task_id=self.id)
             _set(self, "tokens", float(tokens))
+        if self.limits is not NO_LIMITS:
+            self._check_limits_of_command()
 
     def _check_deps(self) -> None:
         if isinstance(self.deps, str):
@@ -260,6 +265,15 @@ class Task:
                     f"task {self.id!r}: env {key!r} must map to a string, got {value!r}", task_id=self.id
                 )
         object.__setattr__(self, "env", MappingProxyType(env))
+
+    def _check_limits_of_command(self) -> None:
+        if type(self.limits) is not Limits:
+            raise ConfigError(f"task {self.id!r}: limits must be a Limits, got {self.limits!r}", task_id=self.id)
+        if self.limits == NO_LIMITS:
+            object.__setattr__(self, "limits", NO_LIMITS)  # the command backend's fast path knows this one
+        elif callable(self.action):
+            raise ConfigError(f"task {self.id!r}: limits apply to commands only (a callable shares its worker "
+                              "process with other tasks)", task_id=self.id)
 
     def _check_limits(self) -> None:
         limiter = (self.limiter,) if isinstance(self.limiter, str) else tuple(self.limiter or ())

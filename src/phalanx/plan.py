@@ -18,6 +18,7 @@ from .events import Event, TaskStarted
 from .fakeclock import run_virtual
 from .model import Graph
 from .ordering import CostModel, DeclaredCosts, OrderingPolicy, critical_path, estimate_costs, path_weights
+from .resources import Capacities
 from .results import RunReport
 from .scheduler import Scheduler
 from .tasksource import TaskSource, build_graph
@@ -103,7 +104,7 @@ def simulate(
     weights: Mapping[str, float],
     *,
     max_workers: int,
-    resources: Mapping[str, float] | None = None,
+    resources: Capacities | None = None,
     policy: OrderingPolicy | None = None,
     cost_model: CostModel | None = None,
 ) -> tuple[RunReport, list[str]]:
@@ -142,7 +143,7 @@ def get_execution_plan(
     *,
     deps: Mapping[str, Sequence[str]] | None = None,
     max_workers: int | None = None,
-    resources: Mapping[str, float] | None = None,
+    resources: Capacities | None = None,
     policy: OrderingPolicy | None = None,
     cost_model: CostModel | None = None,
 ) -> ExecutionPlan:

@@ -29,6 +29,8 @@ def task_line(result: TaskResult) -> str:
         line += f"  (passed on attempt {result.attempts})"
     elif result.reason and not result.ok:
         line += f"  {result.reason}"
+    if result.note is not None:
+        line += f"  ({result.note})"
     return line
 
 
@@ -103,9 +105,10 @@ def plan_text(plan: ExecutionPlan, graph: Graph, *, from_history: int = 0) -> st
     lines.append("  start order:")
     width = len(str(len(plan.start_order)))
     for position, tid in enumerate(plan.start_order, 1):
-        deps = graph[tid].deps
-        after = f"  (after {', '.join(deps)})" if deps else ""
-        lines.append(f"    {position:>{width}}. {tid}{after}")
+        task = graph[tid]
+        after = f"  (after {', '.join(task.deps)})" if task.deps else ""
+        rank = f"  [priority {task.priority:+d}]" if task.priority else ""
+        lines.append(f"    {position:>{width}}. {tid}{rank}{after}")
     return "\n".join(lines)
 
 

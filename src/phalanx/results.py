@@ -69,6 +69,63 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamCut:
+    """One output stream that printed more than ``max_output``: what it printed, what is kept.
+
+    The file keeps the stream's first ``head`` bytes and its last ``kept - head`` bytes; the
+    ``dropped`` bytes between them were counted and thrown away.
+    """
+
+    printed: int
+    kept: int
+    head: int
+
+    @property
+    def dropped(self) -> int:
+        return self.printed - self.kept
+
+    def to_dict(self) -> dict[str, int]:
+        return {"printed": self.printed, "kept": self.kept, "dropped": self.dropped, "head": self.head}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputCut:
+    """A command's output cut to its ``max_output`` cap: per stream, None for one kept whole."""
+
+    cap: int
+    stdout: StreamCut | None = None
+    stderr: StreamCut | None = None
+
+    def describe(self) -> str:
+        """``output cut: stdout 2.15 GB printed, 10 MB kept`` (each stream that was cut), in
+        the units the cap is written in: powers of 1024 (``1.5 GiB printed, 1 MiB kept``) for
+        a cap that is a whole number of them but not of powers of 1000."""
+        binary = self.cap % 1000 != 0 and self.cap % 1024 == 0
+        parts = [f"{name} {_size(cut.printed, binary)} printed, {_size(cut.kept, binary)} kept"
+                 for name, cut in (("stdout", self.stdout), ("stderr", self.stderr)) if cut is not None]
+        return "output cut: " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cap": self.cap,
+            "stdout": None if self.stdout is None else self.stdout.to_dict(),
+            "stderr": None if self.stderr is None else self.stderr.to_dict(),
+        }
+
+
+_DECIMAL_UNITS = (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3))
+_BINARY_UNITS = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+
+
+def _size(size: int, binary: bool) -> str:
+    """``204.8 MB``, ``3.07 MB``, ``2 GB``, ``512 B`` (or ``1.5 GiB``): at most two decimals."""
+    for unit, factor in _BINARY_UNITS if binary else _DECIMAL_UNITS:
+        if size >= factor:
+            return f"{size / factor:.2f}".rstrip("0").rstrip(".") + f" {unit}"
+    return f"{size} B"
+
+
+@dataclass(frozen=True, slots=True)
 class TaskResult:
     """What happened to one task.
 
@@ -92,7 +149,10 @@ class TaskResult:
         pid: the process id of the last attempt, for commands and process workers.
         blocked_by: for a skipped task, the task whose failure caused the skip.
         stdout_tail, stderr_tail: the end of the last attempt's output.
-        stdout_path, stderr_path: files with its whole output (kept when a log dir is given).
+        stdout_path, stderr_path: files with its whole output (kept when a log dir is given),
+            or as much of it as ``max_output`` keeps.
+        output_cut: how much of the last attempt's output ``max_output`` cut, per stream;
+            None when nothing was cut. `note` says it in words.
         exception: the exception object a callable raised, when it could be brought back
             (so `phalanx.map` can raise it where the value would be); not part of `to_dict`.
     """
@@ -119,11 +179,18 @@ class TaskResult:
     stdout_path: str | None = None
     stderr_path: str | None = None
     exception: BaseException | None = field(default=None, repr=False, compare=False)
+    output_cut: OutputCut | None = None
 
     @property
     def ok(self) -> bool:
         """Whether the task succeeded (flaky or not)."""
         return self.status is Status.SUCCEEDED
+
+    @property
+    def note(self) -> str | None:
+        """What people should know beside the status, such as ``output cut: stdout 2.15 GB
+        printed, 10 MB kept``; None when there is nothing to say."""
+        return None if self.output_cut is None else self.output_cut.describe()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (the value is included only if JSON can hold it)."""
@@ -148,6 +215,8 @@ class TaskResult:
             "blocked_by": self.blocked_by,
             "stdout_tail": self.stdout_tail,
             "stderr_tail": self.stderr_tail,
+            "output_cut": None if self.output_cut is None else self.output_cut.to_dict(),
+            "note": self.note,
         }
         if isinstance(self.value, str | int | float | bool | type(None) | list | dict):
             out["value"] = self.value

@@ -22,6 +22,7 @@ from .model import Task
 from .ordering import CostModel, OrderingPolicy
 from .policy import HaltRule, TimeoutRule
 from .ratelimit import Limiters, RateLimit
+from .resources import Capacities
 from .results import RunReport
 from .session import BackendName, StandardBackends, run_session
 from .tasksource import TaskSource, build_graph
@@ -59,7 +60,7 @@ async def run_async(
     *,
     deps: Mapping[str, Sequence[str]] | None = None,
     max_workers: int | None = None,
-    resources: Mapping[str, float] | None = None,
+    resources: Capacities | None = None,
     fail_fast: bool = False,
     timeout: float | str | None = None,
     backend: BackendName = "auto",
@@ -140,7 +141,7 @@ def run(
     *,
     deps: Mapping[str, Sequence[str]] | None = None,
     max_workers: int | None = None,
-    resources: Mapping[str, float] | None = None,
+    resources: Capacities | None = None,
     fail_fast: bool = False,
     timeout: float | str | None = None,
     backend: BackendName = "auto",
@@ -163,7 +164,10 @@ def run(
             (callables, shell strings, argv lists) as in ``{"black": fn, "mypy": fn2}``.
         deps: extra dependencies by name, ``{"mypy": ["black"]}``.
         max_workers: how many tasks run at once (slots); default: the usable CPUs.
-        resources: named capacities beyond slots, ``{"db": 1}``.
+        resources: named capacities beyond slots, ``{"db": 1}``, or the names of a
+            resource's units, ``{"gpu": ["0", "1"]}``: a task asking for ``{"gpu": 1}``
+            gets a unit no other running task holds (`resource_instances` tells it which;
+            a command gets ``PHALANX_GPU`` and ``CUDA_VISIBLE_DEVICES``).
         fail_fast: on the first task that fails for good, cancel everything else.
         timeout: a default per-attempt timeout (seconds or ``"2m"``) for tasks that set
             none; None or 0: no timeout. A task's own ``timeout=0`` keeps it without one.

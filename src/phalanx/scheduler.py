@@ -32,7 +32,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -62,7 +62,16 @@ from .ordering import (
 )
 from .policy import HaltDecision, HaltRule, TimeoutRule
 from .ratelimit import Limiters, Paused, Use, WindowChanged
-from .resources import Amounts, ResourcePool, check_requests, fits
+from .resources import (
+    NO_INSTANCES,
+    Amounts,
+    Capacities,
+    Instances,
+    ResourcePool,
+    check_requests,
+    fits,
+    split_capacities,
+)
 from .results import CancelReason, ErrorInfo, RunReport, RunSummary, Status, TaskResult
 
 _EPSILON = 1e-9
@@ -86,6 +95,7 @@ class _Running:
     slot_numbers: tuple[int, ...]
     expected_end: float | None
     handle: asyncio.Task[tuple[Status, Outcome]]
+    instances: Instances = field(default_factory=lambda: NO_INSTANCES)  # the named units it holds until it ends
     limit: float | None = None  # the time limit in force, in seconds
     deadline: asyncio.TimerHandle | None = None
     timed_out: float | None = None  # the limit that ran out, once it has
@@ -116,7 +126,9 @@ class Scheduler:
         graph: the tasks (validated here if it was not already).
         backend_for: picks the backend that runs a task.
         max_workers: the slot capacity (``-j``).
-        capacities: other named resources (``{"db": 1}``).
+        capacities: other named resources (``{"db": 1}``), or the names of a resource's
+            units (``{"gpu": ["0", "1"]}``): each attempt gets units of its own
+            (`Attempt.instances`), released when it ends however it ends.
         fail_fast: on the first task that fails for good, stop everything (``halt`` now).
         halt: asked about every task that ends whether to stop now or soon (GNU
             parallel's ``--halt``); combined with ``fail_fast``.
@@ -144,7 +156,7 @@ class Scheduler:
         *,
         backend_for: Callable[[Task], Backend],
         max_workers: int,
-        capacities: Mapping[str, float] | None = None,
+        capacities: Capacities | None = None,
         fail_fast: bool = False,
         policy: OrderingPolicy | None = None,
         cost_model: CostModel | None = None,
@@ -164,8 +176,9 @@ class Scheduler:
         graph.validate()
         self._open = open_ended
         self._closed = False
-        self._capacities = {**dict(capacities or {}), SLOTS: float(max_workers)}
-        check_requests(graph, self._capacities)
+        declared, self._instances = split_capacities(capacities)
+        self._capacities = {**declared, SLOTS: float(max_workers)}
+        check_requests(graph, self._capacities, self._instances)
         self._max_workers = max_workers
         self._backend_for = backend_for
         self._fail_fast = fail_fast
@@ -216,7 +229,7 @@ class Scheduler:
         self._submitted = len(self._tasks)
         self._ended_count = 0
 
-        self._pool = ResourcePool(self._capacities)
+        self._pool = ResourcePool(self._capacities, self._instances)
         self._heap: list[tuple[tuple[Any, ...], str]] = []
         self._running: dict[str, _Running] = {}
         self._backoff: dict[str, asyncio.TimerHandle] = {}
@@ -339,7 +352,7 @@ class Scheduler:
             if dep not in self._tasks and dep not in self._ended:
                 raise UnknownDependencyError(tid, dep, [*self._tasks, *self._ended])
         if task.requests is not ONE_SLOT:
-            check_requests([task], self._capacities)  # one slot always fits: -j is at least 1
+            check_requests([task], self._capacities, self._instances)  # one slot always fits: -j is at least 1
         self._register_uses(task)
         self._tasks[tid] = task
         self._dependents[tid] = []
@@ -638,17 +651,18 @@ class Scheduler:
         for name, amount in request.items():
             free[name] -= amount
         slot_numbers = self._pool.acquire(request)
+        instances = self._pool.take_instances(request)
         number = self._attempts[tid] + 1
         self._attempts[tid] = number
         now = self._now()
         self._first_start.setdefault(tid, now)
         worker = slot_numbers[0] if slot_numbers else 0
-        attempt = Attempt(task, number, worker, self.run_id, self._run_dir)
+        attempt = Attempt(task, number, worker, self.run_id, self._run_dir, instances)
         assert self._loop is not None
         handle = self._loop.create_task(self._attempt(attempt), name=f"phalanx:{tid}#{number}")
         estimate = self._estimates[tid]
         running = _Running(
-            task, number, now, request, slot_numbers, None if estimate is None else now + estimate, handle
+            task, number, now, request, slot_numbers, None if estimate is None else now + estimate, handle, instances
         )
         self._running[tid] = running
         self._set_deadline(running, self._limit_of(task))
@@ -751,7 +765,7 @@ class Scheduler:
         del self._running[tid]
         if running.deadline is not None:
             running.deadline.cancel()
-        self._pool.release(running.request, running.slot_numbers)
+        self._pool.release(running.request, running.slot_numbers, running.instances)
         now = self._now()
         self._busy[tid] += now - running.started
         task = running.task
@@ -838,6 +852,7 @@ class Scheduler:
             stdout_path=outcome.stdout_path,
             stderr_path=outcome.stderr_path,
             exception=outcome.exception,
+            output_cut=outcome.output_cut,
         )
 
     def _plain_result(

@@ -13,10 +13,10 @@ import random
 import shutil
 import signal
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .backends.base import Backend
 from .backends.inline import InlineBackend
@@ -26,8 +26,12 @@ from .model import Graph, Task, is_coroutine_action
 from .ordering import CostModel, OrderingPolicy
 from .policy import HaltRule, TimeoutRule
 from .ratelimit import Limiters
+from .resources import Capacities
 from .results import CancelReason, RunReport
 from .scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from .guard import AttemptGuard
 
 BackendName = Literal["auto", "threads", "inline"]
 
@@ -38,10 +42,12 @@ class StandardBackends:
     (or all callables on the loop with ``"inline"``)."""
 
     def __init__(self, callables: BackendName, grace: float,
-                 on_spawn: Callable[[str, str, int, int], None] | None = None) -> None:
+                 on_spawn: Callable[[str, str, int, int], None] | None = None,
+                 guard: AttemptGuard | None = None) -> None:
         self._callables = callables
         self._grace = grace
         self._on_spawn = on_spawn
+        self._guard = guard  # for the commands: see phalanx.guard
         self._made: dict[str, Backend] = {}
 
     def for_task(self, task: Task) -> Backend:
@@ -60,7 +66,7 @@ class StandardBackends:
         if kind == "command":
             from .backends.command import CommandBackend
 
-            return CommandBackend(grace=self._grace, on_spawn=self._on_spawn)
+            return CommandBackend(grace=self._grace, on_spawn=self._on_spawn, guard=self._guard)
         if kind == "inline":
             return InlineBackend()
         return ThreadBackend()
@@ -85,7 +91,7 @@ async def run_session(
     sinks: Iterable[Sink] = (),
     log_dir: str | Path | None = None,
     handle_signals: bool = False,
-    capacities: Mapping[str, float] | None = None,
+    capacities: Capacities | None = None,
     fail_fast: bool = False,
     policy: OrderingPolicy | None = None,
     cost_model: CostModel | None = None,
@@ -94,16 +100,20 @@ async def run_session(
     start_interval: float = 0.0,
     timeout_for: TimeoutRule | None = None,
     limiters: Limiters | None = None,
+    on_temporary_dir: Callable[[Path], None] | None = None,
 ) -> RunReport:
     """Run ``graph`` to the end and return its report.
 
     Without ``log_dir`` the output files live in a temporary run directory removed at the
-    end, and the results keep only the output's tail. With ``handle_signals``, SIGINT and
+    end, and the results keep only the output's tail (``on_temporary_dir`` hears of it
+    first: the watchdog removes it if phalanx is killed). With ``handle_signals``, SIGINT and
     SIGTERM stop the run cleanly (exit 130 / 143 follow from the report).
     """
     all_sinks = list(sinks)
     temporary = log_dir is None
     run_dir = make_run_dir() if log_dir is None else Path(log_dir)
+    if temporary and on_temporary_dir is not None:
+        on_temporary_dir(run_dir)
     try:
         scheduler = Scheduler(
             graph, backend_for=backend_for, max_workers=max_workers, capacities=capacities, fail_fast=fail_fast,

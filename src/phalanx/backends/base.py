@@ -10,13 +10,15 @@ cancellation through. A second cancellation while it is stopping means "kill at 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..model import Task
-from ..results import ErrorInfo
+from ..resources import NO_INSTANCES, Instances
+from ..results import ErrorInfo, OutputCut
 
 if TYPE_CHECKING:
     from ..http import Failure
@@ -34,6 +36,8 @@ class Attempt:
         worker: the slot number (1-based) it holds, exported as ``PHALANX_WORKER``.
         run_id: the run's id.
         run_dir: a directory private to this run, for output and result files.
+        instances: the named units of resources it holds (``{"gpu": ("1",)}``), its own
+            until the attempt ends; exported to commands as ``PHALANX_<NAME>``.
     """
 
     task: Task
@@ -41,6 +45,32 @@ class Attempt:
     worker: int
     run_id: str
     run_dir: Path
+    instances: Instances = field(default_factory=lambda: NO_INSTANCES)
+
+
+# The instances of the attempt whose callable runs in this context: set by the backends
+# that run callables in this process (a thread's own context, an asyncio task's copy).
+_HELD_INSTANCES: ContextVar[Instances] = ContextVar("phalanx_instances", default=NO_INSTANCES)
+
+
+def hold_instances(attempt: Attempt) -> None:
+    """Make the attempt's instances what `resource_instances` answers in this context.
+
+    Set even when it holds none: an attempt's asyncio task may be started from another's
+    (the scheduler dispatches as an attempt ends) and so begin with a copy of its context.
+    """
+    _HELD_INSTANCES.set(attempt.instances)
+
+
+def resource_instances() -> Instances:
+    """The named resource units the calling task holds, such as ``{"gpu": ("0",)}``.
+
+    For a callable run by `phalanx.run` (threads, inline, ``async def``), the Python
+    counterpart of the ``PHALANX_GPU`` a command gets: with ``resources={"gpu": ["0", "1"]}``
+    declared, a task asking for ``{"gpu": 1}`` reads its own unit here. Empty outside a
+    task, or for a task that holds none.
+    """
+    return _HELD_INSTANCES.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +92,7 @@ class Outcome:
         failure: what kind of failure it was, when it is an HTTP or throttling matter (a
             429 with its Retry-After, a timeout, `RetryAfter`): the scheduler's retry policy
             and rate limits act on it.
+        output_cut: how much output a command printed past its ``max_output``, per stream.
     """
 
     ok: bool
@@ -80,6 +111,7 @@ class Outcome:
     exception: BaseException | None = field(default=None, repr=False, compare=False)
     retry_action: Any = field(default=None, repr=False, compare=False)
     failure: Failure | None = None
+    output_cut: OutputCut | None = None
 
 
 class Backend(Protocol):

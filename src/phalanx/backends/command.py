@@ -4,7 +4,9 @@ Each attempt is one process, the leader of a new process group (``process_group=
 that stopping it reaches everything it started. Its output goes to two files in the run
 directory, never through pipes: memory stays bounded whatever it prints, and background
 processes that keep the files open cannot delay the end of the attempt (we wait for the
-leader to exit, not for end-of-file).
+leader to exit, not for end-of-file). A task with ``max_output`` is the one exception: its
+output goes through pipes that the loop drains into the files, keeping the cap
+(`phalanx.backends.capture`); the end of the attempt still never waits for them.
 
 Children are started with `subprocess.Popen` (vfork + exec, fast enough to call on the
 loop) rather than ``asyncio.create_subprocess_*``, whose child watchers and pipe
@@ -29,15 +31,21 @@ import signal
 import stat
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from ..limits import NO_LIMITS
 from ..outputfiles import output_paths
 from ..reaper import ChildReaper
+from ..resources import instance_environment
 from .base import Attempt, Outcome
+from .capture import OutputCapture
 
 if TYPE_CHECKING:
+    from ..confinement import Confinement, MemoryWatch
+    from ..guard import AttemptGuard
     from ..http import Failure
+    from ..model import Task
 
 _SHELL = "/bin/sh"
 
@@ -97,10 +105,16 @@ class CommandBackend:
         tail_bytes: how much of the end of stdout and stderr goes into the outcome.
         kill_leftovers: SIGKILL the attempt's process group once its leader exits, so
             that background processes it started do not outlive it.
+        cut_marker: when a task's ``max_output`` cuts its output, put a line saying so
+            between the head and the tail kept in the file (`phalanx map`: no, its stdout
+            is the job's own bytes).
+        guard: marks each attempt's environment and hears of each group's start and end,
+            to find what escaped the group (`phalanx.guard`: daemons, a killed phalanx).
     """
 
     def __init__(self, *, grace: float = 2.0, tail_bytes: int = 4096, kill_leftovers: bool = True,
-                 on_spawn: Callable[[str, str, int, int], None] | None = None) -> None:
+                 on_spawn: Callable[[str, str, int, int], None] | None = None, cut_marker: bool = True,
+                 guard: AttemptGuard | None = None) -> None:
         """``on_spawn(run_id, task_id, attempt, pid)`` is told of each process group as it
         starts (the run journal records it, so that a run killed outright leaves a trace of
         what it left running)."""
@@ -112,6 +126,8 @@ class CommandBackend:
         self._tail_bytes = tail_bytes
         self._kill_leftovers = kill_leftovers
         self._on_spawn = on_spawn
+        self._cut_marker = cut_marker
+        self._guard = guard
         self._reaper = ChildReaper()
         self._running: dict[int, subprocess.Popen[bytes]] = {}
         self._stopped: dict[tuple[str, int], Outcome] = {}
@@ -120,6 +136,8 @@ class CommandBackend:
         self._base_environment = dict(os.environb)  # output of stopped attempts, until asked
         self._run_dirs: dict[str, str] = {}  # as given -> absolute, once created
         self._closing = False
+        self._memory_watch: MemoryWatch | None = None  # made when a task first has a memory limit
+        self._releasing: set[Confinement] = set()  # cgroups still held by dying processes
 
     def running_pids(self) -> list[int]:
         """The process-group ids (= leader pids) of the attempts running now."""
@@ -149,31 +167,59 @@ class CommandBackend:
         except OSError as error:
             os.close(out_fd)
             return Outcome(ok=False, reason=f"cannot create the output files: {error}")
+        capture: OutputCapture | None = None  # with max_output: pipes drained into the files
+        confinement: Confinement | None = None  # with limits (memory, cpus, rlimits): see phalanx.confinement
         try:
+            child_out, child_err = out_fd, err_fd
+            if task.limits.max_output:
+                try:
+                    capture = OutputCapture(task.limits.max_output, out_fd, err_fd, os.path.dirname(files.stdout),
+                                            marker=self._cut_marker)
+                except OSError as error:
+                    return Outcome(ok=False, reason=f"cannot create the output pipes: {error}")
+                child_out, child_err = capture.child_fds
+            if task.limits is not NO_LIMITS:
+                try:
+                    confinement = _confine(task)
+                except ValueError as error:
+                    return Outcome(ok=False, reason=str(error), stdout_path=files.stdout, stderr_path=files.stderr)
+            env = _environment(self._base_environment, attempt, files.result)
+            serial = 0 if self._guard is None else self._guard.marked(env)
             try:
                 proc = subprocess.Popen(
                     argv,
                     process_group=0,
                     stdin=subprocess.DEVNULL,
-                    stdout=out_fd,
-                    stderr=err_fd,
+                    stdout=child_out,
+                    stderr=child_err,
                     close_fds=True,
                     cwd=task.cwd,
-                    env=_environment(self._base_environment, attempt, files.result),
+                    env=env,
+                    preexec_fn=None if confinement is None else confinement.in_child,
                 )
             except (OSError, ValueError) as error:
                 reason, exit_code = _start_failure(error, argv[0], task.cwd)
                 return Outcome(
                     ok=False, exit_code=exit_code, reason=reason, stdout_path=files.stdout, stderr_path=files.stderr
                 )
+            except subprocess.SubprocessError as error:  # only from preexec_fn: the child could not take a limit
+                reason = f"cannot apply the task's limits: {error}"
+                return Outcome(ok=False, reason=reason, stdout_path=files.stdout, stderr_path=files.stderr)
+            if confinement is not None:
+                self._confined(proc, confinement)
+            if capture is not None:
+                capture.start()
             self._running[proc.pid] = proc
+            if self._guard is not None:
+                self._guard.spawned(serial, proc.pid)
             if self._on_spawn is not None:
                 self._on_spawn(attempt.run_id, task.id, attempt.number, proc.pid)
             try:
-                await self._wait(proc)
+                await self._wait(proc, confinement)
             except asyncio.CancelledError:
                 # Stopped (timeout, fail-fast, Ctrl-C): what it printed until then is often
                 # the most useful output of the run; keep it for the scheduler to report.
+                cut = capture.finish() if capture is not None else None  # the group is dead: no waiting
                 self._stopped[(task.id, attempt.number)] = Outcome(
                     ok=False,
                     pid=proc.pid,
@@ -181,16 +227,55 @@ class CommandBackend:
                     stderr_tail=_tail(err_fd, self._tail_bytes),
                     stdout_path=files.stdout,
                     stderr_path=files.stderr,
+                    output_cut=cut,
                 )
                 raise
             finally:
                 if proc.returncode is None:  # only if something unexpected went wrong
                     self._kill_now(proc)
                 del self._running[proc.pid]
-            return self._outcome(proc, argv[0] == _SHELL, files, out_fd, err_fd)
+                if confinement is not None and confinement.memory is not None and self._memory_watch is not None:
+                    self._memory_watch.unwatch(confinement.memory)
+            cut = capture.finish() if capture is not None else None
+            outcome = self._outcome(proc, argv[0] == _SHELL, files, out_fd, err_fd)
+            if confinement is not None:
+                outcome = _within_limits(outcome, proc, argv[0] == _SHELL, confinement)
+            return outcome if cut is None else replace(outcome, output_cut=cut)
         finally:
+            if capture is not None:
+                capture.close()
+            if confinement is not None:
+                self._release(confinement)
             os.close(out_fd)
             os.close(err_fd)
+
+    def _confined(self, proc: subprocess.Popen[bytes], confinement: Confinement) -> None:
+        """The attempt's leader has started within its limits: watch its memory, if limited."""
+        confinement.started(proc.pid)
+        if confinement.memory is not None:
+            if self._memory_watch is None:
+                from ..confinement import MemoryWatch
+
+                self._memory_watch = MemoryWatch()
+
+            def over_memory() -> None:
+                confinement.memory_exceeded = True
+                self._killpg(proc, signal.SIGKILL)  # the whole tree, at once: it only grows meanwhile
+                if confinement.memory is not None:
+                    confinement.memory.kill()  # and those of its processes that left the group
+
+            self._memory_watch.watch(confinement.memory, over_memory)
+
+    def _release(self, confinement: Confinement, tries: int = 40) -> None:
+        """Remove the attempt's cgroup once its processes are gone (SIGKILLed ones take a moment)."""
+        if self._kill_leftovers:
+            confinement.kill_leftovers()  # processes that left the process group, but not the cgroup
+        if confinement.release() or not tries:
+            # Given up after 2 s (kill_leftovers=False, and they live on): the next phalanx sweeps it.
+            self._releasing.discard(confinement)
+        else:
+            self._releasing.add(confinement)
+            asyncio.get_running_loop().call_later(0.05, self._release, confinement, tries - 1)
 
     def stopped_outcome(self, attempt: Attempt) -> Outcome | None:
         """The output of an attempt that was stopped, once (the scheduler's optional hook)."""
@@ -203,8 +288,10 @@ class CommandBackend:
         if procs:
             # Each _stop survives cancellation, so a cancelled aclose still finishes them.
             await asyncio.gather(*(self._stop(proc) for proc in procs))
+        while self._releasing:  # the loop may end with us: see the last cgroups removed (2 s at most)
+            await asyncio.sleep(0.02)
 
-    async def _wait(self, proc: subprocess.Popen[bytes]) -> None:
+    async def _wait(self, proc: subprocess.Popen[bytes], confinement: Confinement | None = None) -> None:
         """Wait for the attempt's leader to exit, then kill its leftovers and reap it."""
         try:
             await self._reaper.exited(proc.pid)
@@ -222,6 +309,8 @@ class CommandBackend:
             # Background processes (``server &``) would otherwise outlive their task,
             # hold its resources and, with a kept log directory, keep writing its files.
             self._killpg(proc, signal.SIGKILL)
+        if confinement is not None:
+            confinement.leader_exited(proc.pid)  # before the reap: the zombie still shows its CPU time
         self._reap(proc)
 
     async def _stop(self, proc: subprocess.Popen[bytes]) -> None:
@@ -254,6 +343,8 @@ class CommandBackend:
         """Reap the exited leader unless a concurrent stop already did."""
         if proc.returncode is not None:
             return
+        if self._guard is not None:  # before the reap: the leader keeps the group's id taken
+            self._guard.ended(proc.pid)
         try:
             status = self._reaper.reap(proc.pid)
         except ChildProcessError:
@@ -266,6 +357,8 @@ class CommandBackend:
     def _kill_now(self, proc: subprocess.Popen[bytes]) -> None:
         """Last resort when waiting failed: SIGKILL the group and reap the leader, blocking."""
         self._killpg(proc, signal.SIGKILL)
+        if self._guard is not None:
+            self._guard.ended(proc.pid)
         try:
             _, status = os.waitpid(proc.pid, 0)  # SIGKILLed: this returns almost at once
         except ChildProcessError:
@@ -337,6 +430,25 @@ class _Files:
     result: str
 
 
+def _confine(task: Task) -> Confinement | None:
+    """The confinement of a task with limits, or None if it has none this backend enforces.
+
+    Raises:
+        ValueError: a limit the child cannot be given (the message is the reason).
+    """
+    from ..confinement import confine, confines  # here: tasks without limits never import it
+
+    return confine(task.limits) if confines(task.limits) else None
+
+
+def _within_limits(outcome: Outcome, proc: subprocess.Popen[bytes], shell: bool, confinement: Confinement) -> Outcome:
+    """The outcome, failed with the limit's reason when a limit is what ended it (a task whose
+    processes went over their memory fails, whatever its leader then did)."""
+    assert proc.returncode is not None
+    reason = confinement.reason(proc.returncode, shell)
+    return outcome if reason is None else replace(outcome, ok=False, reason=reason, failure=None)
+
+
 def _has_exited(pid: int) -> bool:
     """Whether child ``pid`` has exited (a zombie not yet reaped), without reaping it."""
     try:
@@ -346,7 +458,8 @@ def _has_exited(pid: int) -> bool:
 
 
 def _environment(base: dict[bytes, bytes], attempt: Attempt, result_file: str) -> dict[bytes, bytes]:
-    """The parent's environment, then the task's variables, then phalanx's own (which always win).
+    """The parent's environment, then the task's variables, then phalanx's own (which always win):
+    among them the resource units the attempt holds (``PHALANX_GPU``, ``CUDA_VISIBLE_DEVICES``).
 
     Built from ``os.environb``: Popen wants bytes in the end, and copying the str view
     would decode every variable only for Popen to encode it again, on every attempt.
@@ -354,6 +467,9 @@ def _environment(base: dict[bytes, bytes], attempt: Attempt, result_file: str) -
     env = base.copy()
     for key, value in attempt.task.env.items():
         env[os.fsencode(key)] = os.fsencode(value)
+    if attempt.instances:
+        for key, value in instance_environment(attempt.instances).items():
+            env[os.fsencode(key)] = os.fsencode(value)
     env[b"PHALANX_TASK_ID"] = os.fsencode(attempt.task.id)
     env[b"PHALANX_ATTEMPT"] = str(attempt.number).encode()
     env[b"PHALANX_WORKER"] = str(attempt.worker).encode()

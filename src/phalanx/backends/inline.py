@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 
-from .base import Attempt, Outcome
+from .base import Attempt, Outcome, hold_instances
 from .calls import raised, succeeded
 
 
@@ -21,6 +21,7 @@ class InlineBackend:
         task = attempt.task
         if not callable(task.action):
             raise TypeError(f"the inline backend runs callables, not commands (task {task.id!r})")
+        hold_instances(attempt)  # each attempt runs in its own asyncio task, with its own context
         try:
             value = task.action(*task.args, **task.kwargs)
             if inspect.isawaitable(value):

@@ -18,6 +18,11 @@ initializer once, and serve batch after batch. What stops work really stops it:
   replaced, every other item completes — never ``BrokenProcessPool``;
 * a cancelled attempt (fail-fast, Ctrl-C, shutdown): its worker is killed and replaced.
 
+A worker leads a process group of its own, with whatever its items started in it: killing a
+worker means killing its group, and a worker seen to exit (crashed, stopped, recycled) has
+its group killed too, so a subprocess an item started never outlives its worker (a keeper
+process in the group does the same should the owner not be there to; see `_worker`).
+
 Items whose results the dead worker had computed but not yet sent (at most ~20 ms of
 work) run again on the replacement: an item runs at least once, and more than once only
 when a sibling killed its worker.
@@ -264,6 +269,11 @@ class ProcessBackend:
         loop = asyncio.get_running_loop()
         loop.remove_reader(worker.process.sentinel)
         self._on_message(worker)  # whatever it sent before dying comes first
+        # What its items started (it may have died with them running). Not a kill of its pid,
+        # which the forkserver may have reaped and the system handed out again; its group's
+        # id stays reserved while any of the group lives (the keeper, at least, until now).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.pid, signal.SIGKILL)
         worker.process.join(0)
         if worker.process.exitcode is None:
             worker.process.join(1.0)  # the sentinel fired: the status is a moment away at most
@@ -290,8 +300,7 @@ class ProcessBackend:
         if not worker.discarded:
             child = int(worker.shared[_worker.CHILD_PID])
             if worker.alive:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGKILL)
+                _kill_group(worker.pid)
             worker.discarded = True
             if child:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -454,7 +463,7 @@ class ProcessBackend:
                 os.killpg(child, signal.SIGKILL)  # the warm worker lives on
             else:
                 run.worker_killed = True
-                os.kill(worker.pid, signal.SIGKILL)
+                _kill_group(worker.pid)  # and what the item started
 
     async def _maybe_recycle(self, worker: _Worker) -> None:
         if not worker.alive:
@@ -645,6 +654,15 @@ def _timed_out(batch: Batch, offset: int, out: BatchResult, seconds: float, pid:
     message = f"{batch.describe(offset)} timed out after {batch.item_timeout:g}s; its work was stopped"
     return ItemResult(out.positions[offset], Status.TIMED_OUT, error=ErrorInfo("TimeoutError", message),
                       duration=seconds, pid=pid)
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a worker and its process group: whatever its items started goes with it."""
+    # Its group's id is its pid: while it runs, no other group can have that id.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)  # a worker killed before it could make its group
 
 
 def _describe_exit(code: int | None) -> str:

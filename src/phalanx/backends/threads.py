@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import threading
 
-from .base import Attempt, Outcome
+from .base import Attempt, Outcome, hold_instances
 from .calls import call
 
 
@@ -36,6 +36,7 @@ class ThreadBackend:
                 future.set_result(outcome)
 
         def work() -> None:
+            hold_instances(attempt)  # the thread's own context: `resource_instances()` answers them
             outcome = call(task)
             # The loop may have closed while we ran: then nobody is waiting for this.
             with contextlib.suppress(RuntimeError):

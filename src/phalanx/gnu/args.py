@@ -81,6 +81,8 @@ class MapOptions:
     rate_cost: str | None = None  # --rate-cost TEMPLATE: a job's cost on --rate-tokens ({3}, {tokens})
     rate_key: str | None = None  # --rate-key TEMPLATE: jobs with different keys are limited apart ({model})
     no_journal: bool = False  # --no-journal (phalanx's own): leave the run out of the run journal
+    redact: list[str] = field(default_factory=list)  # --redact NAME (phalanx's own): values shown as ***
+    max_output: int | None = None  # --max-output SIZE (phalanx's own): each job's stdout and stderr kept to SIZE
     help: bool = False
     version: bool = False
 
@@ -167,6 +169,17 @@ def parse_size(text: str) -> int:
     return size
 
 
+def _output_cap(text: str) -> int:
+    """``--max-output`` (phalanx's own): a size such as 10MB (k, M, G powers of 1000; Ki, Mi,
+    Gi powers of 1024, as in a task file: not GNU's --block units); 0 for no cap."""
+    from ..limits import parse_output_cap
+
+    try:
+        return parse_output_cap(text, what="--max-output")
+    except PhalanxError as error:
+        raise UsageError(error.message) from None
+
+
 def _pipe_escapes(text: str) -> str:
     """``--recstart``/``--recend``: GNU's \\0 \\r \\n \\t \\' \\" \\\\ escapes."""
     escapes = {"0": "\0", "r": "\r", "n": "\n", "t": "\t", "'": "'", '"': '"', "\\": "\\"}
@@ -180,6 +193,15 @@ def _env(text: str) -> tuple[str, str | None]:
     # GNU's --env NAME copies a variable to remote hosts; locally every variable is already
     # inherited, so it changes nothing here. NAME=TEMPLATE sets a per-job value.
     return name, template if sep else None
+
+
+def _redact(text: str) -> str:
+    from ..redact import pattern_problem
+
+    problem = pattern_problem(text)
+    if problem is not None:
+        raise UsageError(f"--redact: {problem}")
+    return text
 
 
 def _replace(text: str) -> str:
@@ -232,7 +254,8 @@ _VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
     "--blocksize": ("block_size", parse_size), "--recstart": ("recstart", _pipe_escapes),
     "--recend": ("recend", _pipe_escapes), "--rate": ("rate", _rate("--rate")),
     "--rate-tokens": ("rate_tokens", _rate("--rate-tokens", weighted=True)), "--rate-cost": ("rate_cost", str),
-    "--rate-key": ("rate_key", str),
+    "--rate-key": ("rate_key", str), "--max-output": ("max_output", _output_cap),
+    "--redact": ("redact", _redact),
 }
 
 
@@ -269,6 +292,8 @@ def parse_map_args(argv: Sequence[str]) -> MapOptions:
             converted = convert(value)
             if attribute == "env":
                 options.env.append(converted)  # type: ignore[arg-type]
+            elif attribute == "redact":
+                options.redact.append(value)
             elif attribute == "arg_file":
                 options.sources.append(InputSource("file", path=value))
             else:

@@ -62,6 +62,13 @@ phalanx's own (GNU parallel has none of these):
   --no-journal              do not record the run in the run journal, .phalanx/ in the
                             current directory (by default each job is recorded there
                             for phalanx runs, show and history; --resume uses the joblog)
+  --max-output SIZE         keep at most SIZE (10MB, 1GiB; 0: no cap) of each job's
+                            stdout, and as much of its stderr: the first and the last
+                            half; the rest is dropped, with a warning on stderr per job
+  --redact NAME             show the value of environment variable NAME (or a pattern,
+                            '*_SECRET'; repeatable) as *** in the joblog, the --results
+                            files, the journal and warnings (values of 4 characters or
+                            more); the jobs' own output, and --results DIR, stay as printed
 
 Examples:
   phalanx map gzip -9 ::: *.log                     compress every log, one job per CPU

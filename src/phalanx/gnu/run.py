@@ -30,6 +30,8 @@ from ..backends.base import Attempt, Outcome
 from ..backends.command import CommandBackend
 from ..errors import PhalanxError
 from ..events import Event, RunCancelling, RunFinished, RunStarted, Sink, TaskFinished
+from ..guard import TaskGuard
+from ..limits import NO_LIMITS, Limits
 from ..model import Graph, RetryPolicy, Task
 from ..policy import HaltDecision
 from ..ratelimit import Limiters
@@ -45,6 +47,7 @@ from .output import MapOutput
 
 if TYPE_CHECKING:
     from ..journal import Journal, JournalSink
+    from ..redact import Redaction
 
 EXIT_USAGE = 255
 EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE
@@ -60,6 +63,13 @@ JOURNAL_COMMIT_SECONDS = 0.1
 
 def usage_error(error: PhalanxError | OSError) -> int:
     sys.stderr.write(f"phalanx map: {error}\n")
+    return EXIT_USAGE
+
+
+def unwritable(error: OSError) -> int:
+    """An output that cannot be written (a full disk, a file-size limit, no permission): one line naming it."""
+    where = "standard output" if error.filename is None else error.filename
+    sys.stderr.write(f"phalanx map: cannot write {where}: {error.strerror or error}\n")
     return EXIT_USAGE
 
 
@@ -95,6 +105,7 @@ class MapRun:
         self.command_line = command_line  # as the journal shows it
         self.slots: dict[str, int] = {}  # task id -> the slot its last attempt ran in, for {%}
         self.output: MapOutput | None = None
+        self.redaction: Redaction | None = None  # --redact: secrets masked in what phalanx writes
 
     def _slot_of(self, task_id: str) -> int:
         return self.slots.get(task_id, 1)
@@ -106,14 +117,16 @@ class MapRun:
         run_dir = plan.run_dir or make_run_dir("phalanx-map-")  # --pipe: the blocks are there
         halt = GnuHalt(options.halt, len(plan.jobs))
         timeout = GnuTimeout(options.timeout)
+        self.redaction = _redaction(options.redact)
         try:
             sinks = self._sinks(str(run_dir))
         except (OSError, PhalanxError) as error:
             shutil.rmtree(run_dir, ignore_errors=True)
-            return usage_error(error)
+            return unwritable(error) if isinstance(error, OSError) else usage_error(error)
         # GNU's --retries N is N attempts in all, each retried at once (a backoff of 0).
         retry = RetryPolicy(count=options.retries - 1, initial=0)
         limiters, names = _limiters(options, workers)
+        limits = Limits(max_output=options.max_output) if options.max_output else NO_LIMITS
         tasks = []
         for job in plan.jobs:
             key, cost = plan.limits_of(job) if names else ("", 1.0)
@@ -126,15 +139,30 @@ class MapRun:
                 limiter=names,
                 limiter_key=key,
                 tokens=cost,
+                limits=limits,
             ))
 
-        journal = None if options.no_journal else MapJournal.open(self.plan, self.command_line)
+        journal = None if options.no_journal else MapJournal.open(self.plan, self._masked(self.command_line))
         if journal is not None:
+            if options.resume:
+                journal.stop_leftovers()  # before any job runs again
             sinks.append(journal)  # last: the output and the joblog hear of a job first
+        # Nothing a job starts outlives the run: not a daemon, not after a kill -9 of phalanx.
+        guard = TaskGuard.for_command_line(grace=GRACE_SECONDS)
+        guard.temporary_dir(run_dir)
+        redaction = self.redaction
+        if redaction is not None:
+            # The jobs' own output (printed, or in --results DIR's files) is theirs, as in GNU
+            # parallel; what phalanx writes about them (joblog, records, journal, warnings) is masked.
+            sinks = [sink if isinstance(sink, MapOutput | _ReaderGone | DirectoryResults) else redaction.wrap(sink)
+                     for sink in sinks]
 
         async def run_jobs() -> RunReport:
             spawned = None if journal is None else journal.attempt_spawned
-            backend = _MapBackend(self, CommandBackend(grace=GRACE_SECONDS, on_spawn=spawned))
+            # No marker line where --max-output cuts: standard output holds the job's own bytes only.
+            backend = _MapBackend(
+                self, CommandBackend(grace=GRACE_SECONDS, on_spawn=spawned, cut_marker=False, guard=guard)
+            )
             return await run_session(
                 Graph(tasks),
                 backend_for=lambda task: backend,
@@ -151,13 +179,18 @@ class MapRun:
 
         try:
             report = asyncio.run(run_jobs())
-        except (OSError, ValueError) as error:  # a sink could not write (disk full, a file where a folder goes)
+        except OSError as error:  # a sink could not write (a full disk, a file-size limit)
+            return unwritable(error)
+        except ValueError as error:  # a file where a folder goes
             sys.stderr.write(f"phalanx map: {error}\n")
             return EXIT_USAGE
         finally:
             if journal is not None:
                 journal.close()  # the session has closed it already, unless it never ran
+            if redaction is not None:
+                redaction.close()
             shutil.rmtree(run_dir, ignore_errors=True)
+            guard.close()  # after the run directory is gone: the watchdog need not remove it
         return self._exit_status(report, halt)
 
     def _sinks(self, run_dir: str) -> list[Sink]:
@@ -230,17 +263,21 @@ class MapRun:
     def _seq_of(self, task_id: str) -> int:
         return self.plan.by_id[task_id].seq
 
+    def _masked(self, text: str) -> str:
+        return text if self.redaction is None else self.redaction.redactor.text(text)
+
     def _command_of(self, result: TaskResult) -> str:
         job = self.plan.by_id[result.task_id]
-        return self.plan.command_of(job, slot=result.worker)
+        return self._masked(self.plan.command_of(job, slot=result.worker))
 
     def _joblog_fields(self, result: TaskResult) -> tuple[int, str]:
         job = self.plan.by_id[result.task_id]
-        return job.seq, self.plan.command_of(job, slot=result.worker)
+        return job.seq, self._masked(self.plan.command_of(job, slot=result.worker))
 
     def _info(self, result: TaskResult) -> JobInfo:
         job = self.plan.by_id[result.task_id]
-        return JobInfo(job.seq, job.args, self.plan.command_of(job, slot=result.worker), self.plan.names)
+        args = job.args if self.redaction is None else tuple(map(self._masked, job.args))
+        return JobInfo(job.seq, args, self._masked(self.plan.command_of(job, slot=result.worker)), self.plan.names)
 
     def _exit_status(self, report: RunReport, halt: GnuHalt) -> int:
         if self.output is not None and self.output.broken_pipe:
@@ -261,7 +298,8 @@ class MapRun:
 
 class JobWarnings:
     """Says on stderr what GNU parallel says there: a job that could not start (when its own
-    stderr is silent about it), a job killed by ``--timeout``, jobs stopped by ``--halt``."""
+    stderr is silent about it), a job killed by ``--timeout``, jobs stopped by ``--halt``; and
+    what only phalanx does: a job whose output ``--max-output`` cut."""
 
     def __init__(self, stream: TextIO, command_of: Callable[[TaskResult], str]) -> None:
         self._stream = stream
@@ -281,6 +319,8 @@ class JobWarnings:
             self._say(f"warning: this job was killed by --halt: {self._command_of(result)}")
         elif result.status is Status.FAILED and not result.stderr_tail and _could_not_start(result):
             self._say(f"{result.reason}")
+        if result.output_cut is not None:
+            self._say(f"warning: {result.note} (--max-output): {self._command_of(result)}")
 
     def _say(self, text: str) -> None:
         try:
@@ -291,6 +331,19 @@ class JobWarnings:
 
     def close(self) -> None:
         return None
+
+
+def _redaction(names: list[str]) -> Redaction | None:
+    """``--redact``: the values of phalanx's environment the names match, masked (the values
+    of ``--env NAME=TEMPLATE`` come from the job's arguments, which the command shows anyway)."""
+    if not names:
+        return None
+    from ..redact import Redaction, Redactor
+
+    redactor, warnings = Redactor.from_environment(names, [os.environ])
+    for warning in warnings:
+        _warn(warning)
+    return Redaction(redactor) if redactor else None
 
 
 def _could_not_start(result: TaskResult) -> bool:
@@ -346,6 +399,27 @@ class MapJournal:
                 self._sink.attempt_spawned(run_id, task_id, attempt, pid)
             except (PhalanxError, ValueError) as error:
                 self._stop(error)
+
+    def stop_leftovers(self) -> None:
+        """``--resume``: stop the process groups that map runs killed outright in this folder
+        left running (the journal has them, with each leader's start time: a group is stopped
+        only if its leader is still that process), and record those runs as crashed. Their
+        jobs, not in the joblog, run again."""
+        from ..journal import crashed_runs, kill_leftovers
+
+        if self._journal is None:
+            return
+        try:
+            crashed, leftovers = crashed_runs(self._journal, kind="map")
+            stopped = kill_leftovers(leftovers, grace=GRACE_SECONDS)
+            self._journal.mark_crashed(crashed)
+        except PhalanxError as error:
+            self._stop(error)
+            return
+        if stopped:
+            with contextlib.suppress(BrokenPipeError, ValueError):
+                sys.stderr.write(f"phalanx map: stopped {len(stopped)} process group(s) a killed run left running\n")
+                sys.stderr.flush()
 
     def close(self) -> None:
         """End the run's record (if the session has not) and close the journal; again: nothing."""

@@ -31,7 +31,6 @@ budget is spent show how much output they had, not the output (their log files h
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import math
@@ -49,6 +48,8 @@ from .. import __version__
 from ..durations import format_duration
 from ..events import Event, RunFinished, RunStarted, TaskFinished, TaskRetrying, TaskStarted
 from ..results import RunSummary, Status, TaskResult
+from .joblog import write_all
+from .wholefile import whole_file
 
 #: The most of each stream's end (stdout, stderr) the page shows per task, in bytes.
 OUTPUT_TAIL = 64 * 1024
@@ -403,21 +404,13 @@ def max_overlap(attempts: Sequence[AttemptSpan]) -> int:
 
 def write_report(path: str | os.PathLike[str], page: str) -> None:
     """Write ``page`` to ``path`` whole or not at all: to a new temporary file beside it,
-    then renamed over it, so a reader (or a crash) never sees half a page.
+    then renamed over it (`whole_file`), so a reader (or a crash) never sees half a page.
 
     Text that is not valid UTF-8 (lone surrogates from undecodable arguments) becomes ``?``.
     """
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(page.encode("utf-8", "replace"))
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    data = page.encode("utf-8", "replace")
+    with whole_file(path) as fd:
+        write_all(fd, data)
 
 
 # ------------------------------------------------------------------------------ the page

@@ -18,6 +18,7 @@ first) and `Recorded` (which finished jobs get a record).
 
 from __future__ import annotations
 
+import errno
 import os
 import signal as signals
 import tempfile
@@ -137,11 +138,17 @@ def write_record(records: Records, pieces: Iterable[bytes]) -> None:
     # tempfile opens it O_EXCL | O_NOFOLLOW, mode 0600 (or O_TMPFILE: no name at all), and
     # it is gone when closed, even if we fail.
     with tempfile.TemporaryFile(dir=records.scratch_dir, buffering=0) as spill:
-        for piece in held:
-            write_all(spill.fileno(), piece)
-        held.clear()
-        for piece in remaining:
-            write_all(spill.fileno(), piece)
+        try:
+            for piece in held:
+                write_all(spill.fileno(), piece)
+            held.clear()
+            for piece in remaining:
+                write_all(spill.fileno(), piece)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise  # an output that cannot be read, say
+            # No room to assemble the record (a full disk, a file-size limit): the records' failure.
+            raise OSError(error.errno, error.strerror, getattr(records, "path", None)) from error
         spill.seek(0)
         records.write_file(spill)
 
@@ -180,6 +187,7 @@ class RecordFile:
     def __init__(self, path: Path, *, append: bool, complete: Callable[[BinaryIO], int] | None = None) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | (0 if append else os.O_TRUNC)
         self._fd = os.open(path, flags, 0o644)
+        self.path = os.fspath(path)  # named in the errors of writes that fail
         # Next to the file: the same file system (a fast copy, and its space, not /tmp's).
         self.scratch_dir = os.path.dirname(os.path.realpath(path))
         try:
@@ -196,11 +204,17 @@ class RecordFile:
         self.empty = size == 0
 
     def write(self, record: bytes) -> None:
-        write_all(self._fd, record)
+        try:
+            write_all(self._fd, record)
+        except OSError as error:  # a full disk, a file-size limit: say which file
+            raise OSError(error.errno, error.strerror, self.path) from error
 
     def write_file(self, source: BinaryIO) -> None:
-        for chunk in read_chunks(source):
-            write_all(self._fd, chunk)
+        try:
+            for chunk in read_chunks(source):
+                write_all(self._fd, chunk)
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, self.path) from error
 
     def close(self) -> None:
         os.close(self._fd)

@@ -32,8 +32,9 @@ Memory does not grow with the run: each test case is serialised the moment its t
 into a private temporary file next to the report (``tempfile.TemporaryFile``: no name, gone
 when closed), and only the counts the ``<testsuite>`` element needs are kept. At the end
 (`RunFinished`, or ``close`` if the run ended without one) the report is written to a
-temporary name in its directory and renamed over ``FILE``: a reader sees the old report or
-the new one, never half of one. Outputs are read a bounded tail at a time, never whole.
+temporary name in its directory and renamed over ``FILE`` (`whole_file`; a device such as
+/dev/stdout is written into): a reader sees the old report or the new one, never half of
+one. Outputs are read a bounded tail at a time, never whole.
 
 The ``phalanx pytest`` front end (its own issue) writes its report with this module's
 `JUnitWriter` too, so both reports look the same to CI; `write_junit` builds the same XML
@@ -46,7 +47,7 @@ only regular files are opened (a FIFO would block the run).
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import glob
 import os
 import re
@@ -63,9 +64,13 @@ from ..events import Event, RunFinished, RunStarted, TaskFinished, TaskRetrying,
 from ..outputfiles import output_paths
 from ..results import RunReport, Status, TaskResult
 from .joblog import read_chunks, write_all
+from .wholefile import whole_file
 
 #: The most of each stream's output (stdout, stderr) kept per attempt, in bytes: its end.
 TAIL = 64 * 1024
+
+#: Write errors (a full disk, a quota, a file-size limit): never a task's file's fault.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 #: The longest ``message`` attribute: a one-line summary, the details go in the body.
 _MESSAGE_LIMIT = 1024
@@ -150,10 +155,12 @@ class JUnitWriter:
         suite_name: str = "phalanx",
         junit_files: JunitFiles | None = None,
         started_at: float | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.suite_name = suite_name
         self.started_at = started_at
         self._junit_files = junit_files
+        self._redact = redact  # masks secrets in the test cases of the tasks' own files (`phalanx.redact`)
         self._counts = _Counts()
         # Next to the report: the same file system (its space, not /tmp's), and the
         # report's own directory is the one place we know we may write.
@@ -257,8 +264,10 @@ class JUnitWriter:
                 mark = staged.tell()
                 counts = _Counts()
                 try:
-                    _merge_file(path, result.task_id, staged, counts, since)
+                    _merge_file(path, result.task_id, staged, counts, since, self._redact)
                 except Exception as error:  # a task's file is input: whatever is wrong with it is a note
+                    if isinstance(error, OSError) and error.errno in _NO_ROOM:
+                        raise  # our staging file is out of room: the report fails, not the task's file
                     staged.seek(mark)
                     staged.truncate()
                     notes.append(f"JUnit file {path}: {_describe(error)}")
@@ -282,23 +291,12 @@ class JUnitWriter:
         suite.text = marker
         ET.indent(suites, space="  ")
         head, _, tail = ET.tostring(suites, encoding="unicode").partition(marker)
-        directory = os.path.dirname(os.path.abspath(path))
-        temporary, fd = _create_temporary(directory, os.path.basename(path))
-        try:
-            try:
-                write_all(fd, f'<?xml version="1.0" encoding="UTF-8"?>\n{head}\n'.encode())
-                self._cases.seek(0)
-                for chunk in read_chunks(self._cases):
-                    write_all(fd, chunk)
-                write_all(fd, f"  {tail}\n".encode())
-                os.fsync(fd)  # the rename must not publish a file whose content is still in flight
-            finally:
-                os.close(fd)
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        with whole_file(path) as fd:
+            write_all(fd, f'<?xml version="1.0" encoding="UTF-8"?>\n{head}\n'.encode())
+            self._cases.seek(0)
+            for chunk in read_chunks(self._cases):
+                write_all(fd, chunk)
+            write_all(fd, f"  {tail}\n".encode())
 
     def close(self) -> None:
         self._cases.close()
@@ -320,12 +318,15 @@ class JUnitSink:
         *,
         suite_name: str = "phalanx",
         junit_files: JunitFiles | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
+        """``redact`` masks secrets in the test cases merged from the tasks' own JUnit files
+        (the events a `phalanx.redact.RedactingSink` hands on are masked already)."""
         self._path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(self._path))
         os.makedirs(directory, exist_ok=True)  # as pytest's --junitxml: reports/junit.xml just works
         # Opened now, so a report that cannot be written fails the run before it starts.
-        self._writer = JUnitWriter(directory, suite_name=suite_name, junit_files=junit_files)
+        self._writer = JUnitWriter(directory, suite_name=suite_name, junit_files=junit_files, redact=redact)
         self._started: dict[str, float] = {}  # task -> when its current attempt started
         self._failed: dict[str, list[FailedAttempt]] = {}  # task -> its retried attempts so far
         self._last_at = 0.0
@@ -347,7 +348,10 @@ class JUnitSink:
         elif isinstance(event, TaskFinished):
             self._seen = True
             self._started.pop(event.task_id, None)
-            self._writer.add(event.result, self._failed.pop(event.task_id, ()))
+            try:
+                self._writer.add(event.result, self._failed.pop(event.task_id, ()))
+            except OSError as error:  # the staged test cases hit a full disk or a file-size limit
+                raise OSError(error.errno, error.strerror, self._path) from error
         elif isinstance(event, RunFinished):
             self._seen = True
             if self._writer.started_at is None:
@@ -456,6 +460,8 @@ def _task_case(
         _property(properties, "junit_file", source)  # where the test cases after this one come from
     for note in notes:
         _property(properties, "junit_error", note)
+    if result.note is not None:  # output cut by max_output
+        _property(properties, "note", result.note)
 
     reason = result.reason or result.status.value
     if result.status in _FAILED:
@@ -484,6 +490,8 @@ def _task_case(
 
     _output(case, "system-out", _read_tail(result.stdout_path, result.stdout_tail))
     stderr = _read_tail(result.stderr_path, result.stderr_tail)
+    if result.note is not None:
+        notes = [*notes, result.note]
     if notes:
         lines = "".join(f"phalanx: {note}\n" for note in notes)
         stderr = f"{stderr}\n{lines}" if stderr and not stderr.endswith("\n") else stderr + lines
@@ -594,13 +602,17 @@ def _open_regular(path: str) -> BinaryIO:
         raise
 
 
-def _merge_file(path: str, task_id: str, into: BinaryIO, counts: _Counts, since: float | None) -> None:
-    """Write the test cases of the JUnit file at ``path`` to ``into``, under ``task_id``."""
+def _merge_file(path: str, task_id: str, into: BinaryIO, counts: _Counts, since: float | None,
+                redact: Callable[[str], str] | None = None) -> None:
+    """Write the test cases of the JUnit file at ``path`` to ``into``, under ``task_id``
+    (every text and attribute passed through ``redact``, if given)."""
     with _open_regular(path) as source:
         if since is not None and os.fstat(source.fileno()).st_mtime < since:
             raise _Unusable("older than the task: left by an earlier run, not written by this one")
         for case, suite in _testcases(source):
             _rehome(case, task_id, suite)
+            if redact is not None:
+                _mask(case, redact)
             counts.tests += 1
             kinds = {_local(child.tag) for child in case}
             if "error" in kinds:
@@ -657,6 +669,17 @@ def _rehome(case: ET.Element, task_id: str, suite: str) -> None:
             element.text = f"[phalanx: the first {cut} characters are not shown]\n" + element.text[cut:]
 
 
+def _mask(case: ET.Element, redact: Callable[[str], str]) -> None:
+    """Every text and attribute value of ``case`` passed through ``redact``."""
+    for element in case.iter():
+        if element.text:
+            element.text = redact(element.text)
+        if element.tail:
+            element.tail = redact(element.tail)
+        for key, value in list(element.attrib.items()):
+            element.set(key, redact(value))
+
+
 def _local(tag: str) -> str:
     """A tag or attribute without its namespace: ``{urn:x}testcase`` is a testcase."""
     return tag.rpartition("}")[2]
@@ -676,14 +699,3 @@ def _describe(error: BaseException) -> str:
     return f"cannot be read ({type(error).__name__}: {error})"
 
 
-def _create_temporary(directory: str, name: str) -> tuple[str, int]:
-    """A new file next to the report, to be renamed over it: created ``O_EXCL | O_NOFOLLOW``
-    (never through a planted link) with the usual mode (0666 less the umask, as the report
-    itself would get; ``mkstemp``'s 0600 would make the report private)."""
-    while True:
-        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            return temporary, os.open(temporary, flags, 0o666)
-        except FileExistsError:
-            continue

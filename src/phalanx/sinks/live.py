@@ -403,6 +403,8 @@ class LiveView:
         if isinstance(event, TaskRetrying):
             return not self._quiet
         status = event.result.status
+        if status is Status.SUCCEEDED and event.result.note is not None and not self._quiet:
+            return True  # its line says what max_output cut
         return status in _FAILED or (status is Status.SUCCEEDED and self._output == "always" and not self._quiet)
 
     def _print_block(self, event: TaskFinished | TaskRetrying) -> None:

@@ -15,6 +15,10 @@ printing a line.
 
 The record's fields come from a `JobInfo` the front end provides for each task; the
 coroutine front end (roadmap) adds callables' returned fields the same way.
+
+Modes: the files and folders are made as GNU parallel makes them, 0666 and 0777 less the
+umask: they are the user's results, unlike phalanx's own run directory (0700) and journal
+(0600). A folder's name never leaves ``DIR`` whatever the argument (`safe_component`).
 """
 
 from __future__ import annotations
@@ -262,6 +266,8 @@ class JsonlResults:
                 "stderr": _Streamed(stderr),
                 "data": dict(result.data),
             }
+            if result.output_cut is not None:  # phalanx's own: --max-output cut the output
+                record["note"] = result.note
             if info.names:
                 record["named"] = dict(zip(info.names, info.args, strict=False))
             record.update(info.extra)

@@ -95,7 +95,8 @@ def result_row(
     result: TaskResult, inputs: Mapping[str, Any] | None = None, *, id_column: str | None = "task"
 ) -> dict[str, Any]:
     """The table row for a finished task: ``inputs``, the id (in ``id_column``, unless
-    None), ``status``, ``attempts``, ``duration``, ``error``, then the returned fields.
+    None), ``status``, ``attempts``, ``duration``, ``error``, ``note`` (only when there is
+    one, such as ``output cut: ...``), then the returned fields.
 
     The returned fields are ``result.data`` (a mapping a callable returned, or the JSON
     object a command wrote to its result file); any other value a callable returned goes
@@ -110,6 +111,8 @@ def result_row(
     standard["attempts"] = result.attempts
     standard["duration"] = round(result.duration, 6)
     standard["error"] = _error_text(result)
+    if result.note is not None:  # only then: ``output cut: ...`` (a CSV puts it in its extra column)
+        standard["note"] = result.note
     row: dict[str, Any] = {}
     for key, value in (inputs or {}).items():
         name = key if isinstance(key, str) else str(key)  # a csv.DictReader row's surplus fields are under None

@@ -21,17 +21,15 @@ before it started or while it waited to retry) is a global instant event (``"ph"
 
 Times (``ts``, ``dur``) are microseconds since the run started (the events' ``at``); the
 run's Unix start time is in ``otherData``. The sink keeps one small tuple per attempt and
-writes the file once, at close: to a temporary file beside it, then renamed over it, so a
-reader never sees half a trace and a crash leaves any earlier trace in place.
+writes the file once, at close: to a temporary file beside it, then renamed over it
+(`whole_file`), so a reader never sees half a trace and a crash leaves any earlier trace in place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,6 +37,7 @@ from typing import Any, NamedTuple
 from .. import __version__
 from ..errors import ConfigError
 from ..events import Event, RunCancelling, RunFinished, RunStarted, TaskFinished, TaskRetrying, TaskStarted
+from .wholefile import whole_file
 
 #: The one process of the trace: the run.
 PID = 1
@@ -191,26 +190,16 @@ class TraceSink:
         self._write()
 
     def _write(self) -> None:
-        fd, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the trace private, unlike any other output
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                # One event a line, streamed: the events are never all held as dictionaries at once.
-                out.write('{"traceEvents": [\n')
-                for index, record in enumerate(self._events()):
-                    if index:
-                        out.write(",\n")
-                    out.write(json.dumps(record, separators=(",", ":")))
-                out.write('\n],\n"displayTimeUnit": "ms",\n"otherData": ')
-                out.write(json.dumps(self._other_data()))
-                out.write("}\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+        with whole_file(self.path) as fd, open(fd, "w", encoding="utf-8", closefd=False) as out:
+            # One event a line, streamed: the events are never all held as dictionaries at once.
+            out.write('{"traceEvents": [\n')
+            for index, record in enumerate(self._events()):
+                if index:
+                    out.write(",\n")
+                out.write(json.dumps(record, separators=(",", ":")))
+            out.write('\n],\n"displayTimeUnit": "ms",\n"otherData": ')
+            out.write(json.dumps(self._other_data()))
+            out.write("}\n")
 
     def _events(self) -> Iterator[dict[str, Any]]:
         started = self._started
