@@ -142,7 +142,7 @@ def test_sizes_are_shown_as_written(size: int, shown: str) -> None:
 def test_limits_take_what_users_write_and_refuse_nonsense() -> None:
     limits = Limits(memory="512MB", cpus=0.5, cpu_time="1m", max_procs=200, open_files=1024, address_space="4GiB")
     assert limits == Limits(512 * 10**6, 0.5, 60.0, 200, 1024, 4 * 2**30)
-    for bad in ({"cpus": 0}, {"cpus": "half"}, {"cpu_time": 0}, {"max_procs": 0}, {"open_files": 2.5},
+    for bad in ({"cpus": -0.5}, {"cpus": "half"}, {"cpu_time": "-1s"}, {"max_procs": -1}, {"open_files": 2.5},
                 {"memory": "lots"}, {"address_space": -1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             Limits(**bad)  # type: ignore[arg-type]
@@ -329,7 +329,7 @@ def test_task_file_keys_and_defaults(tmp_path: Path) -> None:
     ('[defaults]\ncpu_time = "soon"\n[tasks.a]\ncmd = "true"\n', 2, "[defaults]: cpu_time: 'soon' is not a duration"),
     ('[tasks.a]\ncmd = "true"\nmax_procs = 1.5\n', 3, "task 'a': max_procs: expected a positive integer"),
     ('[tasks.a]\ncmd = "true"\nopen_files = true\n', 3, "task 'a': open_files: expected a positive integer"),
-    ('[tasks.a]\ncmd = "true"\naddress_space = 0\n', 3, "task 'a': address_space: must be at least one byte"),
+    ('[tasks.a]\ncmd = "true"\naddress_space = "0GB"\n', 3, "task 'a': address_space: must be at least one byte"),
     ('[tasks.a]\ncmd = "true"\nmemroy = "1GB"\n', 3, "did you mean 'memory'"),
 ])
 def test_bad_values_in_the_task_file(tmp_path: Path, text: str, line: int, words: str) -> None:
@@ -374,6 +374,30 @@ def test_run_wide_memory_is_for_tasks_that_set_none(tmp_path: Path) -> None:
     report = phalanx_json(result.stdout)
     assert report["capped"] == ("failed", "memory limit exceeded (50 MB)")
     assert report["own"] == ("succeeded", None)
+
+
+def test_a_limit_of_0_lifts_the_default_as_timeout_0_does(tmp_path: Path) -> None:
+    hog = json.dumps([sys.executable, "-c", "x = b'x' * (150 * 10**6)"])
+    (tmp_path / "phalanx.toml").write_text(textwrap.dedent(f"""
+        [defaults]
+        memory = "50MB"
+        cpus = 0.5
+
+        [tasks.capped]
+        cmd = {hog}
+
+        [tasks.lifted]
+        cmd = {hog}
+        memory = 0
+        cpus = 0
+    """))
+    result = phalanx_run(tmp_path, "--json")
+    assert result.returncode == 1, result
+    report = phalanx_json(result.stdout)
+    assert report["capped"] == ("failed", "memory limit exceeded (50 MB)")
+    assert report["lifted"] == ("succeeded", None)
+    assert Limits(memory=0, cpus=0).in_force() == NO_LIMITS
+    assert Limits(memory=0).over(Limits(memory="1GB")).in_force() == NO_LIMITS
 
 
 def phalanx_json(text: str) -> dict[str, tuple[str, str | None]]:

@@ -7,15 +7,11 @@ receiver on 127.0.0.1, and decodes the protobuf request it got.
 
 from __future__ import annotations
 
-import gzip
-import http.server
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +20,7 @@ from typing import Any
 import pytest
 
 import phalanx
+from otlp_receiver import LOOPBACK_UNPROXIED, Received, otlp_receiver
 from phalanx import Event, RetryPolicy, RunFinished, RunStarted, Status, Task, TaskStarted
 from phalanx.errors import ConfigError
 from phalanx.sinks.otel import MISSING_SDK, OtelSink
@@ -200,55 +197,16 @@ def test_an_aborted_run_ends_its_spans_at_close(otel: Otel) -> None:
 # ---------------------------------------------------------------------- OTLP over HTTP
 
 
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP receiver: takes the request, answers 200 with an empty response message."""
-
-    received: list[Received]
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        encoding = self.headers.get("Content-Encoding", "")
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
-        self.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet
-
-
 @pytest.fixture
 def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, list[Received]]]:
     """A receiver on 127.0.0.1 (its base URL and what it got), in a clean OTEL_* environment."""
     for name in list(os.environ):
         if name.startswith("OTEL_"):
             monkeypatch.delenv(name)
-    # Loopback must never go through a proxy the machine may have configured.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    received: list[Received] = []
-    handler = type("Receiver", (_Receiver,), {"received": received})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(BOUND)
+    for name, value in LOOPBACK_UNPROXIED.items():
+        monkeypatch.setenv(name, value)
+    with otlp_receiver() as got:
+        yield got
 
 
 @pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])

@@ -372,6 +372,8 @@ def test_list_json(tmp_path: Path) -> None:
         cost = "30s"
         priority = "high"
         env = { A = "1" }
+        memory = "1GiB"
+        cpus = 0.5
         """,
     )
     result = phalanx_cli("list", "--json", cwd=tmp_path)
@@ -382,6 +384,7 @@ def test_list_json(tmp_path: Path) -> None:
     assert test["deps"] == ["build"] and test["cmd"] == "pytest -q"
     assert (test["timeout"], test["cost"], test["priority"], test["retries"]["count"]) == (120.0, 30.0, 10, 2)
     assert test["env"] == {"A": "1"} and test["cwd"] == str(tmp_path)
+    assert (build["limits"], test["limits"]) == ({}, {"memory": 2**30, "cpus": 0.5})  # bytes
 
 
 def test_list_select_names_nothing_is_bad_input(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ _affinity_turn = itertools.count()
 
 def confines(limits: Limits) -> bool:
     """Whether ``limits`` set anything this module enforces (else: the fast path)."""
-    return any(getattr(limits, key) is not None for key in ENFORCED)
+    return any(getattr(limits.in_force(), key) is not None for key in ENFORCED)
 
 
 class MemoryGuard(Protocol):
@@ -304,6 +304,7 @@ def confine(limits: Limits) -> Confinement:
         ValueError: a limit this process cannot grant its child (an rlimit above its own
             hard limit, without the privilege to raise it): the message is the reason.
     """
+    limits = limits.in_force()  # a limit set to 0 was set only to lift a default
     cgroup = TaskCgroup.create(memory=limits.memory, cpus=limits.cpus, max_procs=limits.max_procs)
     try:
         rlimits = _rlimits(limits, pids_held=cgroup is not None and PIDS in cgroup.controllers)

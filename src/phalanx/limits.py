@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .durations import parse_duration
@@ -115,14 +115,37 @@ def _positive_integer(value: object, *, what: str) -> int:
     return value
 
 
-#: Each limit's parser: what a value may be written as, and what it becomes.
+def _or_none(parse: Callable[..., Any]) -> Callable[..., Any]:
+    """``parse``, except that 0 means "no limit" (as ``timeout = 0`` is no timeout): a task
+    writes it to lift a limit that ``[defaults]`` or a run-wide option would give it."""
+
+    def parse_or_zero(value: object, *, what: str) -> Any:
+        if _is_zero(value):
+            return 0
+        try:
+            return parse(value, what=what)
+        except ConfigError as error:
+            raise ConfigError(f"{error.message}; 0 means no limit") from None
+
+    return parse_or_zero
+
+
+def _is_zero(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return value == 0
+    return isinstance(value, str) and value.strip() in ("0", "0s")
+
+
+#: Each limit's parser: what a value may be written as, and what it becomes (0: no limit).
 LIMIT_PARSERS: dict[str, Callable[..., Any]] = {
-    "memory": parse_size,
-    "cpus": _positive_number,
-    "cpu_time": _positive_duration,
-    "max_procs": _positive_integer,
-    "open_files": _positive_integer,
-    "address_space": parse_size,
+    "memory": _or_none(parse_size),
+    "cpus": _or_none(_positive_number),
+    "cpu_time": _or_none(_positive_duration),
+    "max_procs": _or_none(_positive_integer),
+    "open_files": _or_none(_positive_integer),
+    "address_space": _or_none(parse_size),
     "max_output": parse_output_cap,
 }
 
@@ -166,6 +189,9 @@ class Limits:
             phalanx's own limit: nothing is imposed on the process, whose output goes
             through a pipe that phalanx drains (`phalanx.backends.capture`).
 
+    0 means no limit, as ``timeout = 0`` means no timeout: a task sets a limit to 0 to lift
+    one that ``[defaults]`` or a run-wide option (``--memory``) would give it.
+
     Values may also be given as users write them (``memory="512MB"``, ``cpu_time="2m"``):
     they are converted (bytes, seconds) as the limits are made.
     """
@@ -189,6 +215,11 @@ class Limits:
         merged = {key: getattr(self, key) if getattr(self, key) is not None else getattr(defaults, key)
                   for key in LIMIT_PARSERS}
         return Limits(**merged)
+
+    def in_force(self) -> Limits:
+        """These limits without those set to 0 ("no limit": set only to lift a default)."""
+        lifted = {key: None for key in LIMIT_PARSERS if getattr(self, key) == 0 and getattr(self, key) is not None}
+        return replace(self, **lifted) if lifted else self
 
     def describe(self) -> dict[str, Any]:
         """The limits that are set, by name (bytes, seconds)."""
