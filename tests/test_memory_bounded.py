@@ -73,6 +73,7 @@ def _check_submit_rounds(backend: str, rounds: int, per_round: int) -> None:
     assert marks[-1] - marks[0] < LIMIT_MB, marks
 
 
+@pytest.mark.slow  # 10-20 s each: memory rounds, with their siblings in the slow tier
 @pytest.mark.parametrize("backend", ["threads", "processes"])
 def test_submit_rounds_leave_nothing_behind(backend: str) -> None:
     _check_submit_rounds(backend, rounds=10, per_round=2_000)
