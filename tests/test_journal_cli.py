@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 
 def phalanx(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -128,3 +131,60 @@ def test_runs_show_and_history_as_people_read_them(tmp_path: Path) -> None:
         "$ phalanx history", phalanx("history", cwd=tmp_path).stdout,
     ])
     assert_snapshot("journal_commands.txt", _stable(text, [full_id]))
+
+
+@pytest.mark.parametrize("name", ["rows.jsonl", "rows.csv"])
+def test_resume_writes_the_results_rows_a_kill_kept_from_the_file_once(tmp_path: Path, name: str) -> None:
+    """A kill between a task's journal record and its results row leaves the task done and
+    rowless: here the rows of two succeeded tasks are taken out of the file, as such kills
+    would have left it. ``--resume`` writes them back from the journal before its own tasks
+    run, exactly as they were (the reported data, masked; the note on cut output), and the
+    row of a task that failed before does not stand for its success; a second ``--resume``
+    writes nothing. The row of a task that reported more than the journal keeps is not
+    made up: the resume says it is missing."""
+    (tmp_path / "phalanx.toml").write_text(textwrap.dedent("""
+        [tasks.report]
+        cmd = '''printf '{"n": 3, "token": "id-%s", "nested": {"x": [1, 2.5]}}' "$API_TOKEN" > "$PHALANX_RESULT_FILE"'''
+        [tasks.loud]
+        cmd = "head -c 5000 /dev/zero"
+        max_output = "1kB"
+        [tasks.after]
+        cmd = "true"
+        deps = ["report"]
+        [tasks.flaky]
+        cmd = "test -e fixed"
+        [tasks.huge]
+        cmd = '''printf '{"blob": "%070000d"}' 0 > "$PHALANX_RESULT_FILE"'''
+    """))
+    env = {**os.environ, "API_TOKEN": "sup3r-s3cret-value"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "phalanx", "run", "--redact", "API_TOKEN", "--results", name,
+                               *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+
+    rows = tmp_path / name
+    assert run().returncode == 1
+    lines = rows.read_bytes().splitlines(keepends=True)
+    header = lines[:1] if name.endswith(".csv") else []
+    by_task = {line.split(b'"', 4)[3] if not header else line.split(b",", 1)[0]: line
+               for line in lines[len(header):]}
+    assert set(by_task) == {b"report", b"loud", b"after", b"flaky", b"huge"}
+    assert b"id-***" in by_task[b"report"] and b"output cut: stdout 5 kB printed, 1 kB kept" in by_task[b"loud"]
+    kept = [by_task[b"after"], by_task[b"flaky"]]
+    rows.write_bytes(b"".join(header + kept))  # the rows of report, loud and huge lost to kills
+
+    (tmp_path / "fixed").touch()
+    resumed = run("--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming: 4 done, 1 to run" in resumed.stdout
+    assert f"wrote 2 missing rows (tasks done earlier) to {name}" in resumed.stdout
+    assert f"warning: {name} lacks the rows of huge, done earlier" in resumed.stderr
+    now = rows.read_bytes().splitlines(keepends=True)
+    assert now[: len(header) + 4] == header + kept + [by_task[b"report"], by_task[b"loud"]]
+    assert len(now) == len(header) + 5 and b"flaky" in now[-1] and b"succeeded" in now[-1]
+    assert b"s3cret" not in rows.read_bytes()
+
+    again = run("--resume")
+    assert again.returncode == 0 and "resuming: 5 done, 0 to run" in again.stdout
+    assert "missing row" not in again.stdout + again.stderr
+    assert rows.read_bytes().splitlines(keepends=True) == now

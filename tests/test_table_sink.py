@@ -668,6 +668,27 @@ def test_flush_makes_rows_readable(tmp_path: Path) -> None:
         assert read_jsonl(path) == [{"n": number} for number in range(100)]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_written_gives_every_row_in_the_file_by_the_text_of_its_cells(tmp_path: Path, suffix: str) -> None:
+    """Rows from before the file was opened (a torn last one cut off) and since; a CSV's
+    columns the header lacks from its extra cell; JSONL values as CSV cells show them."""
+    path = tmp_path / f"rows{suffix}"
+    with TableWriter(path) as writer:
+        assert writer.written(["task"]) == set()
+        writer.write({"task": "a", "n": 1, "text": "two\nlines, \udcff"})
+        writer.write({"task": "b", "late": 2.5, "list": [1, None]})
+    with open(path, "ab") as file:  # a row a kill cut short, and (JSONL) a line that is not a row
+        file.write(b'["not", "a", "row"]\n{"task": "torn' if suffix == ".jsonl" else b'c,"torn')
+    with TableWriter(path) as writer:
+        writer.write({"task": "d", "n": True, "text": None})
+        assert writer.written(["task", "n", "late", "text", "list", "missing"]) == {
+            ("a", "1", "", "two\nlines, \udcff", "", ""),
+            ("b", "", "2.5", "", "[1,null]", ""),
+            ("d", "true", "", "", "", ""),
+        }
+        assert writer.written(["task"]) == {("a",), ("b",), ("d",)}
+
+
 # ------------------------------------------------------------------------------ result rows
 
 

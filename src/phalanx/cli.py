@@ -461,7 +461,7 @@ def run(
 
     from .guard import TaskGuard
     from .render import summary_text
-    from .runner import named_limiters, results_sink
+    from .runner import named_limiters
     from .session import StandardBackends, run_session
     from .sinks.console import paint_summary
     from .workers import optimal_workers
@@ -483,7 +483,7 @@ def run(
         _dry_run(task_file, graph, workers)
         return
     mask = redaction.redactor.text if redaction is not None else None
-    journal, journal_sink, graph, cost_model = _journal_for(task_file, graph, resume, human, mask=mask)
+    journal, journal_sink, graph, cost_model, done = _journal_for(task_file, graph, resume, human, mask=mask)
     # Nothing a task starts outlives the run: not a daemon, not after a kill -9 of phalanx.
     guard = TaskGuard.for_command_line(grace=2.0)
     backends = StandardBackends("auto", grace=2.0, on_spawn=journal.attempt_spawned, guard=guard)
@@ -502,7 +502,7 @@ def run(
     try:
         limiters = named_limiters(task_file.rate_limits, workers)
         if results is not None:
-            sinks.append(results_sink(results))
+            sinks.append(_results_table(results, done, human, redaction))
         if junit_file is not None:
             from .sinks.junit import JUnitSink
 
@@ -596,10 +596,12 @@ def _unwritable(error: OSError) -> NoReturn:
 
 
 def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any,
-                 mask: Callable[[str], str] | None = None) -> tuple[Any, Sink, Graph, Any]:
+                 mask: Callable[[str], str] | None = None) -> tuple[Any, Sink, Graph, Any, list[Any]]:
     """The run journal in ``.phalanx/`` beside the task file, its sink, the graph to run
-    (with ``--resume``, only what is not done), and the cost model (declared costs, else
-    the duration history). ``mask``: the command line's secrets masked (`phalanx.redact`)."""
+    (with ``--resume``, only what is not done), the cost model (declared costs, else the
+    duration history), and with ``--resume`` the journal's records of the tasks it treats
+    as done, in the file's order (`TaskRecord`: whose rows `_results_table` completes).
+    ``mask``: the command line's secrets masked (`phalanx.redact`)."""
     from .history import DurationHistory, HistoryCosts
     from .journal import Journal, JournalSink, file_key, kill_leftovers, plan_resume, spec_hashes
 
@@ -610,11 +612,14 @@ def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any,
             _fail(f"--resume needs the run journal: {error}")
         # A read-only checkout or a damaged journal must not stop the run itself.
         click.echo(f"phalanx: warning: running without a journal (no --resume, no history): {error}", err=True)
-        return _NoJournal(), _NoJournal(), graph, None
+        return _NoJournal(), _NoJournal(), graph, None, []
     key = file_key(task_file.path)
     hashes = spec_hashes(graph)
+    done: list[Any] = []
     if resume:
         plan = plan_resume(journal, key, graph)
+        latest = journal.latest_tasks(key)
+        done = [latest[tid] for tid in graph.ids if tid in plan.done]
         stopped = kill_leftovers(plan.leftovers)
         journal.mark_crashed(plan.crashed_runs)
         if stopped:
@@ -625,7 +630,38 @@ def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any,
     command_line = " ".join(["phalanx", *sys.argv[1:]])
     sink = JournalSink(journal, spec_hashes=hashes, command_line=command_line if mask is None else mask(command_line),
                        file_key=key)
-    return journal, sink, graph, HistoryCosts(DurationHistory(journal))
+    return journal, sink, graph, HistoryCosts(DurationHistory(journal)), done
+
+
+def _results_table(path: str, done: list[Any], human: Any, redaction: Any) -> Sink:
+    """The ``--results`` sink; on a resume, the file first completed with the rows of the
+    tasks done in earlier runs that it lacks (a kill between a task's journal record and
+    its row keeps the row from it: `phalanx.journalrows`), before any task starts.
+
+    Raises:
+        OSError: the file cannot be opened, read or written. ConfigError: a bad name, or a CSV
+            that cannot be read back.
+    """
+    from .journalrows import complete_results
+    from .sinks.table import TableSink, TableWriter
+
+    writer = TableWriter(path)
+    try:
+        completed = complete_results(writer, done, redact=None if redaction is None else redaction.redactor.result)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            writer.close()
+        raise
+    if completed.written:
+        count = len(completed.written)
+        rows = "1 missing row (a task done earlier)" if count == 1 else f"{count} missing rows (tasks done earlier)"
+        human.write(f"phalanx: resuming: wrote {rows} to {path}\n")
+        human.flush()
+    if completed.unknown:
+        click.echo(f"phalanx: warning: {path} lacks the rows of {', '.join(completed.unknown)}, done earlier; the"
+                   " journal does not hold what they reported (over 64 KiB, or an older phalanx): not written",
+                   err=True)
+    return TableSink(writer)
 
 
 def _past_durations(task_file: TaskFile) -> Any:
@@ -721,6 +757,7 @@ def _with_limits(graph: Graph, memory: str | None, cpus: str | None) -> Graph:
     Raises:
         ConfigError: not a size, or not a positive number.
     """
+    from .errors import ConfigError
     from .limits import LIMIT_PARSERS, Limits
     from .model import Graph
 
@@ -732,7 +769,12 @@ def _with_limits(graph: Graph, memory: str | None, cpus: str | None) -> Graph:
             share: object = float(cpus)
         except ValueError:
             share = cpus  # not a number: the parser says so, naming the option
-        run_wide["cpus"] = LIMIT_PARSERS["cpus"](share, what="--cpus")
+        try:
+            run_wide["cpus"] = LIMIT_PARSERS["cpus"](share, what="--cpus")
+        except ConfigError:
+            # Refused as a number (-1, 0, nan): say so in the words it was typed in ('-1', not -1.0),
+            # which the parser refuses too, being text.
+            run_wide["cpus"] = LIMIT_PARSERS["cpus"](cpus, what="--cpus")
     if not run_wide:
         return graph
     defaults = Limits(**run_wide)
@@ -903,6 +945,7 @@ def _task_dict(task: Task) -> dict[str, Any]:
         "env": dict(task.env),
         "cwd": task.cwd,
         "cost": task.cost,
+        "limits": task.limits.describe(),  # memory, cpus, ...: bytes and seconds
     }
 
 

@@ -3,7 +3,8 @@
 The journal lives at ``.phalanx/journal.db`` next to the task file (``phalanx map``'s: in
 the directory it runs in). `JournalSink` records a run as it goes: the run when it starts,
 each attempt when it starts (and its process group when the command backend spawns it,
-`Journal.attempt_spawned`), and each task with its last attempt when it ends, in one
+`Journal.attempt_spawned`), and each task with its last attempt when it ends (with what
+its results row holds: the data it reported, how much of its output was cut), in one
 transaction per task. (``phalanx map``, whose jobs can be shorter than a commit and whose
 resume reads its joblog, commits a `RunBatch` of records every 0.1 s instead:
 ``JournalSink(commit_every=...)``.) `plan_resume` reads it back: tasks that last succeeded
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 from .errors import PhalanxError
 from .events import Event, RunFinished, RunStarted, TaskFinished, TaskRetrying, TaskStarted
 from .model import Graph, Task
-from .results import CancelReason, RunReport, Status, TaskResult
+from .results import CancelReason, OutputCut, RunReport, Status, StreamCut, TaskResult
 
 if TYPE_CHECKING:
     import asyncio
@@ -51,10 +52,15 @@ JOURNAL_DIR = ".phalanx"
 JOURNAL_NAME = "journal.db"
 
 #: The schema version this module writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: The most of each output stream (stdout, stderr) kept per attempt, in bytes.
 TAIL_LIMIT = 64 * 1024
+
+#: The most of a task's reported data (`TaskResult.data`, as JSON) kept per task, in bytes:
+#: more is not kept at all (its results row then cannot be rebuilt, `journalrows`), so that
+#: a task reporting megabytes does not make every commit of the run write them again.
+DATA_LIMIT = 64 * 1024
 
 #: The most records a batching `JournalSink` holds (``commit_every``) before it commits
 #: them, due or not: it bounds the memory the batch takes (each end holds two output tails).
@@ -131,14 +137,27 @@ CREATE TABLE durations (
 ) WITHOUT ROWID;
 """
 
+# Schema 2: what a task's results row holds beyond the columns above, so that a resumed run
+# can write the row a kill kept from the results file (`journalrows`). ``data``: the JSON
+# object the task reported (`TaskResult.data`), ``{}`` for none; NULL when unknown: before
+# the task's end, in a record from before schema 2, or past `DATA_LIMIT`. ``output_cut``:
+# `OutputCut.to_dict` as JSON, NULL when nothing was cut (its note also goes with the
+# reason, for people).
+_RESULT_COLUMNS = """
+ALTER TABLE tasks ADD COLUMN data TEXT;
+ALTER TABLE tasks ADD COLUMN output_cut TEXT
+"""
+
 # A task's end: its row, and its last attempt's (which a start or a spawn may have begun).
 _FINISH_TASK = """
-INSERT INTO tasks (run_seq, task_id, spec_hash, status, attempts, reason, exit_code, started_at, ended_at, duration)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO tasks (run_seq, task_id, spec_hash, status, attempts, reason, exit_code, started_at, ended_at, duration,
+                   data, output_cut)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (run_seq, task_id) DO UPDATE SET
     spec_hash = coalesce(excluded.spec_hash, tasks.spec_hash), status = excluded.status,
     attempts = excluded.attempts, reason = excluded.reason, exit_code = excluded.exit_code,
-    started_at = excluded.started_at, ended_at = excluded.ended_at, duration = excluded.duration
+    started_at = excluded.started_at, ended_at = excluded.ended_at, duration = excluded.duration,
+    data = excluded.data, output_cut = excluded.output_cut
 """
 _FINISH_ATTEMPT = """
 INSERT INTO attempts (run_seq, task_id, attempt, status, started_at, ended_at, duration, exit_code, signal, reason,
@@ -164,6 +183,12 @@ ON CONFLICT (run_seq, task_id, attempt) DO UPDATE SET
     pgid = excluded.pgid
 """
 
+# What a `TaskRecord` is read from (the tasks table as ``t``).
+_TASK_COLUMNS = (
+    "t.task_id, t.spec_hash, t.status, t.attempts, t.reason, t.exit_code, t.started_at, t.ended_at, t.duration,"
+    " t.data, t.output_cut"
+)
+
 # An attempt's start: its row, and its task's (running, with how many attempts it has had).
 _START_ATTEMPT = (
     "INSERT INTO attempts (run_seq, task_id, attempt, status, started_at, worker) VALUES (?, ?, ?, ?, ?, ?)"
@@ -188,7 +213,7 @@ _RETRIED = (
 )
 
 # Each step takes a journal at version N to N + 1; a journal newer than we know is refused.
-_MIGRATIONS: Mapping[int, str] = MappingProxyType({0: _SCHEMA})
+_MIGRATIONS: Mapping[int, str] = MappingProxyType({0: _SCHEMA, 1: _RESULT_COLUMNS})
 
 
 class JournalError(PhalanxError):
@@ -233,7 +258,14 @@ class RunRecord:
 
 @dataclass(frozen=True, slots=True)
 class TaskRecord:
-    """One task of one run: its definition's hash and how it ended (so far)."""
+    """One task of one run: its definition's hash and how it ended (so far).
+
+    ``data`` is what the task reported (`TaskResult.data`), None when unknown: the task has
+    not ended, ended before the journal kept it (schema 1), or reported more than
+    `DATA_LIMIT`. ``output_cut`` is how much of its output ``max_output`` cut, None for
+    nothing. With ``attempts`` and ``duration`` they are what its results row holds
+    (`journalrows`).
+    """
 
     run_id: str
     task_id: str
@@ -245,6 +277,8 @@ class TaskRecord:
     started_at: float | None
     ended_at: float | None
     duration: float | None
+    data: Mapping[str, Any] | None = field(default=None, repr=False)
+    output_cut: OutputCut | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -671,11 +705,11 @@ class Journal:
         seq = self._seq(run.id)
         if task_id is None:
             rows = self.query(
-                "SELECT task_id, spec_hash, status, attempts, reason, exit_code, started_at, ended_at, duration"
-                " FROM tasks WHERE run_seq = ? ORDER BY started_at IS NULL, started_at, task_id",
+                f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE t.run_seq = ?"
+                " ORDER BY t.started_at IS NULL, t.started_at, t.task_id",
                 (seq,),
             )
-            return [TaskRecord(run.id, *row) for row in rows]
+            return [_task_record(run.id, row) for row in rows]
         rows = self.query(
             "SELECT attempt, status, started_at, ended_at, duration, exit_code, signal, reason, worker, pid, pgid,"
             " leader_started, stdout_tail, stderr_tail FROM attempts WHERE run_seq = ? AND task_id = ?"
@@ -688,12 +722,12 @@ class Journal:
         """Each task's latest record among the runs of task file ``file``, ignoring runs in
         which it never started (a resumed run holds only what it had left to do)."""
         rows = self.query(
-            "SELECT r.id, t.task_id, t.spec_hash, t.status, t.attempts, t.reason, t.exit_code, t.started_at,"
-            " t.ended_at, t.duration FROM tasks t JOIN runs r ON r.seq = t.run_seq"
+            f"SELECT r.id, {_TASK_COLUMNS} FROM tasks t JOIN runs r ON r.seq = t.run_seq"
             " WHERE r.file = ? AND t.status != ? ORDER BY r.seq",
             (file, PENDING),
         )
-        return {row[1]: TaskRecord(*row) for row in rows}
+        latest = {row[1]: row for row in rows}  # decoded once each: the last row of a task wins
+        return {task_id: _task_record(row[0], row[1:]) for task_id, row in latest.items()}
 
     def unfinished_runs(self, file: str) -> list[tuple[str, int | None, float | None]]:
         """Runs of ``file`` still recorded as running: (id, runner pid, runner start time)."""
@@ -926,6 +960,7 @@ def _finish_params(
     task_row = (
         seq, result.task_id, spec_hash, status, result.attempts, reason, result.exit_code,
         start, end, result.duration if last_ran else None,
+        _data_json(result.data), None if result.output_cut is None else _compact(result.output_cut.to_dict()),
     )
     if not last_ran:
         return task_row, None
@@ -934,6 +969,75 @@ def _finish_params(
         end, result.duration, result.exit_code, result.signal, reason, result.worker, result.pid,
         _tail(result.stdout_tail), _tail(result.stderr_tail),
     )
+
+
+def _data_json(data: Mapping[str, Any]) -> str | None:
+    """What a task reported, as the journal keeps it: a JSON object, with what JSON cannot
+    hold as a results file writes it (a mapping as an object, anything else as its text),
+    so that a row rebuilt from it is the row the file got; None past `DATA_LIMIT`."""
+    if not data:
+        return "{}"
+    try:
+        text = _compact(data)
+    except (TypeError, ValueError, RecursionError):  # keys JSON cannot hold, or a value that holds itself
+        text = _compact({str(key): _jsonable(value) for key, value in data.items()})
+    if len(text) > DATA_LIMIT // 4 and len(text.encode("utf-8", "surrogatepass")) > DATA_LIMIT:
+        return None
+    return text
+
+
+def _compact(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (a bad byte, decoded): SQLite cannot bind it, JSON escapes it
+            text = json.dumps(value, separators=(",", ":"), default=_json_default)
+    return text
+
+
+def _json_default(value: object) -> object:
+    return dict(value) if isinstance(value, Mapping) else str(value)
+
+
+def _jsonable(value: object) -> object:
+    try:
+        json.dumps(value, default=_json_default)
+    except (TypeError, ValueError, RecursionError):
+        return str(value)
+    return value
+
+
+def _task_record(run_id: str, row: tuple[Any, ...]) -> TaskRecord:
+    """A `TaskRecord` from a row of `_TASK_COLUMNS`."""
+    task_id, digest, status, attempts, reason, exit_code, started_at, ended_at, duration, data, cut = row
+    return TaskRecord(
+        run_id, task_id, digest, status, attempts, reason, exit_code, started_at, ended_at, duration,
+        data=_loaded_data(data), output_cut=_loaded_cut(cut),
+    )
+
+
+def _loaded_data(text: str | None) -> Mapping[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:  # not as this module wrote it: unknown
+        return None
+    return MappingProxyType(value) if isinstance(value, dict) else None
+
+
+def _loaded_cut(text: str | None) -> OutputCut | None:
+    if text is None:
+        return None
+    try:
+        fields = json.loads(text)
+        streams = [None if fields[name] is None else StreamCut(
+            int(fields[name]["printed"]), int(fields[name]["kept"]), int(fields[name]["head"]),
+        ) for name in ("stdout", "stderr")]
+        return OutputCut(int(fields["cap"]), *streams)
+    except (ValueError, TypeError, KeyError):  # not as this module wrote it
+        return None
 
 
 @overload

@@ -17,12 +17,13 @@ something running when the signal lands, for a watchdog to stop. Each time:
   ends succeeded in the journal, and no task the journal had as succeeded at the kill
   ran again (its ledger line is its only one);
 * rows lost: tasks without a succeeded record in the journal after the resume, or without
-  a succeeded row in the results file. None after SIGINT and SIGTERM (phalanx closes its
-  sinks). After SIGKILL, at most one: the journal hears of a task's end first (so that
-  ``--resume`` never runs a task whose end anything reported), and the test sends the
-  signal the moment it sees the k-th task in the journal, which is the moment before that
-  task's results row is handed on; such a task is succeeded and does not run again, and its
-  row is lost. It is counted in the table, as the price of that order.
+  a succeeded row in the results file: none, whatever the signal. The journal hears of a
+  task's end first (so that ``--resume`` never runs a task whose end anything reported),
+  and the test sends the signal the moment it sees the k-th task in the journal, which is
+  the moment before that task's results row is handed on: a SIGKILL then leaves a task
+  succeeded in the journal and without its row. The resume does not run it again, but
+  completes the results file first, writing from the journal the row of every task done
+  in the killed run that the file lacks (`phalanx.journalrows`).
 
 `phalanx map` with ``--joblog`` and ``--resume`` the same way on 12 seeds (GNU semantics:
 a job phalanx stopped did not finish and runs again; a job in the joblog never does).
@@ -32,6 +33,7 @@ Three seeds of each are in the default tier, the rest ``slow``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -40,6 +42,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 from chaossupport import (
     TALLY,
@@ -173,8 +176,7 @@ def test_phalanx_run_killed_after_the_kth_task_resumes_without_running_a_succeed
     assert [task for task in done if ran[task] != 1] == [], f"a task succeeded before the kill ran again: {ran}"
     assert len(ran) == QUICK + HOLDING, f"a task never did its work: {sorted(ran)}"
     assert max(succeeded_rows.values()) == 1, f"a task has two succeeded rows: {succeeded_rows}"
-    assert len(without_row) <= (1 if signum == signal.SIGKILL else 0), f"succeeded, without a row: {without_row}"
-    assert set(without_row) <= done, "a task the resume ran has no row"
+    assert without_row == [], f"succeeded, without a row: {without_row}"
 
 
 def test_without_a_watchdog_a_sigkill_leaves_the_holding_tasks_and_resume_stops_them(tmp_path: Path) -> None:
@@ -193,7 +195,10 @@ def test_without_a_watchdog_a_sigkill_leaves_the_holding_tasks_and_resume_stops_
         finish(first)
     finally:
         watch.close()
-    left = [" ".join(process.cmdline()) for process in marked(mark)]  # quick tasks ending may be there too
+    left: list[str] = []
+    for process in marked(mark):  # quick tasks ending may be there too, and end (a zombie) meanwhile
+        with contextlib.suppress(psutil.Error):
+            left.append(" ".join(process.cmdline()))
     assert left.count("sleep 60") == HOLDING, left
     assert sum(1 for line in left if line.startswith("/bin/sh -c") and "hold" in line) == HOLDING, left
     (tmp_path / "hold").unlink()

@@ -235,6 +235,7 @@ class TableWriter:
     ) -> None:
         self.path = os.fspath(path)
         self.format, delimiter = _format_of(self.path, format)
+        self._delimiter = delimiter or ","
         self._fsync = fsync
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -321,6 +322,29 @@ class TableWriter:
                 raise ValueError(f"results file {self.path!r} is closed")
             if self._scribe is not None:
                 self._scribe.flush()
+
+    def written(self, columns: Sequence[str]) -> set[tuple[str, ...]]:
+        """The rows the file holds (those it had when opened, and those written since), each
+        as the text of its cells in ``columns``: a CSV's cells as they are (a column the
+        header lacks, from its ``extra`` cell), a JSONL row's values as a CSV cell would
+        show them; empty where a row has none. A line that is not a row (a JSONL line that
+        is not a JSON object) is passed over. What ``phalanx run --resume`` reads to find
+        the rows of finished tasks that the file lacks (`journalrows`).
+
+        Raises:
+            OSError: the file cannot be read. ConfigError: a CSV the csv module cannot read.
+        """
+        self.flush()
+        with open(self.path, "rb") as source:
+            if self.format == "jsonl":
+                return {row_cells(row, columns) for row in _json_rows(source)}
+            layout = self._layout
+            if layout is None:
+                return set()
+            try:
+                return {_cells_in(layout, record, columns) for record in _csv_records(source, self._delimiter)}
+            except csv.Error as error:
+                raise ConfigError(f"results file {self.path!r}: cannot read its rows back: {error}") from None
 
     def remote(self) -> RemoteWriter:
         """A handle other processes write rows through (picklable: pass it to a spawned
@@ -489,6 +513,62 @@ def _read_header(path: str, delimiter: str, size: int) -> list[str]:
             f"results file {path!r}: its first line is not a CSV header (move the file away, or pick another name)"
         )
     return header
+
+
+def _json_rows(source: io.BufferedReader) -> Iterable[Mapping[str, Any]]:
+    """The JSON objects of a JSONL file's lines."""
+    for line in source:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            yield row
+
+
+def _csv_records(source: io.BufferedReader, delimiter: str) -> Iterable[list[str]]:
+    """A CSV file's records after its header (text as `TableWriter` writes it: bad bytes as
+    surrogates), whatever the length of a cell."""
+    text = io.TextIOWrapper(source, encoding="utf-8", errors="surrogateescape", newline="")
+    limit = csv.field_size_limit()
+    try:
+        csv.field_size_limit(max(limit, os.fstat(source.fileno()).st_size))
+        records = csv.reader(text, delimiter=delimiter)
+        next(records, None)
+        yield from records
+    finally:
+        csv.field_size_limit(limit)
+
+
+def row_cells(row: Mapping[str, Any], columns: Sequence[str]) -> tuple[str, ...]:
+    """A row's values in ``columns`` as CSV cells show them ("" for one it lacks): what
+    `TableWriter.written` gives for it once written."""
+    return tuple(_cell(row.get(name)) for name in columns)
+
+
+def _cells_in(layout: _Layout, record: list[str], columns: Sequence[str]) -> tuple[str, ...]:
+    """A CSV record's cells in ``columns``; those the header lacks from its ``extra`` cell."""
+    cells: list[str] = []
+    extra: Mapping[str, Any] | None = None
+    for name in columns:
+        position = layout.index.get(name)
+        if position is not None:
+            cells.append(record[position] if position < len(record) else "")
+            continue
+        if extra is None:
+            extra = _extra_of(layout, record)
+        cells.append(_cell(extra.get(name)))
+    return tuple(cells)
+
+
+def _extra_of(layout: _Layout, record: list[str]) -> Mapping[str, Any]:
+    if layout.overflow is None or layout.overflow >= len(record) or not record[layout.overflow]:
+        return {}
+    try:
+        extra = json.loads(record[layout.overflow])
+    except ValueError:
+        return {}
+    return extra if isinstance(extra, dict) else {}
 
 
 def _name(key: object) -> str:
