@@ -131,6 +131,14 @@ class Watchdog:
         processes by their marker alone."""
         if self._closed:
             return
+        if self._fd is None:
+            # Now, not at the deferred flush: a kill of phalanx in the next few milliseconds
+            # must find the watchdog there (it sees the pipe close, and finds the marked
+            # processes even without this message). With a kept --log-dir there is no
+            # temporary directory to announce first, and this is the first message.
+            self._start()
+            if self._fd is None:
+                return
         self._pending += b"+ %d\n" % pgid
         if self._flush_timer is None:
             import asyncio  # here: the watchdog process never loads it
