@@ -15,6 +15,7 @@ start time does not is tests/test_journal.py's
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -32,7 +33,7 @@ from chaossupport import TALLY
 
 from phalanx import procfs
 from phalanx.journal import Journal
-from phalanx.watchdog import RecordedGroups, clean_up
+from phalanx.watchdog import RecordedGroups, Watchdog, clean_up
 
 WAIT = 10.0  # seconds: the bound on every wait for something to start
 GONE_BOUND = 5.0  # seconds: everything of the run must be gone this soon after the kill
@@ -407,3 +408,19 @@ def test_the_watchdog_takes_a_start_time_only_from_phalanxs_child_or_a_marked_pr
     finally:
         child.kill()
         child.wait(WAIT)
+
+
+def test_the_watchdog_is_running_from_the_first_group_on_not_from_a_later_flush() -> None:
+    # With a kept --log-dir the first message is a group's start, whose write is deferred a
+    # few ms to go with the next one: the watchdog process must exist at once all the same,
+    # or a kill of phalanx in those ms leaves every task behind (as it once did).
+    async def first_group() -> int | None:
+        watchdog = Watchdog("t" * 16, grace=0.1)
+        try:
+            watchdog.group_started(os.getpid())  # any pid: the message only has to be queued
+            return watchdog.pid
+        finally:
+            watchdog.close()
+
+    pid = asyncio.run(first_group())
+    assert pid is not None and psutil.pid_exists(pid)
