@@ -136,7 +136,7 @@ class Watchdog:
             # must find the watchdog there (it sees the pipe close, and finds the marked
             # processes even without this message). With a kept --log-dir there is no
             # temporary directory to announce first, and this is the first message.
-            self._start()
+            self._send(b"")  # starts it (and writes nothing)
             if self._fd is None:
                 return
         self._pending += b"+ %d\n" % pgid
