@@ -31,7 +31,8 @@ The DAGs, generated from fixed seeds:
 
 Each round runs every tool once on every DAG, the tools in an order rotated from round to
 round so that none always goes first; the table shows the median of the rounds. Targets:
-phalanx within 1.03x of the simulated schedule on every DAG, and no slower than ``make -j8``.
+phalanx within 1.01x of the simulated schedule on every DAG (issue #14: the per-task
+overhead is what is left between the two), and no slower than ``make -j8``.
 The exit status is 0 whether or not the targets are met (this is a report); it is 1 if any
 tool failed to run a task.
 
@@ -63,7 +64,7 @@ import phalanx
 
 SLOTS = 8
 QUICK_SCALE = 0.2
-TARGET_VS_SIMULATED = 1.03
+TARGET_VS_SIMULATED = 1.01
 
 
 class ToolFailed(Exception):
@@ -331,7 +332,8 @@ def report(dags: list[Dag], timings: dict[tuple[str, str], list[Timing]]) -> str
     ):
         worst = max(by_dag, key=lambda name: by_dag[name])
         verdict = "PASS" if by_dag[worst] <= limit else "MISS"
-        lines.append(f"target {label}: {verdict} (worst {by_dag[worst]:.3f} on {worst})")
+        each = ", ".join(f"{name} {ratio:.3f}" for name, ratio in by_dag.items())
+        lines.append(f"target {label}: {verdict} (worst {by_dag[worst]:.3f} on {worst}; {each})")
     return "\n".join(lines)
 
 

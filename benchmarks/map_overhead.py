@@ -1,4 +1,4 @@
-"""Per-job overhead of ``phalanx map`` next to ``xargs -P``, GNU parallel and a bare-Python floor.
+"""Per-job overhead of ``phalanx map`` and ``phalanx run`` next to ``xargs -P``, GNU parallel and a bare-Python floor.
 
 2,000 jobs that do nothing (``true``), fed as the lines ``1`` .. ``2000`` on standard input,
 on 2 and on 8 slots. Every tool is a command of its own, timed from outside (start to exit,
@@ -9,52 +9,86 @@ per job (that wall time / jobs). The tools:
   interpreter (``sys.executable``) and timed from outside like the others, so that its
   start-up counts as phalanx's does. It reads the lines from standard input, makes a temp
   directory, and for each job opens two output files there (``O_RDWR|O_CREAT|O_TRUNC``, as
-  phalanx does) and calls ``subprocess.Popen(["/bin/sh", "-c", "true " + arg],
+  phalanx did before issue #14) and calls ``subprocess.Popen(["/bin/sh", "-c", "true " + arg],
   start_new_session=True, stdin=DEVNULL, stdout=<file>, stderr=<file>, close_fds=True)``,
   keeping N in flight and reaping them with ``os.wait()``; then it removes the directory.
   ``floor (in-process)`` is the same function called inside this benchmark, timed around
-  the call: the floor without interpreter start-up, for reference only. Targets use the
-  from-outside ``floor``.
+  the call: the floor without interpreter start-up. Both are reported, not targets.
 * ``phalanx map -j N true``, as users run it (the console script next to ``sys.executable``,
-  else ``python -m phalanx``). Each job's command is ``true 1``, ``true 2``... and phalanx
-  runs a command string with no shell syntax directly, without a shell (``command_argv`` in
-  ``phalanx.backends.command``), unless its first word is a shell builtin or keyword, and
-  ``true`` is one, so these jobs do go through ``/bin/sh -c``. The header line says which
-  argv the installed phalanx uses for ``true 1``.
+  else ``python -m phalanx``). Each job's command is ``true 1``, ``true 2``...: a command
+  string with no shell syntax, which phalanx may exec without a shell (``command_argv`` in
+  ``phalanx.backends.command``) or, since ``true`` is also a shell builtin, run through
+  ``/bin/sh -c``; the header line says which argv the installed phalanx uses for ``true 1``.
+* ``phalanx map -j N -k true``: the same, output kept in input order (``-k``).
+* ``phalanx map -j N --results DIR/out.jsonl true``: a record per job written as it ends
+  instead of printing the output, to a path that does not exist before the run (a fresh,
+  empty directory per run, removed after it). The JSON-lines file rather than the ``DIR``
+  tree because the tree is GNU parallel's layout of a folder and three or more files per
+  job, a filesystem cost of that feature itself, while a records file measures what
+  ``--results`` adds per job to the run (reading the job's output back, formatting a record,
+  appending it); JSON lines rather than CSV because it is phalanx's own record, the fuller
+  one (status, reason, timing), so it is not the cheaper of the two.
 * ``phalanx map -j N 'true {};'``: the trailing ``;`` is shell syntax, which always sends
   the job through ``/bin/sh -c`` (command ``true 1;``), exactly the floor's work whatever
-  ``command_argv`` decides about ``true``. This is the row compared with the floor.
+  ``command_argv`` decides about ``true``. Compared with the floor.
 * ``phalanx map -j N /usr/bin/true``: plain words, a program path, so exec'd without a shell:
   what a user's real program costs, and the work ``xargs`` does. For reference.
+* ``phalanx run phalanx.toml -j N``: a task file of as many independent tasks as there are
+  jobs, ``[tasks.t0001]`` ... each ``cmd = "true"`` (no deps, nothing else), run as users run
+  it: the run journal on, output to a pipe, no ``-q``. Compared with ``xargs -P`` on the
+  same number of jobs.
 * ``xargs -P N -n 1 true``: execs ``true`` directly, no shell.
 * ``parallel --will-cite -j N true``: GNU parallel (which runs each job through a shell).
+
+Every command runs in one temp directory that holds ``phalanx.toml``, and ``phalanx map``
+and ``phalanx run`` both keep their run journal there (``.phalanx/``). Each timed command
+starts from the same state: before timing, one untimed ``phalanx map -j 2 true`` of the
+jobs and one untimed ``phalanx run phalanx.toml -j 2`` fill the journal (so ``run`` finds
+a duration history for every task, as from a user's second run on), ``.phalanx/`` is
+copied aside, and that copy is put back before every timed command, so the journal does
+not grow from round to round.
 
 Each round runs every tool once at each slot count, the tools in an order rotated from round
 to round so that none always goes first. The table shows the median of the rounds (the
 targets use it), the fastest round (other load on the machine only ever adds time), and the
 median CPU time (user + system) of the command and all its jobs, per job (RUSAGE_CHILDREN;
 parent and children for the in-process floor), which other load disturbs far less than wall
-time; the header line prints the load average before and after. A
-separate, untimed check first makes every tool run every job with a command that appends
-its argument to a file, and checks that each argument appears exactly once; timed runs must
-exit 0.
+time; the header line prints the load average before and after. A separate, untimed check
+first makes every tool run every job with a command that appends its argument to a file
+(``phalanx run``: a task file whose tasks append their number), and checks that each
+argument appears exactly once; timed runs must exit 0.
 
 Every command runs with the bytecode cache on (``PYTHONDONTWRITEBYTECODE`` removed from the
 environment, ``PYTHONPYCACHEPREFIX`` a temp directory, warmed before timing): an installed
 phalanx has its ``.pyc`` files, while an editable checkout in an environment that sets
 ``PYTHONDONTWRITEBYTECODE`` would compile phalanx's modules at every start.
 
-Start-up: the median of 20 runs each of ``python -c pass`` (``sys.executable``),
-``phalanx --version``, ``phalanx map true ::: 1`` (one job) and, for reference,
-``parallel --will-cite true ::: 1``.
+Start-up: the median of 20 runs each, interleaved, of ``python -c pass`` and
+``python -c "import asyncio, subprocess"`` (``sys.executable``; the second is what any
+asyncio-based runner must import), ``phalanx --version``, ``phalanx map true ::: 1`` (one
+job) and ``parallel --will-cite true ::: 1``.
 
-Targets, at every slot count: phalanx (``'true {};'``, same work) at most 1.15x the floor;
-phalanx as users run it (``true``) no slower than ``xargs -P``; GNU parallel at least 5x
-slower than phalanx (``true``); ``phalanx --version`` and ``phalanx map`` with one job at most
-3x ``python -c pass``. The exit status is 0 whether or not the targets are met (this is a
-report); it is 1 if a tool fails to run its jobs.
+Import time: ``python -X importtime`` (set as ``PYTHONPROFILEIMPORTTIME=1``, so the console
+script runs as users run it) of ``phalanx --version``, ``phalanx map true ::: 1`` and, for
+reference, ``python -c "import asyncio, subprocess"``, 5 runs each. The total is the *self*
+column summed over every module imported during the run (the interpreter's own start-up
+modules and imports made while the command runs included; each module is imported once, so
+this equals the cumulative column summed over the top-level imports); phalanx's own is the
+same sum over ``phalanx`` and ``phalanx.*``. Then the 10 largest self times among phalanx's
+modules in ``phalanx map true ::: 1``, with their cumulative times. Medians of the runs;
+``-X importtime`` slows imports a little, so these add up to more than the start-up times.
 
-Run it from the repository root (a full run takes a few minutes, mostly GNU parallel)::
+Targets (issue #14), on the medians of 5 rounds, whole-command wall time: ``phalanx map
+true`` no slower than ``xargs -P`` at every slot count; GNU parallel at least 4x slower than
+``phalanx map true``; ``phalanx run`` of the task file within 1.15x of ``xargs -P``;
+start-up ``phalanx map true ::: 1`` at most 1.5x ``python -c "import asyncio, subprocess"``
+and faster than ``parallel --will-cite true ::: 1``. The other ratios (to the floor, ``-k``,
+``--results``, the program path, ``phalanx --version``) are reported, not targets. Peak
+memory while a job floods its output is ``map_flood.py``'s. The exit status is 0 whether
+or not the targets are met (this is a report); it is 1 if a tool fails to run its jobs.
+
+Run it from the repository root (a full run takes several minutes, mostly GNU parallel and
+``phalanx run``)::
 
     python benchmarks/map_overhead.py             # 2,000 jobs, 5 rounds
     python benchmarks/map_overhead.py --quick     # 300 jobs, 1 round, 5 start-up runs: a smoke test
@@ -64,6 +98,7 @@ Run it from the repository root (a full run takes a few minutes, mostly GNU para
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -81,10 +116,14 @@ JOBS = 2000
 QUICK_JOBS = 300
 STARTUP_RUNS = 20
 QUICK_STARTUP_RUNS = 5
-TARGET_VS_FLOOR = 1.15
+IMPORTTIME_RUNS = 5
+QUICK_IMPORTTIME_RUNS = 2
+TOP_MODULES = 10
 TARGET_VS_XARGS = 1.0
-TARGET_PARALLEL_SLOWER = 5.0
-TARGET_STARTUP = 3.0
+TARGET_PARALLEL_SLOWER = 4.0
+TARGET_RUN_VS_XARGS = 1.15
+TARGET_STARTUP_VS_ASYNCIO = 1.5
+TASK_FILE = "phalanx.toml"
 
 # The floor: run as ``python -c FLOOR_SOURCE SLOTS TEMPLATE`` (the jobs' arguments on
 # standard input), or exec'd here for the in-process timing. ``{}`` in TEMPLATE is the arg.
@@ -162,49 +201,71 @@ TRUE_PATH = shutil.which("true") or "/bin/true"
 class Tool:
     """One way of running the jobs: its row label and its argv for N slots.
 
-    ``check`` is the argv for the correctness check, whose jobs append their argument to
-    the file given.
+    ``argv`` also gets a fresh, empty directory of the run's own (for files a run must not
+    find from an earlier one). ``check`` is the argv for the correctness check, whose jobs
+    append their argument to the file given. ``reads_stdin``: the jobs' arguments are fed
+    on standard input (``phalanx run`` reads its task file instead).
     """
 
     label: str
-    argv: Callable[[int], list[str]]
+    argv: Callable[[int, Path], list[str]]
     check: Callable[[int, str], list[str]]
+    reads_stdin: bool = True
 
 
 def _floor_argv(slots: int, template: str = "true {}") -> list[str]:
     return [sys.executable, "-c", FLOOR_SOURCE, str(slots), template]
 
 
+def _map(slots: int, *words: str) -> list[str]:
+    return [*PHALANX, "map", "-j", str(slots), *words]
+
+
 TOOLS: tuple[Tool, ...] = (
-    Tool("floor (sh -c)", _floor_argv, lambda n, f: _floor_argv(n, f"echo {{}} >> {f}")),
+    Tool("floor (sh -c)", lambda n, _: _floor_argv(n), lambda n, f: _floor_argv(n, f"echo {{}} >> {f}")),
+    Tool("phalanx map true", lambda n, _: _map(n, "true"), lambda n, f: _map(n, f"echo {{}} >> {f}")),
+    Tool("phalanx map -k true", lambda n, _: _map(n, "-k", "true"), lambda n, f: _map(n, "-k", f"echo {{}} >> {f}")),
     Tool(
-        "phalanx map true",
-        lambda n: [*PHALANX, "map", "-j", str(n), "true"],
-        lambda n, f: [*PHALANX, "map", "-j", str(n), f"echo {{}} >> {f}"],
+        "phalanx map --results true",
+        lambda n, scratch: _map(n, "--results", str(scratch / "out.jsonl"), "true"),
+        lambda n, f: _map(n, "--results", f + ".jsonl", f"echo {{}} >> {f}"),
     ),
-    Tool(
-        "phalanx map 'true {};'",
-        lambda n: [*PHALANX, "map", "-j", str(n), "true {};"],
-        lambda n, f: [*PHALANX, "map", "-j", str(n), f"echo {{}} >> {f};"],
-    ),
+    Tool("phalanx map 'true {};'", lambda n, _: _map(n, "true {};"), lambda n, f: _map(n, f"echo {{}} >> {f};")),
     Tool(
         f"phalanx map {TRUE_PATH}",
-        lambda n: [*PHALANX, "map", "-j", str(n), TRUE_PATH],
+        lambda n, _: _map(n, TRUE_PATH),
         # Direct exec cannot redirect: a script that appends its argument, written beside the file.
-        lambda n, f: [*PHALANX, "map", "-j", str(n), f + ".sh"],
+        lambda n, f: _map(n, f + ".sh"),
+    ),
+    Tool(
+        f"phalanx run {TASK_FILE}",
+        lambda n, _: [*PHALANX, "run", TASK_FILE, "-j", str(n)],
+        # A task file of tasks that append their number, written beside the file.
+        lambda n, f: [*PHALANX, "run", f + ".toml", "-j", str(n)],
+        reads_stdin=False,
     ),
     Tool(
         "xargs -P",
-        lambda n: ["xargs", "-P", str(n), "-n", "1", "true"],
+        lambda n, _: ["xargs", "-P", str(n), "-n", "1", "true"],
         lambda n, f: ["xargs", "-P", str(n), "-n", "1", "sh", "-c", f'echo "$0" >> {f}'],
     ),
     Tool(
         "GNU parallel",
-        lambda n: ["parallel", "--will-cite", "-j", str(n), "true"],
+        lambda n, _: ["parallel", "--will-cite", "-j", str(n), "true"],
         lambda n, f: ["parallel", "--will-cite", "-j", str(n), f"echo {{}} >> {f}"],
     ),
 )
-FLOOR, PHALANX_TRUE, PHALANX_SHELL, PHALANX_EXEC, XARGS, PARALLEL = (tool.label for tool in TOOLS)
+(
+    FLOOR,
+    PHALANX_TRUE,
+    PHALANX_KEEP_ORDER,
+    PHALANX_RESULTS,
+    PHALANX_SHELL,
+    PHALANX_EXEC,
+    PHALANX_RUN,
+    XARGS,
+    PARALLEL,
+) = (tool.label for tool in TOOLS)
 FLOOR_IN_PROCESS = "floor (in-process)"
 
 # ------------------------------------------------------------------------- running
@@ -225,25 +286,54 @@ class Timing:
     cpu: float
 
 
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    """Where the timed commands run: ``root`` holds the task file and the run journal, and
+    ``journal_copy`` the journal every timed command starts from (see ``reset``)."""
+
+    root: Path
+    journal_copy: Path
+    scratch: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.root / ".phalanx"
+
+    def reset(self) -> None:
+        """Put the journal back as the warm-up left it, so every command finds the same state."""
+        shutil.rmtree(self.journal, ignore_errors=True)
+        shutil.copytree(self.journal_copy, self.journal)
+
+    def fresh_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="run-", dir=self.scratch))
+
+
 def _cpu(who: int) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
-def run_timed(argv: list[str], stdin: bytes, what: str) -> Timing:
-    """Time ``argv`` fed ``stdin`` from start to exit; ToolFailed unless it exits 0.
+def run_timed(argv: list[str], stdin: bytes, what: str, cwd: Path, env: dict[str, str] | None = None) -> Timing:
+    """Time ``argv`` fed ``stdin`` in ``cwd`` from start to exit; ToolFailed unless it exits 0.
 
     The CPU time is that of the command and of every job it reaped (RUSAGE_CHILDREN).
     """
     cpu = _cpu(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(argv, input=stdin, capture_output=True, env=ENV or None, check=False)
+    done = subprocess.run(argv, input=stdin, capture_output=True, env=env or ENV or None, cwd=cwd, check=False)
     seconds = time.perf_counter() - start
     cpu = _cpu(resource.RUSAGE_CHILDREN) - cpu
     if done.returncode:
         tail = done.stderr.decode(errors="replace").strip()[-500:]
         raise ToolFailed(f"{what}: exit status {done.returncode}: {tail}")
     return Timing(seconds, cpu)
+
+
+def task_file(jobs: int, command: Callable[[int], str]) -> str:
+    """A task file of ``jobs`` independent tasks, ``t0001``...; task i runs ``command(i)``."""
+    width = len(str(jobs))
+    # A JSON string of plain text is a valid TOML basic string.
+    return "".join(f"[tasks.t{i:0{width}d}]\ncmd = {json.dumps(command(i))}\n\n" for i in range(1, jobs + 1))
 
 
 def check_tools(jobs: int, slots: int) -> None:
@@ -257,14 +347,31 @@ def check_tools(jobs: int, slots: int) -> None:
             script = Path(path + ".sh")
             script.write_text(f'#!/bin/sh\necho "$1" >> {path}\n')
             script.chmod(0o755)
-            run_timed(tool.check(slots, path), stdin, f"{tool.label} (check, -j{slots})")
+            Path(path + ".toml").write_text(task_file(jobs, _appender(path)))
+            what = f"{tool.label} (check, -j{slots})"
+            run_timed(tool.check(slots, path), stdin if tool.reads_stdin else b"", what, Path(directory))
             got = sorted(Path(path).read_text().split(), key=int)
             if got != expected:
                 missing = len(set(expected) - set(got))
-                raise ToolFailed(
-                    f"{tool.label} (check, -j{slots}): {len(got)} lines for {jobs} jobs, {missing} argument(s) missing"
-                )
-            print(f"check {tool.label:26} -j{slots}: {jobs} jobs, each ran once", file=sys.stderr)
+                raise ToolFailed(f"{what}: {len(got)} lines for {jobs} jobs, {missing} argument(s) missing")
+            print(f"check {tool.label:28} -j{slots}: {jobs} jobs, each ran once", file=sys.stderr)
+
+
+def _appender(path: str) -> Callable[[int], str]:
+    """The check's task command: task i appends i to ``path``."""
+    return lambda i: f"echo {i} >> {path}"
+
+
+def make_workspace(base: Path, jobs: int) -> Workspace:
+    """The task file, and the journal after one untimed ``map`` and one untimed ``run``, copied aside."""
+    workspace = Workspace(base / "work", base / "journal-copy", base / "scratch")
+    for directory in (workspace.root, workspace.scratch):
+        directory.mkdir()
+    (workspace.root / TASK_FILE).write_text(task_file(jobs, lambda _: "true"))
+    run_timed(_map(2, "true"), _lines(jobs), "phalanx map (warm-up)", workspace.root)
+    run_timed([*PHALANX, "run", TASK_FILE, "-j", "2"], b"", "phalanx run (warm-up)", workspace.root)
+    shutil.copytree(workspace.journal, workspace.journal_copy)
+    return workspace
 
 
 def floor_in_process(slots: int, jobs: int) -> Timing:
@@ -284,14 +391,23 @@ def floor_in_process(slots: int, jobs: int) -> Timing:
     return Timing(seconds, cpu)
 
 
-def measure(jobs: int, rounds: int) -> dict[tuple[str, int], list[Timing]]:
+def measure(jobs: int, rounds: int, workspace: Workspace) -> dict[tuple[str, int], list[Timing]]:
     """Timings by (tool, slots), every tool once per slot count per round, in a rotating order."""
     stdin = _lines(jobs)
     labels = [tool.label for tool in TOOLS] + [FLOOR_IN_PROCESS]
     timings: dict[tuple[str, int], list[Timing]] = {(label, n): [] for label in labels for n in SLOT_COUNTS}
 
     def timed(tool: Tool) -> Callable[[int], Timing]:
-        return lambda n: run_timed(tool.argv(n), stdin, f"{tool.label} -j{n}")
+        def run(slots: int) -> Timing:
+            workspace.reset()
+            scratch = workspace.fresh_dir()
+            try:
+                argv = tool.argv(slots, scratch)
+                return run_timed(argv, stdin if tool.reads_stdin else b"", f"{tool.label} -j{slots}", workspace.root)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+        return run
 
     runners = [(tool.label, timed(tool)) for tool in TOOLS]
     runners.append((FLOOR_IN_PROCESS, lambda n: floor_in_process(n, jobs)))
@@ -310,21 +426,78 @@ def measure(jobs: int, rounds: int) -> dict[tuple[str, int], list[Timing]]:
     return timings
 
 
-def measure_startup(runs: int) -> dict[str, float]:
+PYTHON_PASS = "python -c pass"
+PYTHON_ASYNCIO = 'python -c "import asyncio, subprocess"'
+PHALANX_VERSION = "phalanx --version"
+PHALANX_ONE_JOB = "phalanx map true ::: 1"
+PARALLEL_ONE_JOB = "parallel true ::: 1"
+STARTUP_COMMANDS: dict[str, list[str]] = {
+    PYTHON_PASS: [sys.executable, "-c", "pass"],
+    PYTHON_ASYNCIO: [sys.executable, "-c", "import asyncio, subprocess"],
+    PHALANX_VERSION: [*PHALANX, "--version"],
+    PHALANX_ONE_JOB: [*PHALANX, "map", "true", ":::", "1"],
+    PARALLEL_ONE_JOB: ["parallel", "--will-cite", "true", ":::", "1"],
+}
+
+
+def measure_startup(runs: int, workspace: Workspace) -> dict[str, float]:
     """Median wall seconds of each start-up command over ``runs`` runs, interleaved."""
-    commands = {
-        "python -c pass": [sys.executable, "-c", "pass"],
-        "phalanx --version": [*PHALANX, "--version"],
-        "phalanx map true ::: 1": [*PHALANX, "map", "true", ":::", "1"],
-        "parallel true ::: 1": ["parallel", "--will-cite", "true", ":::", "1"],
-    }
-    for argv in commands.values():  # warm the page cache and the .pyc files
-        run_timed(argv, b"", " ".join(argv))
-    seconds: dict[str, list[float]] = {label: [] for label in commands}
+    for label, argv in STARTUP_COMMANDS.items():  # warm the page cache and the .pyc files
+        run_timed(argv, b"", label, workspace.root)
+    seconds: dict[str, list[float]] = {label: [] for label in STARTUP_COMMANDS}
     for _ in range(runs):
-        for label, argv in commands.items():
-            seconds[label].append(run_timed(argv, b"", label).wall)
+        for label, argv in STARTUP_COMMANDS.items():
+            workspace.reset()
+            seconds[label].append(run_timed(argv, b"", label, workspace.root).wall)
     return {label: statistics.median(values) for label, values in seconds.items()}
+
+
+# ---------------------------------------------------------------------- import time
+
+
+@dataclass(frozen=True, slots=True)
+class ImportTime:
+    """One module's line of ``-X importtime``: microseconds in its own body, and with its imports."""
+
+    self_us: int
+    cumulative_us: int
+
+
+def parse_importtime(stderr: str) -> dict[str, ImportTime]:
+    """The modules of one ``-X importtime`` report (``import time: SELF | CUMULATIVE | NAME``)."""
+    modules: dict[str, ImportTime] = {}
+    for line in stderr.splitlines():
+        if not line.startswith("import time:"):
+            continue
+        fields = line.removeprefix("import time:").split("|")
+        if len(fields) != 3 or not fields[0].strip().isdigit():
+            continue  # the header line
+        modules[fields[2].strip()] = ImportTime(int(fields[0]), int(fields[1]))
+    return modules
+
+
+def is_phalanx_module(name: str) -> bool:
+    return name == "phalanx" or name.startswith("phalanx.")
+
+
+IMPORTTIME_COMMANDS = (PYTHON_ASYNCIO, PHALANX_VERSION, PHALANX_ONE_JOB)
+
+
+def measure_importtime(runs: int, workspace: Workspace) -> dict[str, list[dict[str, ImportTime]]]:
+    """``runs`` import profiles of each of IMPORTTIME_COMMANDS, interleaved."""
+    env = {**ENV, "PYTHONPROFILEIMPORTTIME": "1"}
+    profiles: dict[str, list[dict[str, ImportTime]]] = {label: [] for label in IMPORTTIME_COMMANDS}
+    for _ in range(runs):
+        for label in IMPORTTIME_COMMANDS:
+            workspace.reset()
+            done = subprocess.run(
+                STARTUP_COMMANDS[label], capture_output=True, text=True, env=env, cwd=workspace.root, check=False
+            )
+            profile = parse_importtime(done.stderr)
+            if done.returncode or not profile:
+                raise ToolFailed(f"{label} (-X importtime): exit status {done.returncode}: {done.stderr[-500:]}")
+            profiles[label].append(profile)
+    return profiles
 
 
 def _lines(jobs: int) -> bytes:
@@ -354,28 +527,33 @@ def shell_path_of_true() -> str:
     return "via /bin/sh -c" if argv[:2] == ["/bin/sh", "-c"] else f"directly as {argv}"
 
 
-def report(jobs: int, timings: dict[tuple[str, int], list[Timing]], startup: dict[str, float]) -> str:
-    """The tables (medians, fastest rounds, CPU), then one verdict line per target."""
+def verdict(label: str, by_n: dict[int, float], limit: float, *, at_least: bool = False) -> str:
+    """PASS if the ratio at every slot count is within ``limit`` (at least it, with ``at_least``)."""
+    worst = min(by_n, key=by_n.__getitem__) if at_least else max(by_n, key=by_n.__getitem__)
+    ok = by_n[worst] >= limit if at_least else by_n[worst] <= limit
+    numbers = ", ".join(f"-j{n} {value:.2f}" for n, value in by_n.items())
+    return f"target {label}: {'PASS' if ok else 'MISS'} ({numbers})"
+
+
+def jobs_report(jobs: int, timings: dict[tuple[str, int], list[Timing]]) -> list[str]:
+    """The table of the tools (medians, fastest rounds, CPU), the ratios, and the jobs' verdicts."""
     ms = {key: statistics.median(t.wall for t in values) / jobs * 1000 for key, values in timings.items()}
     best = {key: min(t.wall for t in values) / jobs * 1000 for key, values in timings.items()}
     cpu = {key: statistics.median(t.cpu for t in values) / jobs * 1000 for key, values in timings.items()}
-    labels = [FLOOR, FLOOR_IN_PROCESS, PHALANX_SHELL, PHALANX_TRUE, PHALANX_EXEC, XARGS, PARALLEL]
+    labels = [FLOOR, FLOOR_IN_PROCESS, PHALANX_SHELL, PHALANX_TRUE, PHALANX_KEEP_ORDER, PHALANX_RESULTS]
+    labels += [PHALANX_EXEC, PHALANX_RUN, XARGS, PARALLEL]
     headers = ["ms per job", *(f"-j{n}" for n in SLOT_COUNTS)]
     headers += [f"fastest -j{n}" for n in SLOT_COUNTS] + [f"CPU -j{n}" for n in SLOT_COUNTS]
     rows = [[label, *(f"{by[label, n]:.3f}" for by in (ms, best, cpu) for n in SLOT_COUNTS)] for label in labels]
 
-    ratios = {
-        f"{PHALANX_SHELL} / floor": {n: ms[PHALANX_SHELL, n] / ms[FLOOR, n] for n in SLOT_COUNTS},
-        f"{PHALANX_TRUE} / floor": {n: ms[PHALANX_TRUE, n] / ms[FLOOR, n] for n in SLOT_COUNTS},
-        f"{PHALANX_TRUE} / xargs -P": {n: ms[PHALANX_TRUE, n] / ms[XARGS, n] for n in SLOT_COUNTS},
-        f"{PHALANX_EXEC} / xargs -P": {n: ms[PHALANX_EXEC, n] / ms[XARGS, n] for n in SLOT_COUNTS},
-        f"GNU parallel / {PHALANX_TRUE}": {n: ms[PARALLEL, n] / ms[PHALANX_TRUE, n] for n in SLOT_COUNTS},
-    }
     pairs = {
         f"{PHALANX_SHELL} / floor": (PHALANX_SHELL, FLOOR),
         f"{PHALANX_TRUE} / floor": (PHALANX_TRUE, FLOOR),
         f"{PHALANX_TRUE} / xargs -P": (PHALANX_TRUE, XARGS),
+        f"{PHALANX_KEEP_ORDER} / xargs -P": (PHALANX_KEEP_ORDER, XARGS),
+        f"{PHALANX_RESULTS} / xargs -P": (PHALANX_RESULTS, XARGS),
         f"{PHALANX_EXEC} / xargs -P": (PHALANX_EXEC, XARGS),
+        f"{PHALANX_RUN} / xargs -P": (PHALANX_RUN, XARGS),
         f"GNU parallel / {PHALANX_TRUE}": (PARALLEL, PHALANX_TRUE),
     }
     ratio_rows = [
@@ -383,47 +561,76 @@ def report(jobs: int, timings: dict[tuple[str, int], list[Timing]], startup: dic
         for label, (a, b) in pairs.items()
     ]
 
-    base = startup["python -c pass"]
-    startup_rows = [[label, f"{value * 1000:.1f}", f"{value / base:.2f}"] for label, value in startup.items()]
+    def ratios(a: str, b: str) -> dict[int, float]:
+        return {n: ms[a, n] / ms[b, n] for n in SLOT_COUNTS}
 
-    lines = [
+    return [
         table(headers, rows),
         "",
         table(["ratio", *headers[1:]], ratio_rows),
         "",
-        table(["start-up (median)", "ms", "x python -c pass"], startup_rows),
-        "",
-    ]
-
-    def verdict(label: str, by_n: dict[int, float], limit: float, *, at_least: bool = False) -> str:
-        worst = min(by_n, key=by_n.__getitem__) if at_least else max(by_n, key=by_n.__getitem__)
-        ok = by_n[worst] >= limit if at_least else by_n[worst] <= limit
-        numbers = ", ".join(f"-j{n} {value:.2f}" for n, value in by_n.items())
-        return f"target {label}: {'PASS' if ok else 'MISS'} ({numbers})"
-
-    lines.append(
+        verdict("phalanx map true <= xargs -P", ratios(PHALANX_TRUE, XARGS), TARGET_VS_XARGS),
         verdict(
-            f"phalanx 'true {{}};' <= {TARGET_VS_FLOOR}x floor (same work)",
-            ratios[f"{PHALANX_SHELL} / floor"],
-            TARGET_VS_FLOOR,
-        )
-    )
-    lines.append(verdict("phalanx true <= xargs -P", ratios[f"{PHALANX_TRUE} / xargs -P"], TARGET_VS_XARGS))
-    lines.append(
-        verdict(
-            f"GNU parallel >= {TARGET_PARALLEL_SLOWER:g}x phalanx true",
-            ratios[f"GNU parallel / {PHALANX_TRUE}"],
+            f"GNU parallel >= {TARGET_PARALLEL_SLOWER:g}x phalanx map true",
+            ratios(PARALLEL, PHALANX_TRUE),
             TARGET_PARALLEL_SLOWER,
             at_least=True,
+        ),
+        verdict(
+            f"phalanx run of {jobs} true tasks <= {TARGET_RUN_VS_XARGS}x xargs -P",
+            ratios(PHALANX_RUN, XARGS),
+            TARGET_RUN_VS_XARGS,
+        ),
+    ]
+
+
+def startup_report(startup: dict[str, float]) -> list[str]:
+    """The start-up table and its two verdicts."""
+    rows = [
+        [label, f"{value * 1000:.1f}", f"{value / startup[PYTHON_PASS]:.2f}", f"{value / startup[PYTHON_ASYNCIO]:.2f}"]
+        for label, value in startup.items()
+    ]
+    vs_asyncio = startup[PHALANX_ONE_JOB] / startup[PYTHON_ASYNCIO]
+    vs_parallel = startup[PHALANX_ONE_JOB] / startup[PARALLEL_ONE_JOB]
+    return [
+        table(["start-up (median)", "ms", "x python -c pass", "x import asyncio, subprocess"], rows),
+        "",
+        f"target start-up {PHALANX_ONE_JOB} <= {TARGET_STARTUP_VS_ASYNCIO}x {PYTHON_ASYNCIO}: "
+        f"{'PASS' if vs_asyncio <= TARGET_STARTUP_VS_ASYNCIO else 'MISS'} ({vs_asyncio:.2f}x)",
+        f"target start-up {PHALANX_ONE_JOB} < {PARALLEL_ONE_JOB}: "
+        f"{'PASS' if vs_parallel < 1.0 else 'MISS'} ({vs_parallel:.2f}x)",
+    ]
+
+
+def importtime_report(profiles: dict[str, list[dict[str, ImportTime]]]) -> list[str]:
+    """Totals per command, then the largest self times of phalanx's modules in the one-job map."""
+
+    def median_ms(values: list[int]) -> str:
+        return f"{statistics.median(values) / 1000:.1f}"
+
+    rows = []
+    for label, runs in profiles.items():
+        total = [sum(m.self_us for m in profile.values()) for profile in runs]
+        own = [sum(m.self_us for name, m in profile.items() if is_phalanx_module(name)) for profile in runs]
+        counts = [len(profile) for profile in runs]
+        own_counts = [sum(map(is_phalanx_module, profile)) for profile in runs]
+        rows.append([label, median_ms(total), median_ms(own), f"{max(counts)}", f"{max(own_counts)}"])
+    map_runs = profiles[PHALANX_ONE_JOB]
+    names = {name for profile in map_runs for name in profile if is_phalanx_module(name)}
+    by_module = {
+        name: (
+            [profile[name].self_us for profile in map_runs if name in profile],
+            [profile[name].cumulative_us for profile in map_runs if name in profile],
         )
-    )
-    for label in ("phalanx --version", "phalanx map true ::: 1"):
-        ratio = startup[label] / base
-        lines.append(
-            f"target start-up {label} <= {TARGET_STARTUP:g}x python -c pass: "
-            f"{'PASS' if ratio <= TARGET_STARTUP else 'MISS'} ({ratio:.2f}x, {startup[label] * 1000:.1f} ms)"
-        )
-    return "\n".join(lines)
+        for name in names
+    }
+    largest = sorted(by_module, key=lambda name: statistics.median(by_module[name][0]), reverse=True)[:TOP_MODULES]
+    module_rows = [[name, median_ms(by_module[name][0]), median_ms(by_module[name][1])] for name in largest]
+    return [
+        table([f"-X importtime (median of {len(map_runs)})", "all ms", "phalanx ms", "modules", "phalanx's"], rows),
+        "",
+        table([f"{PHALANX_ONE_JOB}: phalanx's {TOP_MODULES} largest", "self ms", "cumulative ms"], module_rows),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,26 +649,29 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     load_before = os.getloadavg()[0]
-    pycache = tempfile.mkdtemp(prefix="map-overhead-pycache-")
+    base = Path(tempfile.mkdtemp(prefix="map-overhead-"))
     ENV.update({k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
-    ENV["PYTHONPYCACHEPREFIX"] = pycache
+    ENV["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
     try:
         for slots in SLOT_COUNTS:
             check_tools(jobs, slots)
-        startup = measure_startup(QUICK_STARTUP_RUNS if args.quick else STARTUP_RUNS)
-        seconds = measure(jobs, rounds)
+        workspace = make_workspace(base, jobs)
+        startup = measure_startup(QUICK_STARTUP_RUNS if args.quick else STARTUP_RUNS, workspace)
+        imports = measure_importtime(QUICK_IMPORTTIME_RUNS if args.quick else IMPORTTIME_RUNS, workspace)
+        seconds = measure(jobs, rounds, workspace)
     except ToolFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
-        shutil.rmtree(pycache, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
     print(
         f"{jobs} jobs of `true`, median of {rounds} round(s), {os.cpu_count()} CPUs "
         f"(load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after); ms per job = wall time of the "
         f"whole command (start-up included) / jobs.\nphalanx = {PHALANX_LABEL}; its job `true 1` runs "
-        f"{shell_path_of_true()}; Python bytecode cached (PYTHONPYCACHEPREFIX, no PYTHONDONTWRITEBYTECODE)."
+        f"{shell_path_of_true()}; Python bytecode cached (PYTHONPYCACHEPREFIX, no PYTHONDONTWRITEBYTECODE); "
+        f"every command starts from the same run journal (one earlier map and run of the same jobs)."
     )
-    print(report(jobs, seconds, startup))
+    print("\n".join([*jobs_report(jobs, seconds), "", *startup_report(startup), "", *importtime_report(imports)]))
     return 0
 
 
