@@ -4,8 +4,9 @@
     journal_child.py resume DIR LOG SEED   plans the resume, kills leftovers, runs the rest; prints JSON
     journal_child.py hang DIR              one command that never ends; prints "spawned PID", then waits
 
-Every command spawn is reported to `Journal.attempt_spawned` right after ``Popen`` returns,
-as the command backend does once the hook is wired in: here ``subprocess.Popen`` is wrapped.
+Every command spawn is reported to `Journal.attempt_spawned` right after the process
+starts, as the command backend's ``on_spawn`` hook does for the command line: here
+`phalanx.backends.spawn.Spawner.spawn` is wrapped.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import json
 import os
 import random
 import shlex
-import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import phalanx
+from phalanx.backends.spawn import Child, Spawner
 from phalanx.journal import (
     Journal,
     JournalSink,
@@ -34,21 +35,20 @@ from phalanx.journal import (
 
 TASKS = 200
 
-_Popen = subprocess.Popen
+_spawn = Spawner.spawn
 
 #: Called with each attempt's process once it is spawned.
 spawned: RunningProcesses | None = None
 
 
-class _ReportingPopen(_Popen):  # type: ignore[type-arg]
-    """Popen that tells the journal about each attempt's process, as the backend will."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        env = kwargs.get("env") or {}
-        if spawned is not None and b"PHALANX_RUN_ID" in env:
-            run_id, task_id = env[b"PHALANX_RUN_ID"].decode(), env[b"PHALANX_TASK_ID"].decode()
-            spawned(run_id, task_id, int(env[b"PHALANX_ATTEMPT"]), self.pid)
+def _reporting_spawn(self: Spawner, argv: list[str], **kwargs: Any) -> Child:
+    """Spawner.spawn, telling the journal about each attempt's process, as the backend's hook does."""
+    child = _spawn(self, argv, **kwargs)
+    env = kwargs["env"]
+    if spawned is not None and b"PHALANX_RUN_ID" in env:
+        run_id, task_id = env[b"PHALANX_RUN_ID"].decode(), env[b"PHALANX_TASK_ID"].decode()
+        spawned(run_id, task_id, int(env[b"PHALANX_ATTEMPT"]), child.pid)
+    return child
 
 
 async def append(task_id: str, log: str) -> None:
@@ -84,7 +84,7 @@ def main() -> None:
     mode, directory = sys.argv[1], Path(sys.argv[2])
     journal = Journal.open(directory)
     spawned = journal.attempt_spawned
-    subprocess.Popen = _ReportingPopen  # type: ignore[misc]
+    Spawner.spawn = _reporting_spawn  # type: ignore[method-assign]
     key = file_key(directory / "phalanx.toml")
 
     def heard(event: phalanx.Event) -> None:

@@ -13,7 +13,10 @@ from mapsupport import run_both, run_map
 @pytest.mark.parametrize(
     "args",
     [
-        ["-j3", "printf 'a{}-'; sleep {}; echo b{}", ":::", "0.3", "0.1", "0.2"],
+        # Started 0.3 s apart: each partial line is written well apart from the others
+        # (-u passes the jobs' output straight through, so two writes at once may come
+        # in either order, in GNU parallel as in phalanx).
+        ["-j3", "--delay", "0.3", "printf 'a{}-'; sleep {}; echo b{}", ":::", "1.0", "0.1", "0.6"],
         ["-k", "--tag", "-j2", "echo {}; exit {}", ":::", "0", "1", "2"],
         ["--ungroup", "-n2", "echo", ":::", "a", "b", "c"],
     ],
@@ -28,8 +31,10 @@ def test_ungroup_same_lines_and_exit_status(args: list[str], tmp_path: Path) -> 
 
 
 def test_ungroup_prints_partial_lines_while_the_job_runs(tmp_path: Path) -> None:
-    # The first job's half line comes before the second job's output, which comes before its end.
-    result = run_map(["-u", "-j2", "printf a{}; sleep {}; echo b{}", ":::", "0.6", "0.1"], cwd=tmp_path)
+    # The first job's half line comes before the second job's output, which comes before its end
+    # (the second starts 0.2 s later: their first writes do not race).
+    result = run_map(["-u", "-j2", "--delay", "0.2", "printf a{}; sleep {}; echo b{}", ":::", "0.6", "0.1"],
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"a0.6a0.1b0.1\nb0.6\n"
 

@@ -23,7 +23,9 @@ import asyncio
 import contextlib
 import errno
 import os
+import select
 import threading
+import weakref
 
 #: Poll intervals of the fallback thread, in seconds.
 _MIN_POLL = 0.001
@@ -98,12 +100,46 @@ class ChildReaper:
 async def _readable(fd: int) -> None:
     """Wait until ``fd`` is readable, watching it only while we wait."""
     loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, _wake, ready)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
+    watcher = _WATCHERS.get(loop)
+    if watcher is None:
+        watcher = _WATCHERS[loop] = _PidfdWatcher(loop)
+    await watcher.readable(fd)
+
+
+class _PidfdWatcher:
+    """The pidfds a loop waits on, in one epoll set of our own that the loop watches.
+
+    A child then costs two ``epoll_ctl`` calls, where an asyncio reader of its own (a
+    handle, a selector key, the loop's bookkeeping, in Python) cost about as much as the
+    rest of a short job's launch. One-shot: a pidfd reports its exit once, not again at
+    every turn of the loop until its waiter runs.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # No reference to the loop: the loop's entry in _WATCHERS must die with it.
+        self._epoll = select.epoll()
+        self._waiting: dict[int, asyncio.Future[None]] = {}  # pidfd -> its waiter
+        loop.add_reader(self._epoll.fileno(), self._ready)
+
+    async def readable(self, fd: int) -> None:
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+        self._waiting[fd] = ready
+        try:
+            await ready
+        finally:
+            del self._waiting[fd]
+            self._epoll.unregister(fd)
+
+    def _ready(self) -> None:
+        for fd, _ in self._epoll.poll(0):
+            future = self._waiting.get(fd)
+            if future is not None:
+                _wake(future)
+
+
+#: One watcher per event loop (gone with its loop; its epoll closes with it).
+_WATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PidfdWatcher] = weakref.WeakKeyDictionary()
 
 
 def _wake(future: asyncio.Future[None]) -> None:

@@ -18,20 +18,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .backends.base import Backend
-from .backends.inline import InlineBackend
-from .backends.threads import ThreadBackend
 from .events import Sink
 from .model import Graph, Task, is_coroutine_action
-from .ordering import CostModel, OrderingPolicy
-from .policy import HaltRule, TimeoutRule
-from .ratelimit import Limiters
-from .resources import Capacities
 from .results import CancelReason, RunReport
 from .scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from .backends.base import Backend
     from .guard import AttemptGuard
+    from .ordering import CostModel, OrderingPolicy
+    from .policy import HaltRule, TimeoutRule
+    from .ratelimit import Limiters
+    from .resources import Capacities
 
 BackendName = Literal["auto", "threads", "inline"]
 
@@ -43,7 +41,11 @@ class StandardBackends:
 
     def __init__(self, callables: BackendName, grace: float,
                  on_spawn: Callable[[str, str, int, int], None] | None = None,
-                 guard: AttemptGuard | None = None) -> None:
+                 guard: AttemptGuard | None = None, reuse_output_files: bool = False) -> None:
+        """``reuse_output_files``: commands share a pair of output files per slot, each
+        attempt's output there only until its end has been told to the sinks
+        (`phalanx.backends.outputs`); False: files per attempt, kept until the run ends."""
+        self._reuse_output_files = reuse_output_files
         self._callables = callables
         self._grace = grace
         self._on_spawn = on_spawn
@@ -63,12 +65,19 @@ class StandardBackends:
         return backend
 
     def _make(self, kind: str) -> Backend:
+        # Each imported here: a run pays for the backends its tasks use (phalanx map, only commands).
         if kind == "command":
             from .backends.command import CommandBackend
+            from .backends.outputs import OutputFiles
 
-            return CommandBackend(grace=self._grace, on_spawn=self._on_spawn, guard=self._guard)
+            return CommandBackend(grace=self._grace, on_spawn=self._on_spawn, guard=self._guard,
+                                  outputs=OutputFiles(reuse=self._reuse_output_files))
         if kind == "inline":
+            from .backends.inline import InlineBackend
+
             return InlineBackend()
+        from .backends.threads import ThreadBackend
+
         return ThreadBackend()
 
     async def aclose(self) -> None:

@@ -24,22 +24,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..limits import NO_LIMITS
-from ..outputfiles import output_paths
 from ..reaper import ChildReaper
 from ..resources import instance_environment
 from .base import Attempt, Outcome
 from .capture import OutputCapture
+from .outputs import AttemptOutput, OutputFiles
+from .spawn import Child, Spawner
 
 if TYPE_CHECKING:
     from ..confinement import Confinement, MemoryWatch
@@ -74,27 +77,37 @@ _SHELL_WORDS = frozenset(
 )
 
 
+# Builtins whose program does exactly what the builtin does, whatever the arguments (but
+# coreutils' lone --help or --version): these need no shell either. `true` is the job of
+# every overhead benchmark, and of real runs (``cmd || true``-style placeholders).
+_SAME_AS_PROGRAM = frozenset(("true", "false"))
+_PROGRAM_OPTIONS = frozenset(("--help", "--version"))
+
+
 def command_argv(command: str) -> list[str]:
     """The argv that runs a command string: its words when no shell is needed, else ``sh -c``."""
     if not _SHELL_SYNTAX.search(command):
         words = command.split()
-        if words and words[0] not in _SHELL_WORDS and "=" not in words[0]:
-            return words
+        if words and "=" not in words[0]:
+            if words[0] not in _SHELL_WORDS:
+                return words
+            if words[0] in _SAME_AS_PROGRAM and not (len(words) == 2 and words[1] in _PROGRAM_OPTIONS):
+                program = _program_of_builtin(words[0])
+                if program is not None:
+                    return [program, *words[1:]]
     return [_SHELL, "-c", command]
 
 
-# Read-write: the same fd later gives the output's tail (fstat + pread), no reopening.
-# Always a new file (O_EXCL), never through a symlink (O_NOFOLLOW): the names in a kept log
-# directory are predictable, and a link planted at one must not make us write its target.
-_OUTPUT_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_OUTPUT_MODE = 0o600
+@functools.cache
+def _program_of_builtin(name: str) -> str | None:
+    """Where the program of builtin ``name`` is (looked up once, on phalanx's PATH: a task's
+    own PATH cannot change what the builtin would have done), or None: use the shell."""
+    return shutil.which(name)
+
 
 # The result file is the task's to write; we only read a regular file it left at that name.
 # O_NONBLOCK: a FIFO there must not block the loop (it is refused below, not read).
 _RESULT_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-#: How often a name is unlinked and created again when something keeps reappearing there.
-_CREATE_TRIES = 3
 
 
 class CommandBackend:
@@ -114,7 +127,7 @@ class CommandBackend:
 
     def __init__(self, *, grace: float = 2.0, tail_bytes: int = 4096, kill_leftovers: bool = True,
                  on_spawn: Callable[[str, str, int, int], None] | None = None, cut_marker: bool = True,
-                 guard: AttemptGuard | None = None) -> None:
+                 guard: AttemptGuard | None = None, outputs: OutputFiles | None = None) -> None:
         """``on_spawn(run_id, task_id, attempt, pid)`` is told of each process group as it
         starts (the run journal records it, so that a run killed outright leaves a trace of
         what it left running)."""
@@ -129,12 +142,13 @@ class CommandBackend:
         self._cut_marker = cut_marker
         self._guard = guard
         self._reaper = ChildReaper()
-        self._running: dict[int, subprocess.Popen[bytes]] = {}
-        self._stopped: dict[tuple[str, int], Outcome] = {}
+        self._spawner = Spawner()
+        self._outputs = outputs or OutputFiles()
+        self._running: dict[int, Child] = {}
+        self._stopped: dict[tuple[str, int], Outcome] = {}  # output of stopped attempts, until asked
         # The parent's environment as of the run's start, copied once: copying os.environb
         # walks every variable in Python, about 15 µs a job that `phalanx map` cannot spare.
-        self._base_environment = dict(os.environb)  # output of stopped attempts, until asked
-        self._run_dirs: dict[str, str] = {}  # as given -> absolute, once created
+        self._base_environment = dict(os.environb)
         self._closing = False
         self._memory_watch: MemoryWatch | None = None  # made when a task first has a memory limit
         self._releasing: set[Confinement] = set()  # cgroups still held by dying processes
@@ -153,28 +167,19 @@ class CommandBackend:
             raise RuntimeError("the command backend is closed")
         argv = command_argv(action) if isinstance(action, str) else list(action)
         try:
-            files = self._files(attempt)
-            # The run directory may be a kept log directory: a result file left by an
-            # earlier run must not pass for this attempt's data. Whatever is at that name
-            # goes (a planted symlink: the link, not its target); the command makes its own.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(files.result)
-            out_fd = _create(files.stdout)
+            output = self._outputs.open(attempt)
         except OSError as error:
-            return Outcome(ok=False, reason=f"cannot create the output files: {error}")
-        try:
-            err_fd = _create(files.stderr)
-        except OSError as error:
-            os.close(out_fd)
             return Outcome(ok=False, reason=f"cannot create the output files: {error}")
         capture: OutputCapture | None = None  # with max_output: pipes drained into the files
         confinement: Confinement | None = None  # with limits (memory, cpus, rlimits): see phalanx.confinement
         try:
-            child_out, child_err = out_fd, err_fd
-            if task.limits.max_output:
+            child_out, child_err = self._outputs.child_fds(output)
+            # A stream passed straight through (not captured) is not capped either: it costs
+            # phalanx neither memory nor disk.
+            if task.limits.max_output and output.out_fd >= 0 and output.err_fd >= 0:
                 try:
-                    capture = OutputCapture(task.limits.max_output, out_fd, err_fd, os.path.dirname(files.stdout),
-                                            marker=self._cut_marker)
+                    capture = OutputCapture(task.limits.max_output, output.out_fd, output.err_fd,
+                                            os.path.dirname(output.result_path), marker=self._cut_marker)
                 except OSError as error:
                     return Outcome(ok=False, reason=f"cannot create the output pipes: {error}")
                 child_out, child_err = capture.child_fds
@@ -182,29 +187,19 @@ class CommandBackend:
                 try:
                     confinement = _confine(task)
                 except ValueError as error:
-                    return Outcome(ok=False, reason=str(error), stdout_path=files.stdout, stderr_path=files.stderr)
-            env = _environment(self._base_environment, attempt, files.result)
+                    return _not_started(str(error), output)
+            env = _environment(self._base_environment, attempt, output.result_path)
             serial = 0 if self._guard is None else self._guard.marked(env)
             try:
-                proc = subprocess.Popen(
-                    argv,
-                    process_group=0,
-                    stdin=subprocess.DEVNULL,
-                    stdout=child_out,
-                    stderr=child_err,
-                    close_fds=True,
-                    cwd=task.cwd,
-                    env=env,
+                proc = self._spawner.spawn(
+                    argv, env=env, cwd=task.cwd, stdout=child_out, stderr=child_err,
                     preexec_fn=None if confinement is None else confinement.in_child,
                 )
             except (OSError, ValueError) as error:
                 reason, exit_code = _start_failure(error, argv[0], task.cwd)
-                return Outcome(
-                    ok=False, exit_code=exit_code, reason=reason, stdout_path=files.stdout, stderr_path=files.stderr
-                )
+                return _not_started(reason, output, exit_code)
             except subprocess.SubprocessError as error:  # only from preexec_fn: the child could not take a limit
-                reason = f"cannot apply the task's limits: {error}"
-                return Outcome(ok=False, reason=reason, stdout_path=files.stdout, stderr_path=files.stderr)
+                return _not_started(f"cannot apply the task's limits: {error}", output)
             if confinement is not None:
                 self._confined(proc, confinement)
             if capture is not None:
@@ -223,11 +218,11 @@ class CommandBackend:
                 self._stopped[(task.id, attempt.number)] = Outcome(
                     ok=False,
                     pid=proc.pid,
-                    stdout_tail=_tail(out_fd, self._tail_bytes),
-                    stderr_tail=_tail(err_fd, self._tail_bytes),
-                    stdout_path=files.stdout,
-                    stderr_path=files.stderr,
+                    stdout_tail=_tail(output.out_fd, self._tail_bytes),
+                    stderr_tail=_tail(output.err_fd, self._tail_bytes),
                     output_cut=cut,
+                    stdout_path=output.stdout_path,
+                    stderr_path=output.stderr_path,
                 )
                 raise
             finally:
@@ -237,7 +232,7 @@ class CommandBackend:
                 if confinement is not None and confinement.memory is not None and self._memory_watch is not None:
                     self._memory_watch.unwatch(confinement.memory)
             cut = capture.finish() if capture is not None else None
-            outcome = self._outcome(proc, argv[0] == _SHELL, files, out_fd, err_fd)
+            outcome = self._outcome(proc, argv[0] == _SHELL, output)
             if confinement is not None:
                 outcome = _within_limits(outcome, proc, argv[0] == _SHELL, confinement)
             return outcome if cut is None else replace(outcome, output_cut=cut)
@@ -246,10 +241,9 @@ class CommandBackend:
                 capture.close()
             if confinement is not None:
                 self._release(confinement)
-            os.close(out_fd)
-            os.close(err_fd)
+            self._outputs.done(output)
 
-    def _confined(self, proc: subprocess.Popen[bytes], confinement: Confinement) -> None:
+    def _confined(self, proc: Child, confinement: Confinement) -> None:
         """The attempt's leader has started within its limits: watch its memory, if limited."""
         confinement.started(proc.pid)
         if confinement.memory is not None:
@@ -290,8 +284,10 @@ class CommandBackend:
             await asyncio.gather(*(self._stop(proc) for proc in procs))
         while self._releasing:  # the loop may end with us: see the last cgroups removed (2 s at most)
             await asyncio.sleep(0.02)
+        self._outputs.close()
+        self._spawner.close()
 
-    async def _wait(self, proc: subprocess.Popen[bytes], confinement: Confinement | None = None) -> None:
+    async def _wait(self, proc: Child, confinement: Confinement | None = None) -> None:
         """Wait for the attempt's leader to exit, then kill its leftovers and reap it."""
         try:
             await self._reaper.exited(proc.pid)
@@ -313,7 +309,7 @@ class CommandBackend:
             confinement.leader_exited(proc.pid)  # before the reap: the zombie still shows its CPU time
         self._reap(proc)
 
-    async def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+    async def _stop(self, proc: Child) -> None:
         """TERM the group, give the leader ``grace`` seconds, KILL the group, reap the leader.
 
         Runs to the end whatever cancellations arrive meanwhile (none may leave a live
@@ -333,13 +329,13 @@ class CommandBackend:
         leader.result()
         self._reap(proc)
 
-    def _killpg(self, proc: subprocess.Popen[bytes], sig: int) -> None:
+    def _killpg(self, proc: Child, sig: int) -> None:
         # Once the leader is reaped its pid, which is also the group id, may be reused.
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
 
-    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+    def _reap(self, proc: Child) -> None:
         """Reap the exited leader unless a concurrent stop already did."""
         if proc.returncode is not None:
             return
@@ -349,12 +345,11 @@ class CommandBackend:
             status = self._reaper.reap(proc.pid)
         except ChildProcessError:
             # Someone else waited for our child (a stray ``os.wait()``): the status is lost.
-            proc.returncode = _STATUS_LOST
+            proc.reaped(_STATUS_LOST)
             return
-        # Setting returncode tells Popen the child is reaped: it never waits for it again.
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.reaped(os.waitstatus_to_exitcode(status))
 
-    def _kill_now(self, proc: subprocess.Popen[bytes]) -> None:
+    def _kill_now(self, proc: Child) -> None:
         """Last resort when waiting failed: SIGKILL the group and reap the leader, blocking."""
         self._killpg(proc, signal.SIGKILL)
         if self._guard is not None:
@@ -362,31 +357,19 @@ class CommandBackend:
         try:
             _, status = os.waitpid(proc.pid, 0)  # SIGKILLed: this returns almost at once
         except ChildProcessError:
-            proc.returncode = _STATUS_LOST
+            proc.reaped(_STATUS_LOST)
         else:
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.reaped(os.waitstatus_to_exitcode(status))
 
-    def _files(self, attempt: Attempt) -> _Files:
-        """The attempt's output and result paths, in its run directory (created if missing)."""
-        key = str(attempt.run_dir)
-        run_dir = self._run_dirs.get(key)
-        if run_dir is None:
-            # Absolute, because the command runs in task.cwd and must find its result file.
-            run_dir = os.path.abspath(key)
-            # Private when we create it (the output of commands can be sensitive); an existing
-            # directory (a kept --log-dir) keeps its mode. Only the last level gets 0o700.
-            os.makedirs(run_dir, mode=0o700, exist_ok=True)
-            self._run_dirs[key] = run_dir
-        stdout, stderr = output_paths(run_dir, attempt.task.id, attempt.number)
-        return _Files(stdout=stdout, stderr=stderr, result=stdout[: -len(".out")] + ".result.json")
-
-    def _outcome(self, proc: subprocess.Popen[bytes], shell: bool, files: _Files, out_fd: int, err_fd: int) -> Outcome:
+    def _outcome(self, proc: Child, shell: bool, output: AttemptOutput) -> Outcome:
         """Describe the reaped attempt: its status, output tails, paths and reported data."""
         code = proc.returncode
         assert code is not None
-        stderr_tail = _tail(err_fd, self._tail_bytes)
+        stderr_tail = _tail(output.err_fd, self._tail_bytes)
         exit_code, signal_number, reason = self._verdict(code, shell, stderr_tail)
-        data = _result_data(files.result)
+        found = _result_data(output.result_path)
+        output.result_absent = found is None
+        data = found or {}
         return Outcome(
             ok=code == 0,
             exit_code=exit_code,
@@ -395,10 +378,10 @@ class CommandBackend:
             data=data,
             failure=None if code == 0 else _throttling(exit_code, data),
             pid=proc.pid,
-            stdout_tail=_tail(out_fd, self._tail_bytes),
+            stdout_tail=_tail(output.out_fd, self._tail_bytes),
             stderr_tail=stderr_tail,
-            stdout_path=files.stdout,
-            stderr_path=files.stderr,
+            stdout_path=output.stdout_path,
+            stderr_path=output.stderr_path,
         )
 
     def _verdict(self, code: int, shell: bool, stderr_tail: str) -> tuple[int | None, int | None, str | None]:
@@ -423,11 +406,10 @@ class CommandBackend:
         return code, None, f"exit code {code}"
 
 
-@dataclass(frozen=True, slots=True)
-class _Files:
-    stdout: str
-    stderr: str
-    result: str
+def _not_started(reason: str, output: AttemptOutput, exit_code: int | None = None) -> Outcome:
+    """The outcome of an attempt whose process could not be started (its files exist, empty)."""
+    return Outcome(ok=False, exit_code=exit_code, reason=reason, stdout_path=output.stdout_path,
+                   stderr_path=output.stderr_path)
 
 
 def _confine(task: Task) -> Confinement | None:
@@ -441,7 +423,7 @@ def _confine(task: Task) -> Confinement | None:
     return confine(task.limits) if confines(task.limits) else None
 
 
-def _within_limits(outcome: Outcome, proc: subprocess.Popen[bytes], shell: bool, confinement: Confinement) -> Outcome:
+def _within_limits(outcome: Outcome, proc: Child, shell: bool, confinement: Confinement) -> Outcome:
     """The outcome, failed with the limit's reason when a limit is what ended it (a task whose
     processes went over their memory fails, whatever its leader then did)."""
     assert proc.returncode is not None
@@ -496,25 +478,11 @@ def _start_failure(error: Exception, program: str, cwd: str | None) -> tuple[str
     return f"cannot start {program}: {error.strerror or error}", None
 
 
-def _create(path: str) -> int:
-    """Open a new, empty output file at ``path`` (mode 0o600), replacing whatever is there.
-
-    The first try costs one ``open``; only if something is there (an earlier run's file in a
-    kept log directory, or a planted symlink) is it unlinked - the link itself, never its
-    target - and the name created again, exclusively: O_EXCL|O_NOFOLLOW never writes through
-    a link, even one planted again between the unlink and the open.
-    """
-    for _ in range(_CREATE_TRIES - 1):
-        try:
-            return os.open(path, _OUTPUT_FLAGS, _OUTPUT_MODE)
-        except FileExistsError:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    return os.open(path, _OUTPUT_FLAGS, _OUTPUT_MODE)
-
-
 def _tail(fd: int, limit: int) -> str:
-    """The last ``limit`` bytes of the file open as ``fd``, decoded (never the whole file)."""
+    """The last ``limit`` bytes of the file open as ``fd``, decoded (never the whole file);
+    "" for -1 (a stream not captured)."""
+    if fd < 0 or limit == 0:
+        return ""
     size = os.fstat(fd).st_size
     if size == 0 or limit == 0:
         return ""
@@ -529,8 +497,9 @@ def _tail(fd: int, limit: int) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _result_data(path: str) -> Mapping[str, Any]:
-    """The JSON object the command wrote to ``PHALANX_RESULT_FILE``, if it wrote one.
+def _result_data(path: str) -> Mapping[str, Any] | None:
+    """The JSON object the command wrote to ``PHALANX_RESULT_FILE``, if it wrote one; None
+    if nothing is at that name.
 
     A broken result file does not change whether the attempt succeeded: the exit status
     says that, and retrying a command because its report is malformed would only repeat
@@ -542,7 +511,7 @@ def _result_data(path: str) -> Mapping[str, Any]:
     try:
         fd = os.open(path, _RESULT_FLAGS)
     except FileNotFoundError:
-        return {}
+        return None
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.EMLINK):  # a symlink (EMLINK on the BSDs)
             return {}

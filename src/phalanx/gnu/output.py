@@ -5,14 +5,21 @@ Jobs write to files while they run; grouped output is copied from those files in
 when the job ends, so two jobs' output never interleave. Every copy goes a bounded chunk
 at a time, so a job printing a gigabyte costs no more memory than one printing a line.
 With ``--retries`` only the last attempt's output is printed, as GNU parallel does.
+
+The files are a slot's, reused by its next job (`phalanx.backends.outputs`), so a job held
+back by ``-k`` behind an earlier one has its output copied (in the kernel) into one spool
+file until its turn (`Spool`): the only copy phalanx makes, and only of output it must wait
+to print.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -51,7 +58,17 @@ def tag_lines(data: bytes, prefix: bytes, *, crlf: bool) -> bytes:
     return tagged[: len(tagged) - len(prefix)] if data.endswith((b"\n", b"\r")) else tagged
 
 
-def copy_tagged(source: BinaryIO, stream: BinaryIO, prefix: bytes) -> None:
+class _ChunkReader:
+    """Chunks as a file's ``read``, for `copy_tagged` (which reads `_CHUNK` at a time)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def read(self, size: int = -1) -> bytes:
+        return next(self._chunks, b"")
+
+
+def copy_tagged(source: BinaryIO | _ChunkReader, stream: BinaryIO, prefix: bytes) -> None:
     """Copy a file to a stream, ``prefix`` at the start of every line.
 
     As GNU parallel's grouped output: a line starts at the beginning, and after every
@@ -107,6 +124,107 @@ def copy_lines(chunks: Iterator[bytes], stream: BinaryIO, prefix: bytes) -> None
         stream.write(prefix + held if at_line_start else held)
 
 
+class Spool:
+    """Output held back for later, copied out of files about to be reused: one file, written
+    at its end, emptied whenever nothing is held (made at the first output held)."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+        self._fd = -1
+        self._size = 0
+        self._held = 0
+
+    def keep(self, path: str | None) -> tuple[int, int] | None:
+        """Copy the file at ``path`` to the spool: where it is, as (offset, length); None if
+        there is nothing (no path, no file, empty)."""
+        if path is None:
+            return None
+        try:
+            source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            length = os.fstat(source).st_size
+            if length == 0:
+                return None
+            if self._fd < 0:
+                self._fd = os.open(self._directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600) \
+                    if hasattr(os, "O_TMPFILE") else _named_temporary(self._directory)
+            offset = self._size
+            _copy_range(source, self._fd, length, offset)
+        finally:
+            os.close(source)
+        self._size += length
+        self._held += 1
+        return offset, length
+
+    def chunks(self, where: tuple[int, int]) -> Iterator[bytes]:
+        """The bytes kept at ``where``, `_CHUNK` at a time."""
+        offset, length = where
+        end = offset + length
+        while offset < end:
+            chunk = os.pread(self._fd, min(_CHUNK, end - offset), offset)
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk
+
+    def release(self) -> None:
+        """One output kept is printed: once none is left, the spool is emptied."""
+        self._held -= 1
+        if self._held == 0 and self._size:
+            os.ftruncate(self._fd, 0)
+            self._size = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _named_temporary(directory: str) -> int:
+    """A temporary file in ``directory`` with no name left (where O_TMPFILE is unknown)."""
+    fd, path = tempfile.mkstemp(dir=directory)
+    os.unlink(path)
+    return fd
+
+
+def _copy_range(source: int, target: int, length: int, offset: int) -> None:
+    """Copy ``length`` bytes from the start of ``source`` to ``target`` at ``offset``: in the
+    kernel where it can (copy_file_range), else a chunk at a time."""
+    done = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while done < length:
+                copied = os.copy_file_range(source, target, length - done, done, offset + done)
+                if copied == 0:
+                    break  # the file is shorter than it was: copy what there is
+                done += copied
+            return
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    while done < length:
+        chunk = os.pread(source, min(_CHUNK, length - done), done)
+        if not chunk:
+            return
+        os.pwrite(target, chunk, offset + done)
+        done += len(chunk)
+
+
+@dataclass(frozen=True, slots=True)
+class _Spooled:
+    """A finished job held back by ``-k``, its output in the spool."""
+
+    result: TaskResult
+    stdout: tuple[int, int] | None
+    stderr: tuple[int, int] | None
+
+    @property
+    def task_id(self) -> str:
+        return self.result.task_id
+
+
 @dataclass(slots=True)
 class _LiveFile:
     """How far ``--line-buffer`` got in one output file of a running job."""
@@ -137,6 +255,9 @@ class MapOutput:
         run_dir: where jobs' output files are (needed for ``line_buffer``).
         on_broken_pipe: called once when a stream's reader has gone (``| head``); nothing
             more is printed after that.
+        spool_dir: the jobs' output files are reused once their end has been told (see the
+            module doc): output held back by ``order`` is copied to a spool in this directory.
+            None: the files stay, held jobs are printed from them.
         halt_now: ``--halt now,...``: with ``order``, once the halt comes nothing more is
             printed, as GNU parallel does (the jobs it kills and the finished jobs held
             behind them are dropped).
@@ -156,8 +277,10 @@ class MapOutput:
         on_broken_pipe: Callable[[], None] | None = None,
         halt_now: bool = False,
         around_write: Callable[[], AbstractContextManager[object]] | None = None,
+        spool_dir: str | None = None,
     ) -> None:
         self.around_write = around_write
+        self._spool = None if spool_dir is None else Spool(spool_dir)
         self._halt_now = halt_now
         self._halted = False
         self._on_broken_pipe = on_broken_pipe
@@ -168,7 +291,7 @@ class MapOutput:
         self._tag = tag
         self._order = order
         self._next = 0  # index into order of the next job to print
-        self._held: dict[int, TaskResult | None] = {}
+        self._held: dict[int, TaskResult | _Spooled | None] = {}
         self._line_buffer = line_buffer
         self._ungroup = ungroup
         self._run_dir = run_dir
@@ -204,31 +327,56 @@ class MapOutput:
         if self._order is None:
             self._print(result)
             return
-        self._held[self._seq_of(result.task_id)] = result if result.attempts else None
+        seq = self._seq_of(result.task_id)
+        if self._next < len(self._order) and self._order[self._next] == seq:
+            if result.attempts:
+                self._print(result)  # its turn: straight from its files
+            self._next += 1
+        else:
+            self._held[seq] = self._hold(result) if result.attempts else None
         while self._next < len(self._order) and self._order[self._next] in self._held:
             held = self._held.pop(self._order[self._next])
             if held is not None:
                 self._print(held)
             self._next += 1
 
-    def _print(self, result: TaskResult) -> None:
+    def _hold(self, result: TaskResult) -> TaskResult | _Spooled:
+        """A job that must wait for its turn: its output copied out of files about to be reused."""
+        if self._spool is None:
+            return result
+        return _Spooled(result, self._spool.keep(result.stdout_path), self._spool.keep(result.stderr_path))
+
+    def _print(self, item: TaskResult | _Spooled) -> None:
+        if isinstance(item, _Spooled):
+            prefix = self._tag(item.result.task_id) if self._tag else b""
+            assert self._spool is not None
+            for where, stream in ((item.stdout, self._out), (item.stderr, self._err)):
+                if where is not None:
+                    if not self.broken_pipe:
+                        self._write(_ChunkReader(self._spool.chunks(where)), stream, prefix)
+                    self._spool.release()
+            return
+        result = item
         prefix = self._tag(result.task_id) if self._tag else b""
         for path, stream in ((result.stdout_path, self._out), (result.stderr_path, self._err)):
             if path is None or self.broken_pipe:
                 continue
             try:
+                if os.stat(path).st_size == 0:
+                    continue  # the usual case for a job that succeeds: one stat, no file object
                 source = open(path, "rb")  # noqa: SIM115 - closed below; a missing file is no output
             except OSError:
                 continue
             with source:
-                if os.fstat(source.fileno()).st_size == 0:
-                    continue
-                try:
-                    with self._writing():
-                        copy_tagged(source, stream, prefix)
-                        stream.flush()
-                except BrokenPipeError:
-                    self._pipe_broke()
+                self._write(source, stream, prefix)
+
+    def _write(self, source: BinaryIO | _ChunkReader, stream: BinaryIO, prefix: bytes) -> None:
+        try:
+            with self._writing():
+                copy_tagged(source, stream, prefix)
+                stream.flush()
+        except BrokenPipeError:
+            self._pipe_broke()
 
     def _writing(self) -> AbstractContextManager[object]:
         return nullcontext() if self.around_write is None else self.around_write()
@@ -322,6 +470,8 @@ class MapOutput:
                 stream.flush()
             except BrokenPipeError:
                 self._pipe_broke()
+        if self._spool is not None:
+            self._spool.close()
 
 
 def _last_line_end(source: BinaryIO, progress: _LiveFile) -> int:

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import sys
 from bisect import insort
 from collections.abc import Callable
@@ -28,18 +29,16 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from ..backends.base import Attempt, Outcome
 from ..backends.command import CommandBackend
+from ..backends.outputs import OutputFiles
 from ..errors import PhalanxError
 from ..events import Event, RunCancelling, RunFinished, RunStarted, Sink, TaskFinished
 from ..guard import TaskGuard
 from ..limits import NO_LIMITS, Limits
 from ..model import Graph, RetryPolicy, Task
 from ..policy import HaltDecision
-from ..ratelimit import Limiters
 from ..results import CancelReason, RunReport, Status, TaskResult
 from ..scheduler import FAILED_FOR_GOOD
 from ..session import make_run_dir, run_session
-from ..sinks.joblog import JoblogSink, RecordFile, StreamRecords, complete_lines, exit_columns
-from ..sinks.results import CsvResults, DirectoryResults, JobInfo, JsonlResults, complete_csv_records
 from ..workers import optimal_workers
 from .args import Halt, MapOptions
 from .jobs import JobPlan
@@ -47,7 +46,10 @@ from .output import MapOutput
 
 if TYPE_CHECKING:
     from ..journal import Journal, JournalSink
+    from ..ratelimit import Limiters
     from ..redact import Redaction
+    from ..sinks.joblog import RecordFile, StreamRecords
+    from ..sinks.results import JobInfo
 
 EXIT_USAGE = 255
 EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE
@@ -93,6 +95,8 @@ def _limiters(options: MapOptions, workers: int) -> tuple[Limiters | None, tuple
               if limit is not None}
     if not limits:
         return None, ()
+    from ..ratelimit import Limiters  # here: phalanx map's start-up never pays for it
+
     return Limiters(limits, max_window=workers), tuple(limits)
 
 
@@ -152,6 +156,8 @@ class MapRun:
         guard.temporary_dir(run_dir)
         redaction = self.redaction
         if redaction is not None:
+            from ..sinks.results import DirectoryResults  # here: only --redact and --results load it
+
             # The jobs' own output (printed, or in --results DIR's files) is theirs, as in GNU
             # parallel; what phalanx writes about them (joblog, records, journal, warnings) is masked.
             sinks = [sink if isinstance(sink, MapOutput | _ReaderGone | DirectoryResults) else redaction.wrap(sink)
@@ -161,7 +167,8 @@ class MapRun:
             spawned = None if journal is None else journal.attempt_spawned
             # No marker line where --max-output cuts: standard output holds the job's own bytes only.
             backend = _MapBackend(
-                self, CommandBackend(grace=GRACE_SECONDS, on_spawn=spawned, cut_marker=False, guard=guard)
+                self, CommandBackend(grace=GRACE_SECONDS, on_spawn=spawned, cut_marker=False, guard=guard,
+                                     outputs=self._output_files())
             )
             return await run_session(
                 Graph(tasks),
@@ -193,6 +200,31 @@ class MapRun:
             guard.close()  # after the run directory is gone: the watchdog need not remove it
         return self._exit_status(report, halt)
 
+    def _passed_through(self) -> tuple[int | None, int | None]:
+        """The streams jobs write straight to phalanx's own (not captured), as xargs does:
+        both with ``-u`` (GNU's "ungrouped": as it comes); one that goes to ``/dev/null``,
+        where nothing reads what it would keep (``--results`` and the joblog's byte count do)."""
+        options = self.options
+        if options.results is not None:
+            return None, None
+        if options.ungroup:
+            return _fileno(sys.stdout), _fileno(sys.stderr)
+        out = _fileno(sys.stdout) if options.joblog is None and _is_devnull(sys.stdout) else None
+        err = _fileno(sys.stderr) if _is_devnull(sys.stderr) else None
+        return out, err
+
+    def _output_files(self) -> OutputFiles:
+        """Where jobs write: a slot's files, reused (`MapOutput` copies out what ``-k`` holds
+        back), but for ``--line-buffer``, which reads each job's files by name as they grow."""
+        stdout_to, stderr_to = self._passed_through()
+        return OutputFiles(reuse=not self._line_buffered(), stdout_to=stdout_to, stderr_to=stderr_to)
+
+    def _line_buffered(self) -> bool:
+        """Whether job output is printed from the files as it grows (``--line-buffer``; ``-u``
+        when its output cannot go straight through)."""
+        options = self.options
+        return options.line_buffer or (options.ungroup and self._passed_through()[0] is None)
+
     def _sinks(self, run_dir: str) -> list[Sink]:
         """The output, joblog, results and progress sinks (closed again if one cannot be made)."""
         options = self.options
@@ -206,8 +238,9 @@ class MapRun:
             self.output = MapOutput(
                 sys.stdout.buffer, sys.stderr.buffer, seq_of=self._seq_of, order=order,
                 tag=None if ungroup else self.plan.tagger(self._slot_of),
-                line_buffer=options.line_buffer or ungroup, ungroup=ungroup, run_dir=run_dir,
+                line_buffer=self._line_buffered(), ungroup=ungroup, run_dir=run_dir,
                 on_broken_pipe=reader_gone, halt_now=options.halt.when == "now",
+                spool_dir=None if self._line_buffered() else run_dir,
             )
             sinks += [reader_gone, self.output]
         sinks.append(JobWarnings(sys.stderr, self._command_of))
@@ -217,6 +250,9 @@ class MapRun:
             if options.results is not None:
                 sinks.append(self._results_sink(options.results))
             if options.joblog is not None:
+                # Here: only a run with --joblog loads the joblog sink.
+                from ..sinks.joblog import JoblogSink, RecordFile, StreamRecords, complete_lines
+
                 records: RecordFile | StreamRecords | _SendColumn
                 if options.joblog == "-":
                     records = StreamRecords(sys.stdout.buffer)
@@ -243,6 +279,10 @@ class MapRun:
     def _results_sink(self, target: str) -> Sink:
         """``--results``: F.csv, F.tsv, F.json or F.jsonl (JSON lines; ``-.csv`` etc. is
         standard output), else a directory."""
+        # Here: phalanx map's start-up never pays for the results sinks (csv, json, hashlib).
+        from ..sinks.joblog import RecordFile, StreamRecords, complete_lines
+        from ..sinks.results import CsvResults, DirectoryResults, JsonlResults, complete_csv_records
+
         path = Path(target)
         append = self.options.resume and path.exists()
         kind = target.lower().rsplit(".", 1)[-1] if "." in Path(target).name else ""
@@ -275,6 +315,8 @@ class MapRun:
         return job.seq, self._masked(self.plan.command_of(job, slot=result.worker))
 
     def _info(self, result: TaskResult) -> JobInfo:
+        from ..sinks.results import JobInfo  # loaded by then: only the --results sinks call this
+
         job = self.plan.by_id[result.task_id]
         args = job.args if self.redaction is None else tuple(map(self._masked, job.args))
         return JobInfo(job.seq, args, self._masked(self.plan.command_of(job, slot=result.worker)), self.plan.names)
@@ -331,6 +373,25 @@ class JobWarnings:
 
     def close(self) -> None:
         return None
+
+
+def _fileno(stream: TextIO) -> int | None:
+    try:
+        return stream.fileno()
+    except (OSError, ValueError):  # not a real file (a test's StringIO): capture it
+        return None
+
+
+def _is_devnull(stream: TextIO) -> bool:
+    """Whether ``stream`` writes to ``/dev/null`` (the device itself, however it was opened)."""
+    fd = _fileno(stream)
+    if fd is None:
+        return False
+    try:
+        mine, null = os.fstat(fd), os.stat(os.devnull)
+    except OSError:
+        return False
+    return stat.S_ISCHR(mine.st_mode) and mine.st_rdev == null.st_rdev
 
 
 def _redaction(names: list[str]) -> Redaction | None:
@@ -581,6 +642,8 @@ class GnuHalt:
         elif self.exit_status is None:
             if needed == 1:
                 # As GNU: the job's own status, bash's 128 + N for a signal, -1 (255) for a timeout.
+                from ..sinks.joblog import exit_columns  # here: only a --halt that triggers needs it
+
                 exitval, signal = exit_columns(result)
                 self.exit_status = (exitval or (signal + 128 if signal else 0)) % 256
             elif self._halt.percent:
