@@ -5,7 +5,8 @@ process on the machine, so each reader is one ``open`` + ``read`` of one small f
 psutil: psutil builds an object per process and reads more than we need. Every reader
 answers None (or nothing) for a process that is gone or not ours to read, never raises.
 
-The stdlib only: the watchdog process imports this module, and its start-up must stay small.
+The stdlib only, and only `os` of it: the watchdog process imports this module, and its start-up
+must stay small (no `dataclasses`, no `typing`: each would cost more than the rest of it).
 
 Markers. Every attempt's environment carries ``PHALANX_MARK``: space-separated entries
 ``TOKEN:SERIAL``, one per phalanx run the process descends from (an attempt of a phalanx
@@ -21,7 +22,6 @@ its process group.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 #: The environment variable that marks a run's processes.
 MARK_VARIABLE = "PHALANX_MARK"
@@ -30,19 +30,30 @@ _MARK_KEY = b"\0" + MARK_VARIABLE.encode() + b"="
 _READ_SIZE = 1 << 16
 
 
-@dataclass(frozen=True, slots=True)
 class ProcessInfo:
-    """The fields of ``/proc/PID/stat`` the sweeper and the watchdog decide on.
+    """The fields of ``/proc/PID/stat`` the sweeper and the watchdog decide on (read-only).
 
     ``start_ticks`` is the start time in clock ticks since boot: with the pid, it names one
-    process for good (a pid is reused, never with the same start time)."""
+    process for good (a pid is reused, never with the same start time).
 
-    pid: int
-    state: str  # "R", "S", "D", "Z" (zombie: exited, not reaped yet), ...
-    ppid: int
-    pgid: int
-    sid: int
-    start_ticks: int
+    Written out by hand, not a frozen dataclass: the watchdog process imports this module,
+    and ``dataclasses`` (with the ``inspect`` it loads) would more than double its start-up,
+    which competes with phalanx's own for the CPU.
+    """
+
+    __slots__ = ("pgid", "pid", "ppid", "sid", "start_ticks", "state")
+
+    def __init__(self, *, pid: int, state: str, ppid: int, pgid: int, sid: int, start_ticks: int) -> None:
+        self.pid = pid
+        self.state = state  # "R", "S", "D", "Z" (zombie: exited, not reaped yet), ...
+        self.ppid = ppid
+        self.pgid = pgid
+        self.sid = sid
+        self.start_ticks = start_ticks
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"ProcessInfo({fields})"
 
     @property
     def exited(self) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 __all__ = ["Analysis", "Backtick", "Context", "Placement", "Reparse", "ShellQuoteError", "analyse"]
@@ -109,35 +109,51 @@ def analyse(text: str, spans: Sequence[tuple[int, int]]) -> Analysis:
     return Analysis(placements, tuple(shared.reparsed))
 
 
-@dataclass
+# The lexer's working state: plain classes, not dataclasses (which would cost every
+# ``phalanx map`` start-up about a millisecond each to build, for nothing these need).
+
+
 class _Shared:
-    placements: dict[int, Placement] = field(default_factory=dict)
-    reparsed: list[Reparse] = field(default_factory=list)
-    collectors: list[list[int]] = field(default_factory=list)  # the placeholders of each open word, outermost first
-    ambiguous: bool = False  # past a \' in $'...': bash and dash no longer agree
+    """What the lexer finds, shared by every level of it."""
+
+    __slots__ = ("ambiguous", "collectors", "placements", "reparsed")
+
+    def __init__(self) -> None:
+        self.placements: dict[int, Placement] = {}
+        self.reparsed: list[Reparse] = []
+        self.collectors: list[list[int]] = []  # the placeholders of each open word, outermost first
+        self.ambiguous = False  # past a \' in $'...': bash and dash no longer agree
 
 
-@dataclass
 class _Word:
-    text: list[str] = field(default_factory=list)  # quote-removed where plain, else the source
-    ids: list[int] = field(default_factory=list)
-    plain: bool = True  # no expansion and no placeholder in it
-    quoted: bool = False  # some of it was quoted or escaped
+    """The word being read."""
+
+    __slots__ = ("ids", "plain", "quoted", "text")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []  # quote-removed where plain, else the source
+        self.ids: list[int] = []
+        self.plain = True  # no expansion and no placeholder in it
+        self.quoted = False  # some of it was quoted or escaped
 
     @property
     def literal(self) -> str | None:
         return "".join(self.text) if self.plain else None
 
 
-@dataclass
 class _Script:
-    words: list[_Word] = field(default_factory=list)
-    word: _Word | None = None
-    paren: int = 0
-    case_depth: int = 0
-    case_state: int = 0  # 1: the word after "case", 2: expecting "in", 3: after "in"
-    expect: str = ""  # what the next word is: "redirect", "heredoc", "heredoc-" (<<-)
-    heredocs: list[tuple[str, bool, bool]] = field(default_factory=list)  # delimiter, strip tabs, quoted
+    """The simple command being read, and where it stands in its script."""
+
+    __slots__ = ("case_depth", "case_state", "expect", "heredocs", "paren", "word", "words")
+
+    def __init__(self) -> None:
+        self.words: list[_Word] = []
+        self.word: _Word | None = None
+        self.paren = 0
+        self.case_depth = 0
+        self.case_state = 0  # 1: the word after "case", 2: expecting "in", 3: after "in"
+        self.expect = ""  # what the next word is: "redirect", "heredoc", "heredoc-" (<<-)
+        self.heredocs: list[tuple[str, bool, bool]] = []  # delimiter, strip tabs, quoted
 
 
 class _Lexer:

@@ -22,10 +22,14 @@ A pid is reused once reaped, so a group is known by its leader's start time. Pha
 not look it up (a read of /proc costs about as much as the rest of a 1 ms job's handling);
 the watchdog does, for the groups still running `RESOLVE_AFTER` after it heard of them,
 and takes it only from a process whose parent is phalanx or that carries the run's
-marker: phalanx writes "- PGID" before it reaps the leader, so as long as phalanx lives a
-recorded pid is its leader's or a later child's whose "-" (or "+") is already on its way.
-A group that ends sooner never costs the read; one still unresolved when phalanx dies is
-recognised by its leader's marker alone.
+marker: a pid reused by then is a later child of phalanx's (a task of the run's too, whose
+own "+" follows) or refused. A group that ends sooner never costs the read; one still
+unresolved when phalanx dies is recognised by its leader's marker alone.
+
+Messages are batched (`FLUSH_AFTER`): a short job's "+" and "-" cancel out in phalanx's
+buffer and are never written; a group that lasts gets its "+" within `FLUSH_AFTER` and its
+"-" with the next batch (a leader recorded after its end is found gone, or not its own,
+by its start time).
 
 It runs in its own session, so killing phalanx's process group does not kill it too, with
 /dev/null for stdout and stderr, so that ``phalanx map ... | head`` sees end-of-file when
@@ -42,20 +46,25 @@ after a kill use it).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
 import sys
 import time
-import weakref
-from typing import TYPE_CHECKING
 
 from . import procfs
 
+# The watchdog process imports this module, and what it imports is most of that process's
+# start-up, which competes with phalanx's for the CPU: so no typing (mypy knows this name),
+# no contextlib or weakref, and signal's C module, without the enums that signal.py builds
+# (the enum module alone costs more than the rest of it).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
+    import signal as signals
     import subprocess
+    import weakref
+else:
+    import _signal as signals
 
 #: Set to "0" to run without a watchdog.
 WATCHDOG_VARIABLE = "PHALANX_WATCHDOG"
@@ -116,7 +125,7 @@ class Watchdog:
         self._pending = b""
         self._closed = False
         self._flush_timer: asyncio.TimerHandle | None = None
-        _LIVE.add(self)
+        _live().add(self)
 
     @property
     def pid(self) -> int | None:
@@ -140,20 +149,33 @@ class Watchdog:
             if self._fd is None:
                 return
         self._pending += b"+ %d\n" % pgid
-        if self._flush_timer is None:
-            import asyncio  # here: the watchdog process never loads it
-
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no event loop to come back later: now
-                self._send(b"")
-                return
-            self._flush_timer = loop.call_later(FLUSH_AFTER, self._flush)
+        self._flush_soon()
 
     def group_ended(self, pgid: int) -> None:
-        """The group led by ``pgid`` has ended. Written at once, before phalanx reaps the
-        leader (the watchdog relies on that order: see the module)."""
-        self._send(b"- %d\n" % pgid)
+        """The group led by ``pgid`` has ended: told with the next batch, or never, if its
+        start is still waiting to be told (the usual case for a short job: no write at all)."""
+        if self._closed or self._fd is None:
+            return
+        started = b"+ %d\n" % pgid
+        at = self._pending.rfind(started)
+        if at >= 0 and (at == 0 or self._pending[at - 1] == ord("\n")):
+            self._pending = self._pending[:at] + self._pending[at + len(started):]
+            return
+        self._pending += b"- %d\n" % pgid
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Write what is pending `FLUSH_AFTER` from now (at once without an event loop)."""
+        if self._flush_timer is not None:
+            return
+        import asyncio  # here: the watchdog process never loads it
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop to come back later: now
+            self._send(b"")
+            return
+        self._flush_timer = loop.call_later(FLUSH_AFTER, self._flush)
 
     def temporary_dir(self, path: str | os.PathLike[str]) -> None:
         """A directory to remove if phalanx dies: the run's own, never one the user keeps."""
@@ -238,10 +260,14 @@ class Watchdog:
     def _forget_after_fork(self) -> None:
         # A forked child (multiprocessing's fork) must not keep the write end open: the
         # watchdog would not see end-of-file when phalanx dies.
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
+        fd = self._fd
         self._fd, self._process, self._closed = None, None, True
+        if fd is None:
+            return
+        try:
+            os.close(fd)
+        except OSError:
+            return  # not open any more: nothing to let go of
 
 
 def _reap_exited() -> None:
@@ -250,11 +276,20 @@ def _reap_exited() -> None:
 
 
 #: The watchdogs of this process, for `_after_fork_in_child`.
-_LIVE: weakref.WeakSet[Watchdog] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Watchdog] | None = None
+
+
+def _live() -> weakref.WeakSet[Watchdog]:
+    global _LIVE
+    if _LIVE is None:
+        import weakref  # here: made with the first Watchdog, so the watchdog process never loads it
+
+        _LIVE = weakref.WeakSet()
+    return _LIVE
 
 
 def _after_fork_in_child() -> None:
-    for watchdog in list(_LIVE):
+    for watchdog in list(_LIVE or ()):
         watchdog._forget_after_fork()
     _EXITING.clear()  # the parent's children, not ours
 
@@ -269,7 +304,7 @@ if hasattr(os, "register_at_fork"):
 def main(argv: list[str]) -> int:
     """The watchdog process: ``TOKEN GRACE OWNER_PID``; reads phalanx's messages on standard input."""
     token, grace, owner = argv[0], float(argv[1]), int(argv[2])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # its own session: no terminal's ^C is meant for it
+    signals.signal(signals.SIGINT, signals.SIG_IGN)  # its own session: no terminal's ^C is meant for it
     groups = RecordedGroups(token, owner)
     directories: list[str] = []
     buffered = b""
@@ -364,9 +399,9 @@ def clean_up(token: str, groups: dict[int, int], directories: list[str], grace: 
     targets = {pgid for pgid, ticks in groups.items() if _leads(pgid, ticks)}
     victims = _scan(prefix, targets)
     for pgid in targets:
-        _signal_group(pgid, signal.SIGTERM)
+        _signal_group(pgid, signals.SIGTERM)
     for pid, ticks in victims.items():
-        _signal(pid, ticks, signal.SIGTERM)
+        _signal(pid, ticks, signals.SIGTERM)
     deadline = time.monotonic() + grace
     pause = 0.005
     while time.monotonic() < deadline and any(_alive(pid, ticks) for pid, ticks in victims.items()):
@@ -378,9 +413,9 @@ def clean_up(token: str, groups: dict[int, int], directories: list[str], grace: 
     while True:
         targets = {pgid for pgid in targets if _leads(pgid, groups[pgid])}
         for pgid in targets:
-            _signal_group(pgid, signal.SIGKILL)
+            _signal_group(pgid, signals.SIGKILL)
         for pid, ticks in victims.items():
-            _signal(pid, ticks, signal.SIGKILL)
+            _signal(pid, ticks, signals.SIGKILL)
         found = _scan(prefix, targets)
         if not found or time.monotonic() > deadline:
             break
@@ -421,8 +456,10 @@ def _alive(pid: int, ticks: int) -> bool:
 
 
 def _signal_group(pgid: int, number: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    try:
         os.killpg(pgid, number)
+    except (ProcessLookupError, PermissionError):
+        return  # gone already, or not ours to signal
 
 
 def _signal(pid: int, ticks: int, number: int) -> None:
@@ -430,17 +467,20 @@ def _signal(pid: int, ticks: int, number: int) -> None:
 
     Through a pidfd where there are pidfds: opened before the check, it names the process
     checked, so a pid reused between the check and the signal is never hit."""
-    pidfd = None
-    with contextlib.suppress(AttributeError, OSError):
-        pidfd = os.pidfd_open(pid)
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
     try:
         if not _alive(pid, ticks):
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
             if pidfd is None:
                 os.kill(pid, number)
             else:
-                signal.pidfd_send_signal(pidfd, number)
+                signals.pidfd_send_signal(pidfd, number)
+        except (ProcessLookupError, PermissionError):
+            pass
     finally:
         if pidfd is not None:
             os.close(pidfd)

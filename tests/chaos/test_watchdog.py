@@ -427,3 +427,27 @@ def test_the_watchdog_is_running_from_the_first_group_on_not_from_a_later_flush(
     watchdog = psutil.Process(pid)  # told "done": it exits; reaped here, or it stays our zombie
     assert watchdog.ppid() == os.getpid()
     watchdog.wait(WAIT)
+
+
+def test_a_short_groups_start_and_end_are_never_written() -> None:
+    """A group that ends before its start was written costs no write at all; one whose
+    start was written gets its end in the next batch, in order."""
+
+    async def written() -> bytes:
+        watchdog = Watchdog("t" * 16, grace=0.1)
+        read_end, write_end = os.pipe()
+        watchdog._fd = write_end  # stands in for the watchdog process's pipe (never started)
+        try:
+            watchdog.group_started(101)
+            watchdog.group_ended(101)  # a short job: both cancel out in the buffer
+            watchdog.group_started(102)
+            watchdog._send(b"")  # the batch goes out (FLUSH_AFTER later, in a run)
+            watchdog.group_started(1102)
+            watchdog.group_ended(102)  # "+ 102" was written: "- 102" must follow
+            watchdog.group_ended(1102)
+            watchdog.close()
+            return os.read(read_end, 1 << 16)
+        finally:
+            os.close(read_end)
+
+    assert asyncio.run(written()) == b"+ 102\n- 102\ndone\n"

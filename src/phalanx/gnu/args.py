@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..durations import parse_duration
@@ -40,19 +40,21 @@ class Halt:
     percent: bool = False
 
 
-@dataclass(slots=True)
 class MapOptions:
-    """Everything the command line said (mutable only while parsing)."""
+    """Everything the command line said (mutable only while parsing).
 
-    command: list[str] = field(default_factory=list)
-    sources: list[InputSource] = field(default_factory=list)
+    A plain class, its defaults class attributes (the lists, each instance's own, made by
+    ``__init__``), not a dataclass: building a dataclass of these 41 fields would cost every
+    ``phalanx map`` start-up more than reading the command line does.
+    """
+
     jobs: str | None = None
     keep_order: bool = False
     tag: bool = False
     tagstring: str | None = None
     timeout: str | None = None
     retries: int = 1
-    halt: Halt = field(default_factory=lambda: Halt("never"))
+    halt: Halt = Halt("never")  # frozen: one shared default is safe
     joblog: str | None = None
     resume: bool = False
     resume_failed: bool = False
@@ -61,7 +63,6 @@ class MapOptions:
     line_buffer: bool = False
     bar: bool = False
     delay: float = 0.0
-    env: list[tuple[str, str | None]] = field(default_factory=list)  # (NAME, TEMPLATE or None for --env NAME)
     shuf: bool = False
     null: bool = False
     colsep: str | None = None
@@ -81,10 +82,18 @@ class MapOptions:
     rate_cost: str | None = None  # --rate-cost TEMPLATE: a job's cost on --rate-tokens ({3}, {tokens})
     rate_key: str | None = None  # --rate-key TEMPLATE: jobs with different keys are limited apart ({model})
     no_journal: bool = False  # --no-journal (phalanx's own): leave the run out of the run journal
-    redact: list[str] = field(default_factory=list)  # --redact NAME (phalanx's own): values shown as ***
     max_output: int | None = None  # --max-output SIZE (phalanx's own): each job's stdout and stderr kept to SIZE
     help: bool = False
     version: bool = False
+
+    def __init__(self) -> None:
+        self.command: list[str] = []  # the template's words
+        self.sources: list[InputSource] = []  # ::: and :::: groups, -a files
+        self.env: list[tuple[str, str | None]] = []  # (NAME, TEMPLATE or None for --env NAME)
+        self.redact: list[str] = []  # --redact NAME (phalanx's own): values shown as ***
+
+    def __repr__(self) -> str:
+        return f"MapOptions({vars(self)!r})"
 
 
 def parse_halt(text: str) -> Halt:

@@ -34,7 +34,6 @@ Deliberate differences from GNU, each for safety or plain correctness:
 
 from __future__ import annotations
 
-import csv as csvlib
 import io
 import itertools
 import re
@@ -199,6 +198,8 @@ def _perl_split(pattern: re.Pattern[str], text: str) -> Record:
 
 
 def _parse_csv(text: str, delimiter: str, source: InputSource) -> list[Record]:
+    import csv as csvlib  # here: only --csv pays for it
+
     reader = csvlib.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         records = list(reader)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..session import make_run_dir
-from ..sinks.joblog import read_joblog
 from .args import MapOptions, UsageError
 from .inputs import InputSource, read_inputs
 from .template import Template, shell_quote
@@ -230,6 +229,8 @@ class JobPlan:
         The same command may be several jobs (``::: a a``): if the joblog holds it for n
         different jobs, the first n such jobs are done, not all of them.
         """
+        from ..sinks.joblog import read_joblog  # here: only --resume reads the joblog
+
         entries = [e for e in read_joblog(joblog) if e.succeeded or not self.options.resume_failed]
         if self.template.uses_slot or self.options.pipe:  # --pipe: every job has the same command
             done_seqs = {e.seq for e in entries}
