@@ -214,10 +214,15 @@ class MapRun:
         return out, err
 
     def _output_files(self) -> OutputFiles:
-        """Where jobs write: a slot's files, reused (`MapOutput` copies out what ``-k`` holds
-        back), but for ``--line-buffer``, which reads each job's files by name as they grow."""
+        """Where jobs write (see `_reuses_files`), and what goes straight through."""
         stdout_to, stderr_to = self._passed_through()
-        return OutputFiles(reuse=not self._line_buffered(), stdout_to=stdout_to, stderr_to=stderr_to)
+        return OutputFiles(reuse=self._reuses_files(), stdout_to=stdout_to, stderr_to=stderr_to)
+
+    def _reuses_files(self) -> bool:
+        """Whether a slot's output files serve all its jobs (`MapOutput` copies out what
+        ``-k`` holds back); not for ``--line-buffer``, which reads each job's files by name as
+        they grow, nor with ``--redact``, whose masked copies are known by the file's name."""
+        return not self._line_buffered() and not self.options.redact
 
     def _line_buffered(self) -> bool:
         """Whether job output is printed from the files as it grows (``--line-buffer``; ``-u``
@@ -240,7 +245,7 @@ class MapRun:
                 tag=None if ungroup else self.plan.tagger(self._slot_of),
                 line_buffer=self._line_buffered(), ungroup=ungroup, run_dir=run_dir,
                 on_broken_pipe=reader_gone, halt_now=options.halt.when == "now",
-                spool_dir=None if self._line_buffered() else run_dir,
+                spool_dir=run_dir if self._reuses_files() else None,
             )
             sinks += [reader_gone, self.output]
         sinks.append(JobWarnings(sys.stderr, self._command_of))
