@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -28,10 +28,13 @@ import psutil
 import pytest
 
 import phalanx
+import phalanx.journal
 from phalanx.events import RunStarted, TaskStarted
 from phalanx.history import ALPHA, DurationHistory, HistoryCosts
 from phalanx.journal import (
+    CHECKPOINT_COMMITS,
     SCHEMA_VERSION,
+    SPAWN_HOLD,
     TAIL_LIMIT,
     Journal,
     JournalError,
@@ -83,6 +86,41 @@ def test_a_new_journal_is_private_versioned_and_in_wal_mode(tmp_path: Path) -> N
         assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     with Journal.open(tmp_path) as again:  # opening again migrates nothing and loses nothing
         assert again.runs() == []
+
+
+def _checkpointers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "phalanx-journal-checkpoint"]
+
+
+def test_a_journal_starts_no_thread_unless_asked(journal: Journal) -> None:
+    # A process that forks (phalanx pytest) must not have one: a fork copies only the caller.
+    history = DurationHistory(journal)
+    for number in range(CHECKPOINT_COMMITS + 1):
+        history.observe(f"key {number}", 1.0)
+    assert _checkpointers() == []
+
+
+def test_a_journal_asked_to_checkpoint_in_the_background_does_in_a_thread_that_stops_with_it(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    journal.checkpoint_in_background()
+    history = DurationHistory(journal)
+    history.observe("first", 1.0)
+    empty = journal_path(tmp_path).stat().st_size  # every row so far is in the WAL only
+    for number in range(CHECKPOINT_COMMITS):
+        history.observe(f"key {number}", 1.0)  # a commit each
+    checkpointers = _checkpointers()
+    assert len(checkpointers) == 1
+    # Its checkpoint copies the rows into the database file while the journal stays open (a
+    # wait on another thread's disk writes: there is nothing to join before the close).
+    deadline = time.monotonic() + WAIT
+    while journal_path(tmp_path).stat().st_size <= empty:
+        assert time.monotonic() < deadline, f"no checkpoint within {WAIT}s"
+        time.sleep(0.01)
+    journal.close()
+    assert not checkpointers[0].is_alive()
+    assert not journal_path(tmp_path).with_name("journal.db-wal").exists()  # the close checkpointed the rest
+    with Journal.open(tmp_path) as again:
+        assert len(DurationHistory(again).entries()) == CHECKPOINT_COMMITS + 1
 
 
 def test_a_journal_from_a_newer_phalanx_or_not_a_journal_is_refused(tmp_path: Path) -> None:
@@ -475,6 +513,99 @@ def test_an_unfinished_run_whose_phalanx_still_lives_is_not_crashed(journal: Jou
     journal.begin_run("live", kind="run", file=key, command_line="x", started_at=time.time(), spec_hashes={"a": "h"})
     plan = plan_resume(journal, key, phalanx.Graph([phalanx.Task("a", "true")]))
     assert plan.crashed_runs == () and plan.leftovers == () and plan.todo == ("a",)
+
+
+def _commits(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Count the journal's write transactions from now on (a nested one joins the outer one)."""
+    count = depth = 0
+    transaction = Journal.transaction
+
+    @contextlib.contextmanager
+    def counted(self: Journal) -> Iterator[sqlite3.Connection]:
+        nonlocal count, depth
+        depth += 1
+        try:
+            with transaction(self) as db:
+                yield db
+        finally:
+            depth -= 1
+        count += depth == 0
+
+    monkeypatch.setattr(Journal, "transaction", counted)
+    return lambda: count
+
+
+def test_a_process_that_ends_within_the_hold_is_recorded_by_its_end_alone(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits = _commits(monkeypatch)
+    sink = JournalSink(journal, spec_hashes={"quick": "h"}, command_line="test")
+
+    async def run_quick() -> int:
+        sink.handle(RunStarted("held", total=1, max_workers=1, started_at=time.time()))
+        before = commits()
+        sink.handle(TaskStarted("quick", 1, 1, at=0.0))
+        proc = subprocess.Popen(["true"], process_group=0)
+        sink.attempt_spawned("held", "quick", 1, proc.pid)  # as the backend does, before reaping it
+        proc.wait(WAIT)
+        sink.handle(phalanx.TaskFinished(
+            TaskResult("quick", Status.SUCCEEDED, attempts=1, start=0.0, end=0.01, duration=0.01, worker=1,
+                       pid=proc.pid, exit_code=0), at=0.01))
+        # Nothing yielded to the loop meanwhile, so the hold cannot have run out: one commit.
+        assert commits() == before + 1
+        return proc.pid
+
+    pid = asyncio.run(run_quick())
+    [attempt] = journal.show("held", "quick")
+    # The group goes with the end; the start time, which only tells a leftover from a later
+    # process with its pid, was never looked up.
+    assert (attempt.status, attempt.pid, attempt.pgid, attempt.leader_started) == ("succeeded", pid, pid, None)
+    sink.close()
+
+
+def test_a_held_spawn_is_committed_once_its_process_has_run_the_hold(journal: Journal, tmp_path: Path) -> None:
+    sink = JournalSink(journal, spec_hashes={"sleeper": "h"}, command_line="test")
+    proc = subprocess.Popen(["sleep", "60"], process_group=0)
+
+    async def committed_leftovers() -> list[Leftover]:
+        sink.handle(RunStarted("held", total=1, max_workers=1, started_at=time.time()))
+        sink.handle(TaskStarted("sleeper", 1, 1, at=0.0))
+        sink.attempt_spawned("held", "sleeper", 1, proc.pid)
+        with Journal.open(tmp_path) as reader:  # another connection: it sees what is committed, no more
+            assert reader.running_attempts("held") == []
+            # The sink's timer commits it on this loop: poll the other connection, bounded.
+            deadline = time.monotonic() + WAIT
+            while not (found := reader.running_attempts("held")):
+                assert time.monotonic() < deadline, f"the spawn was not committed within {WAIT}s"
+                await asyncio.sleep(SPAWN_HOLD / 2)
+            return found
+
+    try:
+        [leftover] = asyncio.run(committed_leftovers())
+        assert (leftover.task_id, leftover.attempt, leftover.pid, leftover.pgid) == ("sleeper", 1, proc.pid, proc.pid)
+        assert leftover.leader_started == psutil.Process(proc.pid).create_time()  # what kill_leftovers checks
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+        sink.close()
+
+
+def test_the_history_takes_the_durations_a_batch_at_a_time_and_the_rest_at_the_end(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(phalanx.journal, "HISTORY_EVERY", 3600.0)  # after the first, none comes due in the test
+    sink = JournalSink(journal, spec_hashes={}, command_line="test")
+    history = DurationHistory(journal)
+    sink.handle(RunStarted("durations", total=3, max_workers=1, started_at=time.time()))
+    for seconds, tid in enumerate(("a", "b", "c"), start=1):
+        sink.handle(TaskStarted(tid, 1, 1, at=0.0))
+        sink.handle(phalanx.TaskFinished(
+            TaskResult(tid, Status.SUCCEEDED, attempts=1, start=0.0, end=seconds, duration=seconds, worker=1),
+            at=seconds))
+        assert journal.show("durations")[-1].status == "succeeded"  # the task itself: committed at its end
+        assert [entry.key for entry in history.entries()] == ["a"]  # its duration: the first at once, then batched
+    sink.close()
+    assert {entry.key: entry.estimate for entry in history.entries()} == {"a": 1.0, "b": 2.0, "c": 3.0}
 
 
 # ---------------------------------------------------------------------------- duration history

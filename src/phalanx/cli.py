@@ -486,7 +486,19 @@ def run(
     journal, journal_sink, graph, cost_model, done = _journal_for(task_file, graph, resume, human, mask=mask)
     # Nothing a task starts outlives the run: not a daemon, not after a kill -9 of phalanx.
     guard = TaskGuard.for_command_line(grace=2.0)
-    backends = StandardBackends("auto", grace=2.0, on_spawn=journal.attempt_spawned, guard=guard)
+    # With a watchdog (which stops what a kill -9 leaves running) the sink's hook: it holds a
+    # spawn back until the process has run a moment (`phalanx.journal.SPAWN_HOLD`), so that a
+    # short command's records take one commit. Without one, the journal is what the next
+    # --resume finds such processes by: each is committed as it spawns.
+    from .watchdog import enabled as watchdog_enabled
+
+    on_spawn = journal_sink.attempt_spawned if watchdog_enabled() else journal.attempt_spawned
+    # A slot's output files are reused from attempt to attempt (no file made per task), but
+    # where outputs must outlive the sinks' hearing of them or be known by name: a kept
+    # --log-dir; JUnit, which reads a task's earlier attempts' output by name when it ends;
+    # redaction, whose masked copies are known by the file's name.
+    backends = StandardBackends("auto", grace=2.0, on_spawn=on_spawn, guard=guard,
+                                reuse_output_files=log_dir is None and junit_file is None and redaction is None)
     own_junit = _junit_files(task_file)
     failing = None
     if task_file.junit:
@@ -596,8 +608,9 @@ def _unwritable(error: OSError) -> NoReturn:
 
 
 def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any,
-                 mask: Callable[[str], str] | None = None) -> tuple[Any, Sink, Graph, Any, list[Any]]:
-    """The run journal in ``.phalanx/`` beside the task file, its sink, the graph to run
+                 mask: Callable[[str], str] | None = None) -> tuple[Any, Any, Graph, Any, list[Any]]:
+    """The run journal in ``.phalanx/`` beside the task file, its sink (a `Sink`, whose
+    ``attempt_spawned`` is the backends' spawn hook), the graph to run
     (with ``--resume``, only what is not done), the cost model (declared costs, else the
     duration history), and with ``--resume`` the journal's records of the tasks it treats
     as done, in the file's order (`TaskRecord`: whose rows `_results_table` completes).
@@ -613,6 +626,7 @@ def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any,
         # A read-only checkout or a damaged journal must not stop the run itself.
         click.echo(f"phalanx: warning: running without a journal (no --resume, no history): {error}", err=True)
         return _NoJournal(), _NoJournal(), graph, None, []
+    journal.checkpoint_in_background()  # its commands are spawned: this process never forks
     key = file_key(task_file.path)
     hashes = spec_hashes(graph)
     done: list[Any] = []

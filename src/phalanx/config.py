@@ -109,7 +109,19 @@ class _LineIndex:
 
     def __init__(self, text: str = "", root: _Path = ()) -> None:
         self.root = root  # the table everything is under: ("tool", "phalanx") in a pyproject.toml
-        self._tree = _Node()
+        # Scanned at the first question: only errors and warnings ask, and a file that has
+        # none (thousands of tasks, run as they are) need not pay for the scan.
+        self._text: str | None = text
+        self._root_node = _Node()
+
+    @property
+    def _tree(self) -> _Node:
+        if self._text is not None:
+            text, self._text = self._text, None
+            self._scan(text)
+        return self._root_node
+
+    def _scan(self, text: str) -> None:
         table: _Path = ()
         open_string: str | None = None
         # TOML lines end at "\n" only (str.splitlines would also split at \x0c, \u2028, ...).
@@ -154,9 +166,9 @@ class _LineIndex:
         return key
 
     def _add(self, path: _Path, line: int) -> None:
-        node = self._tree
+        node = root = self._root_node
         for key in path:
-            if node is not self._tree and node.implicit is None:
+            if node is not root and node.implicit is None:
                 node.implicit = line  # a strict prefix of path: implied by this line
             node = node.children.setdefault(key, _Node())
         if node.explicit is None:
@@ -417,6 +429,7 @@ class _Loader:
         self.tag_priorities: dict[str, int] = {}  # [priorities]
         self.default_priority: int | None = None  # [defaults] priority
         self.unprioritized: set[str] = set()  # the [tasks.NAME] whose priority the file leaves unset
+        self.cwds: dict[str, str] = {}  # a cwd as written -> as resolved
 
     def quoted_item(self, name: str, here: _Path, cmd: str, item: str) -> str:
         """``{item}`` in a shell string, quoted for the context it stands in (bare, inside
@@ -506,7 +519,8 @@ class _Loader:
                     error = UnknownDependencyError(sources[task.id], dep, known)
                     raise error.located(self.file, self.lines.best("tasks", sources[task.id], "deps"))
                 deps.extend(groups.get(dep, [dep]))  # a for_each name means all its expansions
-            graph.add(replace(task, deps=tuple(deps)))
+            resolved = tuple(deps)
+            graph.add(task if resolved == task.deps else replace(task, deps=resolved))
         try:
             Graph(graph).validate()  # on a copy: the runner gets an unfrozen graph and validates it itself
         except CycleError as error:
@@ -661,20 +675,22 @@ class _Loader:
 
         A task's own setting replaces the default, except ``tags``, which are merged.
         """
-        settings = {**defaults, **table}
-        # Where each setting was written, so that an error in a default points at [defaults].
-        origin = {key: ("defaults", key) for key in defaults} | {key: ("tasks", name, key) for key in table}
+        settings = {**defaults, **table} if defaults else table
+
+        def origin(key: str) -> _Path:
+            """Where a setting was written, so that an error in a default points at [defaults]."""
+            return ("tasks", name, key) if key in table else ("defaults", key)
 
         def who(key: str) -> str:
-            return "[defaults]" if origin[key][0] == "defaults" else f"task {name!r}"
+            return f"task {name!r}" if key in table else "[defaults]"
 
         def expect(key: str, ok: bool, expected: str) -> None:
             if not ok:
-                self.fail(f"{who(key)}: {key} must be {expected}, got {settings[key]!r}", *origin[key])
+                self.fail(f"{who(key)}: {key} must be {expected}, got {settings[key]!r}", *origin(key))
 
         cmd = settings["cmd"]
         if isinstance(cmd, str) and not cmd.strip():
-            self.fail(f"task {name!r}: cmd is empty", *origin["cmd"])
+            self.fail(f"task {name!r}: cmd is empty", *origin("cmd"))
         expect("cmd", (isinstance(cmd, str) or _is_str_list(cmd)) and bool(cmd),
                "a command string or a non-empty list of strings")
         expect("deps", _is_str_list(settings.get("deps", [])), "a list of task names")
@@ -688,7 +704,7 @@ class _Loader:
         for key in ("cmd", "cwd"):
             value = settings.get(key, "")
             if any(_NUL in part for part in ([value] if isinstance(value, str) else value)):
-                self.fail(f"{who(key)}: {key} {_HAS_NUL}", *origin[key])
+                self.fail(f"{who(key)}: {key} {_HAS_NUL}", *origin(key))
 
         # Tags add up: the defaults' and the task's own (a default tag is not lost by tagging a task).
         tags = frozenset((*defaults.get("tags", ()), *table.get("tags", ())))
@@ -698,11 +714,11 @@ class _Loader:
             fields["priority"] = priority
         for key in ("timeout", "cost"):
             if key in settings:
-                fields[key] = self.guard(who(key), origin[key], parse_duration, settings[key], what=key)
+                fields[key] = self.guard(who(key), origin(key), parse_duration, settings[key], what=key)
         if "retries" in settings:
-            fields["retry"] = self.retry(who("retries"), origin["retries"], settings["retries"])
+            fields["retry"] = self.retry(who("retries"), origin("retries"), settings["retries"])
         if "limiter" in settings:
-            fields["limiter"] = self.limiter(who("limiter"), origin["limiter"], settings["limiter"])
+            fields["limiter"] = self.limiter(who("limiter"), origin("limiter"), settings["limiter"])
         if "limiter_key" in settings:
             expect("limiter_key", isinstance(settings["limiter_key"], str), "a string (a provider, a model, {item})")
             fields["limiter_key"] = settings["limiter_key"]
@@ -711,9 +727,9 @@ class _Loader:
             expect("tokens", _is_number(tokens) and math.isfinite(tokens) and tokens > 0, "a positive number")
             fields["tokens"] = float(tokens)
         if "resources" in settings:
-            fields["resources"] = self.resources(who("resources"), origin["resources"], settings["resources"],
+            fields["resources"] = self.resources(who("resources"), origin("resources"), settings["resources"],
                                                  capacities)
-        limits = {key: self.guard(who(key), origin[key], parse_limit, key, settings[key])
+        limits = {key: self.guard(who(key), origin(key), parse_limit, key, settings[key])
                   for key in LIMIT_PARSERS if key in settings}
         if limits:
             fields["limits"] = Limits(**limits)
@@ -738,7 +754,10 @@ class _Loader:
         return env
 
     def cwd(self, cwd: str) -> str:
-        return os.path.normpath(self.base / cwd)  # an absolute cwd stays as it is
+        resolved = self.cwds.get(cwd)
+        if resolved is None:  # most tasks share a few: each is resolved once
+            resolved = self.cwds[cwd] = os.path.normpath(self.base / cwd)  # an absolute cwd stays as it is
+        return resolved
 
     def retry(self, who: str, where: _Path, value: object) -> RetryPolicy:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -37,8 +37,9 @@ class HistoryEntry:
 class DurationHistory:
     """The per-key moving estimates, in the journal's ``durations`` table.
 
-    `JournalSink` feeds it as tasks succeed, in the transaction that records the task, so
-    the history never counts a run the journal does not have.
+    `JournalSink` feeds it as tasks succeed, in a transaction that records a task's end (a
+    second's worth of durations at a time, `phalanx.journal.HISTORY_EVERY`), so the history
+    never counts a task the journal does not have as ended.
     """
 
     def __init__(self, journal: Journal, *, alpha: float = ALPHA) -> None:

@@ -3,10 +3,11 @@
 The journal lives at ``.phalanx/journal.db`` next to the task file (``phalanx map``'s: in
 the directory it runs in). `JournalSink` records a run as it goes: the run when it starts,
 each attempt when it starts (and its process group when the command backend spawns it,
-`Journal.attempt_spawned`), and each task with its last attempt when it ends (with what
-its results row holds: the data it reported, how much of its output was cut), in one
-transaction per task. (``phalanx map``, whose jobs can be shorter than a commit and whose
-resume reads its joblog, commits a `RunBatch` of records every 0.1 s instead:
+`Journal.attempt_spawned`; through the sink's hook, once it has run `SPAWN_HOLD`: a
+shorter one is written with its end), and each task with its last attempt when it ends
+(with what its results row holds: the data it reported, how much of its output was cut),
+in one transaction per task. (``phalanx map``, whose jobs can be shorter than a commit
+and whose resume reads its joblog, commits a `RunBatch` of records every 0.1 s instead:
 ``JournalSink(commit_every=...)``.) `plan_resume` reads it back: tasks that last succeeded
 with the same definition (`spec_hash`) are done; the others run again, and process groups
 a killed run left behind are found for `kill_leftovers`.
@@ -66,12 +67,33 @@ DATA_LIMIT = 64 * 1024
 #: them, due or not: it bounds the memory the batch takes (each end holds two output tails).
 BATCH_RECORDS = 1024
 
+#: How long `JournalSink` holds a spawned process back (`Journal.hold_spawned`), in seconds:
+#: most short commands end sooner, and their start, spawn and end then take one commit
+#: instead of two, without the look-up of the process's start time. The watchdog holds a
+#: group's start back as long (`phalanx.watchdog.FLUSH_AFTER`), and stops what a kill -9
+#: of phalanx leaves in that window: ``phalanx run`` holds spawns back only with one.
+SPAWN_HOLD = 0.01
+
+#: How long `JournalSink` gathers succeeded durations before they go into the history
+#: with a task's end, in seconds: a kill -9 loses at most that long's of them, which only
+#: makes the next run's estimates a little less informed.
+HISTORY_EVERY = 1.0
+
+#: A spawn held this much less than `SPAWN_HOLD` is written by the same timer.
+_SPAWN_SLACK = 0.001
+
 #: How long a write waits for another run writing the same journal, in seconds.
 BUSY_TIMEOUT = 10.0
 
 #: WAL pages between automatic checkpoints, and the most of the WAL file kept after one.
 _CHECKPOINT_PAGES = 10_000
 _WAL_KEPT = 8 << 20
+
+#: Commits between two checkpoints by the journal's own thread, once asked for
+#: (`Journal.checkpoint_in_background`): a few MB of WAL for tasks of one commit each, so
+#: that neither a commit (automatic checkpoints, `_CHECKPOINT_PAGES`) nor the close (which
+#: checkpoints whatever is left) waits long for the fsyncs of a big one.
+CHECKPOINT_COMMITS = 256
 
 #: The statuses a task or attempt row has before its end (next to the terminal `Status` values):
 #: ``pending`` (in the run, not started), ``running``, and ``lost`` (its run was killed meanwhile).
@@ -382,7 +404,9 @@ class Journal:
     a kill -9 then leaves the running attempt in the journal, with its process group), its
     task's end, or the run's end. An attempt that spawns no process (a callable) has nothing
     a later run could act on, and its task's end writes everything its start would have:
-    so a task costs one transaction, and a task that starts a process two.
+    so a task costs one transaction, and a task that starts a process two. Unless its spawn
+    is held back too (`hold_spawned`, what `JournalSink` does): then a process that ends
+    before `write_spawned` comes for it costs one, like a callable.
     """
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
@@ -392,7 +416,13 @@ class Journal:
         self._depth = 0
         # Held-back writes by attempt (run seq, task id, attempt number), in the order they came.
         self._held: dict[tuple[int, str, int], list[tuple[str, tuple[Any, ...]]]] = {}
+        # Held-back spawns by attempt (`hold_spawned`): the process, its group, and since when
+        # (monotonic), oldest first.
+        self._spawns: dict[tuple[int, str, int], tuple[int, int | None, float]] = {}
         self._seqs: dict[str, int] = {}
+        self._commits = 0
+        self._background = False  # see checkpoint_in_background
+        self._checkpointer: _Checkpointer | None = None
 
     @classmethod
     def open(cls, directory: str | Path) -> Journal:
@@ -436,9 +466,12 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
-            if self._held:
+            if self._held or self._spawns:
                 with contextlib.suppress(JournalError), self.transaction() as db:
                     self._write_all_held(db)
+            if self._checkpointer is not None:
+                self._checkpointer.close()  # first: the last connection to close checkpoints what is left
+                self._checkpointer = None
             self._db.close()
 
     def __enter__(self) -> Journal:
@@ -480,18 +513,41 @@ class Journal:
                 raise
             finally:
                 self._depth = 0
+            self._commits += 1
+            if self._background and self._commits % CHECKPOINT_COMMITS == 0:
+                if self._checkpointer is None:
+                    self._checkpointer = _Checkpointer(self.path)
+                self._checkpointer.request()
 
-    def _write_held(self, db: sqlite3.Connection, seq: int, task_id: str, attempts: range) -> None:
-        """Write what is held back for these attempts of a task (in a transaction)."""
+    def checkpoint_in_background(self) -> None:
+        """From now on, checkpoint the WAL every `CHECKPOINT_COMMITS` commits in a thread of
+        the journal's own (`_Checkpointer`), stopped by `close`. For processes that do not
+        fork while the journal is open (``phalanx run``, whose commands are spawned): a fork
+        copies only the thread that forks, and a lock the checkpoint held would stay locked
+        in the child (``phalanx pytest`` forks, and keeps checkpoints where SQLite does them).
+        """
+        self._background = True
+
+    def _write_held(self, db: sqlite3.Connection, seq: int, task_id: str, attempts: range, *, running: int = 0) -> None:
+        """Write what is held back for these attempts of a task (in a transaction). Only
+        attempt number ``running`` may still run: the others' held spawns go without their
+        process's start time (a pid reused since must not lend its own)."""
         for number in attempts:
-            for sql, params in self._held.pop((seq, task_id, number), ()):
+            key = (seq, task_id, number)
+            for sql, params in self._held.pop(key, ()):
                 db.execute(sql, params)
+            spawn = self._spawns.pop(key, None)
+            if spawn is not None:
+                db.execute(_SPAWNED, _held_spawn_params(key, spawn, running=number == running))
 
     def _write_all_held(self, db: sqlite3.Connection) -> None:
         held, self._held = self._held, {}
+        spawns, self._spawns = self._spawns, {}
         for statements in held.values():
             for sql, params in statements:
                 db.execute(sql, params)
+        for key, spawn in spawns.items():  # the run ends: whichever still runs has its start time looked up
+            db.execute(_SPAWNED, _held_spawn_params(key, spawn, running=True))
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows of a read-only statement (for modules keeping their own tables here: `history`).
@@ -571,6 +627,43 @@ class Journal:
             self._write_held(db, seq, task_id, range(1, attempt + 1))
             db.execute(_SPAWNED, spawned)
 
+    def hold_spawned(self, run_id: str, task_id: str, attempt: int, pid: int) -> None:
+        """`attempt_spawned`, held back: the process's group is taken now (``pid`` is still
+        that process: call it before reaping it, as `attempt_spawned`), and it is written
+        with its task's end if that comes first, else by `write_spawned`, else by the run's
+        end. A process that ends within the hold then costs no commit of its own, nor the
+        look-up of its start time (which only tells a running leftover from a later process
+        with its pid: that of a process the journal has as ended is never needed). Until it
+        is written, a kill -9 of phalanx leaves the attempt out of the journal's leftovers:
+        hold spawns back only where a watchdog stops those (``phalanx run`` does).
+        """
+        seq = self._seq(run_id)
+        if seq is None:
+            return
+        try:
+            pgid: int | None = os.getpgid(pid)
+        except OSError:
+            pgid = None  # gone already (or not ours to see): nothing will be left of it
+        with self._lock:
+            self._spawns[seq, task_id, attempt] = (pid, pgid, time.monotonic())
+
+    def write_spawned(self, held_since: float) -> float | None:
+        """Commit the spawns held back (`hold_spawned`) since ``held_since`` (a `time.monotonic`
+        time) or longer, with their attempts' starts; the spawns of processes that have
+        been reaped meanwhile go without their start time (see `_child_create_time`).
+        Returns since when the oldest spawn still held has been (None: none is).
+
+        Raises:
+            JournalError: the journal cannot be written.
+        """
+        with self._lock:
+            due = [key for key, spawn in self._spawns.items() if spawn[2] <= held_since]
+            if due:
+                with self.transaction() as db:
+                    for seq, task_id, attempt in due:
+                        self._write_held(db, seq, task_id, range(1, attempt + 1), running=attempt)
+            return next((spawn[2] for spawn in self._spawns.values()), None)
+
     def record_retrying(self, run_id: str, task_id: str, attempt: int, ended_at: float, reason: str) -> None:
         """An attempt failed and will be retried: held back (see the class)."""
         seq = self._seq(run_id)
@@ -601,16 +694,24 @@ class Journal:
             return
         task_row, attempt_row = _finish_params(seq, result, run_started_at, spec_hash)
         last_ran = attempt_row is not None
+        spawn = None
         with self._lock:
             if last_ran:
                 # This commit writes everything the last attempt's start would have: those
-                # rows can go. Earlier (failed) attempts' rows are written first.
-                self._held.pop((seq, result.task_id, result.attempts), None)
+                # rows can go (its held spawn's group goes into its row). Earlier (failed)
+                # attempts' rows are written first.
+                key = (seq, result.task_id, result.attempts)
+                self._held.pop(key, None)
+                spawn = self._spawns.pop(key, None)
             with self.transaction() as db:
                 self._write_held(db, seq, result.task_id, range(1, result.attempts + (not last_ran)))
                 db.execute(_FINISH_TASK, task_row)
                 if attempt_row is not None:
-                    db.execute(_FINISH_ATTEMPT, attempt_row)
+                    if spawn is None:
+                        db.execute(_FINISH_ATTEMPT, attempt_row)
+                    else:
+                        pid = spawn[0] if attempt_row[11] is None else attempt_row[11]
+                        db.execute(_FINISH_SPAWNED_ATTEMPT, (*attempt_row[:11], pid, *attempt_row[12:], spawn[1]))
                 if on_commit is not None:
                     on_commit(db)
 
@@ -746,6 +847,50 @@ class Journal:
             (seq, RUNNING),
         )
         return [Leftover(run_id, *row) for row in rows]
+
+
+class _Checkpointer:
+    """Checkpoints a journal's WAL on request, in a thread with a connection of its own.
+
+    A passive checkpoint waits for no one (writers go on meanwhile) and SQLite lets go of
+    the GIL while it copies and fsyncs: the fsyncs then overlap the run. The WAL's writer
+    starts over at the beginning of the file once a checkpoint has caught up with it, so
+    what is left to sync when the journal closes is what came since the last one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="phalanx-journal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def close(self) -> None:
+        """Stop, once a checkpoint under way has ended (its connection closes with it)."""
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            db = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+        except sqlite3.Error:
+            return  # the journal's own connection checkpoints, as without this thread
+        try:
+            db.execute("PRAGMA synchronous = NORMAL")
+            while True:
+                self._wanted.wait()
+                self._wanted.clear()
+                if self._stopping:
+                    return
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            return  # a checkpoint is an optimisation: the close checkpoints what is left anyway
+        finally:
+            db.close()
 
 
 class RunBatch:
@@ -892,7 +1037,10 @@ def _use_wal(db: sqlite3.Connection) -> None:
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the schema to `SCHEMA_VERSION`, in one transaction (two runs starting at once
-    must not both create it)."""
+    must not both create it). A journal already at it costs one read and no write lock, so
+    opening it never waits for another run's write."""
+    if int(db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -938,6 +1086,16 @@ def _spawn_params(seq: int, task_id: str, attempt: int, pid: int) -> tuple[Any, 
     except OSError:
         pgid = None  # gone already (or not ours to see): nothing will be left of it
     return (seq, task_id, attempt, RUNNING, pid, pgid, _create_time(pid))
+
+
+def _held_spawn_params(
+    key: tuple[int, str, int], spawn: tuple[int, int | None, float], *, running: bool
+) -> tuple[Any, ...]:
+    """The `_SPAWNED` row of a spawn held back (`Journal.hold_spawned`), written now; with
+    its process's start time if the attempt may still run (`_child_create_time`)."""
+    seq, task_id, attempt = key
+    pid, pgid, _ = spawn
+    return (seq, task_id, attempt, RUNNING, pid, pgid, _child_create_time(pid) if running else None)
 
 
 def _retry_params(seq: int, task_id: str, attempt: int, ended_at: float, reason: str) -> tuple[Any, ...]:
@@ -1138,18 +1296,22 @@ class JournalSink:
         file_key: the task file's `file_key`, which `plan_resume` finds the run by.
         run_kind: ``run`` or ``map``.
         history: also feed each succeeded task's duration to the `DurationHistory`, in
-            the same transaction.
+            a transaction that records a task's end: gathered for up to `HISTORY_EVERY`
+            (an estimate gains nothing from a commit of its own per task), and written by
+            the run's end at the latest.
         history_key: the history key of a task id (None: not recorded); by default the id
             itself. ``phalanx map`` gives its command template.
-        commit_every: None (the default): each task's records are committed as it ends.
-            A number of seconds: records are held in memory (a `RunBatch`) and committed
-            together once the oldest is that old, or `BATCH_RECORDS` of them are held, or the
-            run ends. For runs whose resume does not depend on the journal (``phalanx map``
-            resumes from its joblog), where a commit per task would cost about as much as
-            the task: a kill -9 loses at most the last interval's records. The spawn hook
-            must then be the sink's own `attempt_spawned`, so that spawns join the batch.
-            A batch that comes due while no event arrives is committed by a timer on the
-            running event loop (with no loop running, at the next event).
+        commit_every: None (the default): each task's records are committed as it ends;
+            a process spawned through the sink's `attempt_spawned` is committed once it has
+            run `SPAWN_HOLD` (by a timer on the running event loop), or with its end if that
+            comes first. A number of seconds: records are held in memory (a `RunBatch`) and
+            committed together once the oldest is that old, or `BATCH_RECORDS` of them are
+            held, or the run ends. For runs whose resume does not depend on the journal
+            (``phalanx map`` resumes from its joblog), where a commit per task would cost
+            about as much as the task: a kill -9 loses at most the last interval's records.
+            The spawn hook must then be the sink's own `attempt_spawned`, so that spawns
+            join the batch. A batch that comes due while no event arrives is committed by a
+            timer on the running event loop (with no loop running, at the next event).
     """
 
     def __init__(
@@ -1186,9 +1348,12 @@ class JournalSink:
         self._every = commit_every
         self._batch: RunBatch | None = None
         self._durations: list[tuple[str, float]] = []
+        self._history_due = 0.0  # without batching: when the durations gathered go with a task's end
         self._due: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._error: JournalError | ValueError | None = None
+        # Without batching: the timer that commits the spawns held back (`Journal.hold_spawned`).
+        self._spawn_timer: asyncio.TimerHandle | None = None
 
     @property
     def run_id(self) -> str | None:
@@ -1234,14 +1399,49 @@ class JournalSink:
             self._end(run_status(event.report), self._started_at + event.at)
 
     def attempt_spawned(self, run_id: str, task_id: str, attempt: int, pid: int) -> None:
-        """The backends' spawn hook (a `RunningProcesses`): `Journal.attempt_spawned`, or
-        with ``commit_every``, into the batch (committed by the next event or the timer,
-        never here: a failed commit is the run's business, not the attempt's)."""
-        if self._batch is None or run_id != self._run_id:
+        """The backends' spawn hook (a `RunningProcesses`): with ``commit_every``, into the
+        batch (committed by the next event or the timer, never here: a failed commit is the
+        run's business, not the attempt's); else held back for `SPAWN_HOLD`
+        (`Journal.hold_spawned`), committed by a timer on the running event loop or with
+        the task's end; with no loop running, or for another run, `Journal.attempt_spawned`."""
+        if run_id != self._run_id:
             self._journal.attempt_spawned(run_id, task_id, attempt, pid)
-        else:
+        elif self._batch is not None:
             self._batch.spawned(task_id, attempt, pid)
             self._held(commit=False)
+        elif self._spawn_timer is not None:
+            self._journal.hold_spawned(run_id, task_id, attempt, pid)
+        else:
+            import asyncio  # here: as in _arm
+
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._journal.attempt_spawned(run_id, task_id, attempt, pid)
+                return
+            self._journal.hold_spawned(run_id, task_id, attempt, pid)
+            self._spawn_timer = loop.call_later(SPAWN_HOLD, self._write_spawned)
+
+    def _write_spawned(self) -> None:
+        """The spawn timer: commit the spawns held `SPAWN_HOLD` or longer, and come back for
+        the oldest of the others (those that end meanwhile are written with their end)."""
+        self._spawn_timer = None
+        if self._ended:
+            return
+        now = time.monotonic()
+        try:
+            # A spawn held a hair less than SPAWN_HOLD goes now too: the timer may be early by
+            # the clock's resolution, and a wake-up for it alone would cost more than it saves.
+            oldest = self._journal.write_spawned(now - SPAWN_HOLD + _SPAWN_SLACK)
+        except JournalError as error:  # not to the event loop's handler: to the scheduler
+            self._error = error
+            return
+        if oldest is not None:
+            import asyncio
+
+            self._spawn_timer = asyncio.get_running_loop().call_later(
+                max(0.0, oldest + SPAWN_HOLD - now), self._write_spawned
+            )
 
     def _finished(self, result: TaskResult) -> None:
         if self._run_id is None:
@@ -1256,14 +1456,28 @@ class JournalSink:
                 self._durations.append((key, result.duration))
             self._held()
             return
-        record: Callable[[sqlite3.Connection], None] | None = None
-        history = self._history
-        if history is not None and key is not None:
-            def record(db: sqlite3.Connection, key: str = key, seconds: float = result.duration) -> None:
-                history.observe(key, seconds, db=db)
+        durations = self._durations if key is None else [*self._durations, (key, result.duration)]
+        due = bool(durations) and (time.monotonic() >= self._history_due or len(durations) >= BATCH_RECORDS)
+
+        def record(db: sqlite3.Connection) -> None:
+            self._observe(db, durations)
+
         self._journal.record_finished(
-            self._run_id, result, run_started_at=self._started_at, spec_hash=spec, on_commit=record,
+            self._run_id, result, run_started_at=self._started_at, spec_hash=spec, on_commit=record if due else None,
         )
+        # Only once committed: a duration goes into the history with its task's end or after it.
+        if due:
+            self._durations = []
+            self._history_due = time.monotonic() + HISTORY_EVERY
+        elif key is not None:
+            self._durations.append((key, result.duration))
+
+    def _observe(self, db: sqlite3.Connection, durations: list[tuple[str, float]]) -> None:
+        """Fold ``durations`` into the history, in the transaction of ``db`` (each in turn:
+        as if committed one by one)."""
+        assert self._history is not None
+        for key, seconds in durations:
+            self._history.observe(key, seconds, db=db)
 
     # ------------------------------------------------------------------ batching
 
@@ -1317,9 +1531,18 @@ class JournalSink:
             self._arm()  # attempts that still run get their start times by the next commit, events or not
 
     def _end(self, status: str, ended_at: float) -> None:
+        if self._spawn_timer is not None:
+            self._spawn_timer.cancel()
+            self._spawn_timer = None
         if self._batch is None:
             assert self._run_id is not None
-            self._journal.end_run(self._run_id, status, ended_at)
+            if self._durations:
+                durations, self._durations = self._durations, []
+                with self._journal.transaction() as db:
+                    self._observe(db, durations)
+                    self._journal.end_run(self._run_id, status, ended_at)
+            else:
+                self._journal.end_run(self._run_id, status, ended_at)
         else:
             self._commit(end=(status, ended_at))
 

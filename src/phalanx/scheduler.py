@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .backends.base import Attempt, Backend, Outcome
 from .durations import format_duration
@@ -61,7 +61,6 @@ from .ordering import (
     remaining_paths,
 )
 from .policy import HaltDecision, HaltRule, TimeoutRule
-from .ratelimit import Limiters, Paused, Use, WindowChanged
 from .resources import (
     NO_INSTANCES,
     Amounts,
@@ -73,6 +72,9 @@ from .resources import (
     split_capacities,
 )
 from .results import CancelReason, ErrorInfo, RunReport, RunSummary, Status, TaskResult
+
+if TYPE_CHECKING:
+    from .ratelimit import Limiters, Use
 
 _EPSILON = 1e-9
 
@@ -609,6 +611,7 @@ class Scheduler:
             throttled, retry_after = False, None
         now = self._now()
         changes = self._limiters.release(uses, running.started, now, throttled=throttled, retry_after=retry_after)
+        from .ratelimit import Paused, WindowChanged  # here: only runs with rate limits load ratelimit
         for change in changes:
             if isinstance(change, Paused):
                 self._emit(RateLimitPaused(change.name, change.key, change.seconds, now))
