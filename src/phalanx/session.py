@@ -149,7 +149,9 @@ async def run_session(
         if temporary:
             # The output files go with the temporary run directory: keep only the tails.
             results = {
-                tid: replace(result, stdout_path=None, stderr_path=None) for tid, result in report.results.items()
+                tid: result if result.stdout_path is None and result.stderr_path is None
+                else replace(result, stdout_path=None, stderr_path=None)
+                for tid, result in report.results.items()
             }
             report = replace(report, results=results)
         return report
