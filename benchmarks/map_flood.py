@@ -65,6 +65,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from map_overhead import table  # its sibling's table layout (run from the repository root: benchmarks/ is on the path)
+
 FLOOD_BYTES = 2 * 1024**3
 QUICK_FLOOD_BYTES = 256 * 1024**2
 CHECK_BYTES = 1024**2
@@ -230,16 +232,6 @@ def parse_size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("the flood must be at least 1 byte")
     return value
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
-    lines = [headers, ["-" * width for width in widths], *rows]
-    out = []
-    for line in lines:
-        first = line[0].ljust(widths[0])
-        out.append("  ".join([first, *(cell.rjust(w) for cell, w in zip(line[1:], widths[1:], strict=True))]))
-    return "\n".join(out)
 
 
 def megabytes(kib: int) -> float:
