@@ -147,10 +147,13 @@ class OutputFiles:
         if slot is None:
             stem = os.path.join(run_dir, f"slot-{worker}")
             paths = (f"{stem}.out", f"{stem}.err", f"{stem}.result.json")
+            out_fd = -1
             try:
                 out_fd = -1 if self.stdout_to is not None else _create(paths[0])
                 err_fd = -1 if self.stderr_to is not None else _create(paths[1])
             except OSError:
+                if out_fd >= 0:
+                    os.close(out_fd)  # the first was made, the second not
                 return None
             slot = self._slots[(run_dir, worker)] = _Slot(paths, out_fd, err_fd)
         elif slot.busy:
