@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         TaskFinished as TaskFinished,
         TaskRetrying as TaskRetrying,
         TaskStarted as TaskStarted,
+        WorkersChanged as WorkersChanged,
     )
     from .executor import Executor as Executor
     from .http import (
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "amap": ".asyncmap",
     "ConcurrencyChanged": ".events",
+    "WorkersChanged": ".events",
     "HTTPStatusError": ".http",
     "Rate": ".ratelimit",
     "RateLimit": ".ratelimit",
@@ -182,6 +184,7 @@ __all__ = [
     "UnknownDependencyError",
     "WorkerChoice",
     "WorkerCrashed",
+    "WorkersChanged",
     "__version__",
     "amap",
     "get_execution_plan",

@@ -91,9 +91,24 @@ class ConcurrencyChanged:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class WorkersChanged:
+    """The number of tasks the run may have going at once changed (``-j auto`` adapting to
+    the machine's load and free memory, or `Scheduler.set_workers`).
+
+    Attributes:
+        workers: the slots in force from now on (at most the run's ``max_workers``).
+        reason: why, in words ("load 3.1 > 2", "machine idle").
+    """
+
+    workers: int
+    reason: str
+    at: float
+
+
 Event = (
     RunStarted | TaskStarted | TaskRetrying | TaskFinished | RunCancelling | RunFinished
-    | RateLimitPaused | ConcurrencyChanged
+    | RateLimitPaused | ConcurrencyChanged | WorkersChanged
 )
 
 

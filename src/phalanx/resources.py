@@ -167,6 +167,9 @@ class ResourcePool:
         self.capacities: dict[str, float] = dict(capacities)
         self.free: dict[str, float] = dict(capacities)
         self._free_slot_numbers = list(range(1, math.floor(capacities[SLOTS]) + 1))
+        # Slot numbers above a shrunk capacity, free but not to be handed out (see resize_slots).
+        self._retired_slot_numbers: set[int] = set()
+        self._highest_slot_number = len(self._free_slot_numbers)
         # Units are handed out lowest declared first (a heap of positions), as slots are.
         self._names = {resource: tuple(names) for resource, names in instances.items()}
         self._positions = {resource: {name: i for i, name in enumerate(names)} for resource, names in instances.items()}
@@ -199,9 +202,38 @@ class ResourcePool:
     def release(self, request: Amounts, slot_numbers: Iterable[int], instances: Instances = NO_INSTANCES) -> None:
         for name, amount in request.items():
             self.free[name] = min(self.capacities[name], self.free[name] + amount)
+        limit = self.capacities[SLOTS]
         for number in slot_numbers:
-            heapq.heappush(self._free_slot_numbers, number)
+            if number > limit:
+                self._retired_slot_numbers.add(number)  # the slots shrank while it ran
+            else:
+                heapq.heappush(self._free_slot_numbers, number)
         for resource, names in instances.items():
             positions = self._positions[resource]
             for name in names:
                 heapq.heappush(self._free_units[resource], positions[name])
+
+    def resize_slots(self, slots: int) -> None:
+        """Change the slot capacity while attempts run (``-j auto``).
+
+        Growing frees the new slots at once. Shrinking takes effect as attempts end: the
+        free amount may go below zero meanwhile (nothing starts until it is back above),
+        and slot numbers above the new capacity are not handed out, so worker numbers stay
+        within ``1..slots``.
+        """
+        old = int(self.capacities[SLOTS])
+        if slots == old:
+            return
+        self.capacities[SLOTS] = float(slots)
+        self.free[SLOTS] += slots - old
+        if slots < old:
+            kept = [n for n in self._free_slot_numbers if n <= slots]
+            self._retired_slot_numbers.update(n for n in self._free_slot_numbers if n > slots)
+            heapq.heapify(kept)
+            self._free_slot_numbers = kept
+            return
+        for number in range(old + 1, slots + 1):
+            if number in self._retired_slot_numbers or number > self._highest_slot_number:
+                self._retired_slot_numbers.discard(number)
+                heapq.heappush(self._free_slot_numbers, number)
+        self._highest_slot_number = max(self._highest_slot_number, slots)

@@ -50,6 +50,7 @@ from .events import (
     TaskFinished,
     TaskRetrying,
     TaskStarted,
+    WorkersChanged,
 )
 from .model import ONE_SLOT, SLOTS, Graph, RetryPolicy, Task
 from .ordering import (
@@ -221,6 +222,9 @@ class Scheduler:
         # Tasks that hold no slot could start even when every slot is busy; without any,
         # a full house of slots lets the dispatcher stop scanning the ready queue early.
         self._zero_slot_tasks = any(r.get(SLOTS, 0.0) < 1 for r in self._requests.values())
+        # The fewest slots `set_workers` may leave: the widest task must still fit.
+        self._widest = max((math.ceil(r.get(SLOTS, 0.0)) for r in self._requests.values()), default=1)
+        self._workers = max_workers
         self._pending = {task.id: len(task.deps) for task in graph}
         self._attempts = dict.fromkeys(self._pending, 0)
         self._first_start: dict[str, float] = {}
@@ -371,6 +375,9 @@ class Scheduler:
         request = task.requests
         self._requests[tid] = request if request is ONE_SLOT else dict(request)
         self._zero_slot_tasks = self._zero_slot_tasks or request.get(SLOTS, 0.0) < 1
+        self._widest = max(self._widest, math.ceil(request.get(SLOTS, 0.0)))
+        if self._widest > self._workers:
+            self.set_workers(self._widest, f"a task needs {self._widest} slots")
         self._attempts[tid] = 0
         self._busy[tid] = 0.0
         pending = 0
@@ -417,6 +424,29 @@ class Scheduler:
                     break
         self._finish(self._plain_result(tid, Status.CANCELLED, "cancelled before it started"))
         return True
+
+    def set_workers(self, workers: int, reason: str = "") -> int:
+        """Let ``workers`` tasks run at once from now on (``-j auto``); returns the count set.
+
+        The count is kept within ``1..max_workers`` and never below what the widest task
+        asks for (it must still be able to start). Fewer workers take effect as running
+        attempts end (none is stopped); more start ready tasks at once. Sinks are told with
+        a `WorkersChanged` event when the count changes.
+        """
+        workers = max(1, self._widest, min(self._max_workers, workers))
+        if workers == self._workers:
+            return workers
+        self._workers = workers
+        self._pool.resize_slots(workers)
+        if self._loop is not None:
+            self._emit(WorkersChanged(workers, reason, self._now()))
+            self._dispatch()
+        return workers
+
+    @property
+    def workers(self) -> int:
+        """How many tasks may run at once now (``max_workers`` unless `set_workers` lowered it)."""
+        return self._workers
 
     def now(self) -> float:
         """Seconds since the run started (the scheduler's own clock)."""
