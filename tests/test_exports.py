@@ -13,7 +13,7 @@ PUBLIC = {
     "run_async", "Executor", "RemoteTraceback", "TaskError", "TaskTimedOut", "WorkerChoice", "WorkerCrashed",
     "map", "optimal_workers", "starmap", "Limits",
     "amap", "Rate", "RateLimit", "RetryAfter", "HTTPStatusError", "raise_for_status", "RateLimitPaused",
-    "ConcurrencyChanged", "resource_instances",
+    "ConcurrencyChanged", "resource_instances", "WorkersChanged",
 }
 
 

@@ -25,7 +25,8 @@ def heard(event):
     if isinstance(event, phalanx.TaskStarted):
         order.append(event.task_id)
 
-phalanx.run(phalanx.Graph(tasks), backend="inline", max_workers=4, resources={"db": 2}, on_event=heard, seed=7)
+phalanx.run(phalanx.Graph(tasks), backend="inline", max_workers=4, resources={"db": 2}, on_event=heard,
+            seed=7, shuffle=True)
 sys.stdout.write(" ".join(order))
 """
 
@@ -43,3 +44,48 @@ def test_the_start_order_is_the_same_whatever_the_string_hashing() -> None:
     assert len(first) == 400
     assert _start_order("2") == first
     assert _start_order("12345") == first
+
+
+def _order_in_process(seed: int | None, tasks: int = 60) -> list[str]:
+    import phalanx
+
+    order: list[str] = []
+
+    def heard(event: object) -> None:
+        if isinstance(event, phalanx.TaskStarted):
+            order.append(event.task_id)
+
+    # Independent tasks of equal cost and priority: every start is a tie of the policy's key.
+    graph = phalanx.Graph([phalanx.Task(f"t{index}", lambda: None) for index in range(tasks)])
+    phalanx.run(graph, backend="inline", max_workers=4, on_event=heard, seed=seed, shuffle=seed is not None)
+    return order
+
+
+def test_without_a_seed_ties_start_in_submission_order() -> None:
+    assert _order_in_process(None) == [f"t{index}" for index in range(60)]
+
+
+def test_a_seed_shuffles_the_ties_and_the_same_seed_gives_the_same_order() -> None:
+    first = _order_in_process(3)
+    assert sorted(first) == sorted(f"t{index}" for index in range(60))
+    assert first != [f"t{index}" for index in range(60)]
+    assert _order_in_process(3) == first
+    assert _order_in_process(4) != first
+
+
+def test_a_seed_never_overrides_priority_or_the_critical_path() -> None:
+    import phalanx
+
+    order: list[str] = []
+
+    def heard(event: object) -> None:
+        if isinstance(event, phalanx.TaskStarted):
+            order.append(event.task_id)
+
+    tasks = [phalanx.Task(f"short{index}", lambda: None, cost=1.0) for index in range(20)]
+    tasks += [phalanx.Task("long", lambda: None, cost=5.0), phalanx.Task("urgent", lambda: None, priority=1)]
+    for seed in range(5):
+        order.clear()
+        phalanx.run(phalanx.Graph(tasks), backend="inline", max_workers=1, on_event=heard, seed=seed,
+                    shuffle=True)
+        assert order[:2] == ["urgent", "long"]

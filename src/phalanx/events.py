@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ._records import fast_init
 from .results import CancelReason, RunReport, TaskResult
 
 
@@ -22,6 +23,7 @@ class RunStarted:
     at: float = 0.0
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskStarted:
     task_id: str
@@ -30,6 +32,7 @@ class TaskStarted:
     at: float
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskRetrying:
     """An attempt failed and another will run after ``delay`` seconds.
@@ -46,6 +49,7 @@ class TaskRetrying:
     value: Any = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskFinished:
     result: TaskResult

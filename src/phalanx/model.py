@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from ._records import fast_init
 from .durations import parse_duration
 from .errors import (
     ConfigError,
@@ -153,6 +154,7 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Task:
     """One unit of work and everything the scheduler needs to know about it.
@@ -373,7 +375,8 @@ class Graph:
     def __init__(self, tasks: Iterable[Task] = ()) -> None:
         self._tasks: dict[str, Task] = {}
         self._frozen = False
-        self._dependents: dict[str, tuple[str, ...]] | None = None
+        self._table: dict[str, list[str]] = {}  # each task's dependents, once validated
+        self._order: list[str] = []  # a topological order, once validated
         for task in tasks:
             self.add(task)
 
@@ -396,19 +399,43 @@ class Graph:
     def validate(self) -> Graph:
         """Check dependencies and cycles, freeze the graph, and return it.
 
+        One pass of Kahn's algorithm, O(V + E): it finds unknown dependencies, builds the
+        table of dependents and the topological order that runs reuse, and sees a cycle as
+        tasks left over (only then is the cycle searched for, to name it).
+
         Raises:
             UnknownDependencyError: a dependency names no task (with a did-you-mean).
             CycleError: the dependencies form a cycle (named as a path).
         """
         if self._frozen:
             return self
-        for task in self._tasks.values():
-            for dep in task.deps:
-                if dep not in self._tasks:
-                    raise UnknownDependencyError(task.id, dep, self._tasks)
-        cycle = _find_cycle(self._tasks)
-        if cycle:
+        tasks = self._tasks
+        table: dict[str, list[str]] = {tid: [] for tid in tasks}
+        waiting: dict[str, int] = {}
+        order: list[str] = []
+        for tid, task in tasks.items():
+            deps = task.deps
+            if not deps:
+                order.append(tid)
+                continue
+            waiting[tid] = len(deps)
+            for dep in deps:
+                dependents = table.get(dep)
+                if dependents is None:
+                    raise UnknownDependencyError(tid, dep, tasks)
+                dependents.append(tid)
+        for tid in order:  # the list grows while we walk it
+            for dependent in table[tid]:
+                left = waiting[dependent] - 1
+                waiting[dependent] = left
+                if left == 0:
+                    order.append(dependent)
+        if len(order) < len(tasks):
+            cycle = _find_cycle(tasks)
+            assert cycle, "tasks left over by Kahn's algorithm form a cycle"
             raise CycleError(cycle)
+        self._table = table
+        self._order = order
         self._frozen = True
         return self
 
@@ -435,29 +462,20 @@ class Graph:
 
     def dependents(self, task_id: str) -> tuple[str, ...]:
         """Ids of the tasks that depend directly on ``task_id``, in insertion order."""
-        if self._dependents is None or not self._frozen:
-            table: dict[str, list[str]] = {tid: [] for tid in self._tasks}
-            for task in self._tasks.values():
-                for dep in task.deps:
-                    if dep in table:
-                        table[dep].append(task.id)
-            dependents = {tid: tuple(ids) for tid, ids in table.items()}
-            if not self._frozen:
-                return dependents[task_id]
-            self._dependents = dependents
-        return self._dependents[task_id]
+        if self._frozen:
+            return tuple(self._table[task_id])
+        return tuple(tid for tid, task in self._tasks.items() if task_id in task.deps)
+
+    def dependents_table(self) -> Mapping[str, Sequence[str]]:
+        """Every task's dependents at once (validates the graph); read-only by contract:
+        the scheduler shares these lists rather than copying a million of them."""
+        self.validate()
+        return self._table
 
     def topological_order(self) -> list[str]:
         """Ids with every dependency before its dependents (stable: insertion order breaks ties)."""
         self.validate()
-        indegree = {task.id: len(task.deps) for task in self}
-        order = [tid for tid, n in indegree.items() if n == 0]
-        for tid in order:  # the list grows while we walk it
-            for dependent in self.dependents(tid):
-                indegree[dependent] -= 1
-                if indegree[dependent] == 0:
-                    order.append(dependent)
-        return order
+        return list(self._order)
 
     def subgraph(self, ids: Iterable[str], *, keep_deps: bool = True) -> Graph:
         """A new graph of the given ids; with ``keep_deps`` False, deps outside it are dropped."""

@@ -12,7 +12,7 @@ on the longest path to a sink), as ninja does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from .model import Graph, Task
@@ -38,9 +38,14 @@ def estimate_costs(graph: Graph, model: CostModel) -> dict[str, float | None]:
 
 def path_weights(estimates: Mapping[str, float | None]) -> dict[str, float]:
     """Weights for path lengths: estimates, with unknowns given the median known cost (or 1)."""
-    known = [cost for cost in estimates.values() if cost is not None]
-    fallback = _median(known) if known else 1.0
+    fallback = unknown_weight(estimates.values())
     return {tid: (cost if cost is not None else fallback) for tid, cost in estimates.items()}
+
+
+def unknown_weight(estimates: Iterable[float | None]) -> float:
+    """What a task with no estimate weighs: the median known cost, or 1 when none is known."""
+    known = [cost for cost in estimates if cost is not None]
+    return _median(known) if known else 1.0
 
 
 def _median(values: list[float]) -> float:

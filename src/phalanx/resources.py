@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 from .errors import ConfigError, ResourceError, did_you_mean
-from .model import SLOTS, Task
+from .model import ONE_SLOT, SLOTS, Task
 
 # Tolerance for float capacities (cpu = 0.5 + 0.25 + 0.25 must fit in 1.0).
 _EPSILON = 1e-9
@@ -115,6 +115,8 @@ def split_capacities(declared: Capacities | None) -> tuple[dict[str, float], dic
 
 def fits(request: Amounts, available: Amounts) -> bool:
     """Whether every amount of ``request`` is within ``available``."""
+    if request is ONE_SLOT:  # most tasks: one slot and nothing else
+        return available.get(SLOTS, 0.0) >= 1.0 - _EPSILON
     return all(amount <= available.get(name, 0.0) + _EPSILON for name, amount in request.items())
 
 

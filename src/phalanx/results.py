@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ._records import fast_init
+
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -125,6 +127,7 @@ def _size(size: int, binary: bool) -> str:
     return f"{size} B"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskResult:
     """What happened to one task.
@@ -295,12 +298,18 @@ class RunSummary:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class RunReport:
     """Every task's result, by id, in the graph's order, and the run's summary."""
 
     results: Mapping[str, TaskResult]
     summary: RunSummary
+
+    def __repr__(self) -> str:
+        # Not every result: asyncio's Runner reprs the main task, result included, when it
+        # restores SIGINT's handler, and the repr of a million results takes minutes.
+        counts = ", ".join(f"{status.value} {n}" for status, n in self.summary.counts.items() if n)
+        return f"RunReport({len(self.results)} results; {counts or 'no tasks'}; wall {self.summary.wall_time:.3f} s)"
 
     def __getitem__(self, task_id: str) -> TaskResult:
         return self.results[task_id]

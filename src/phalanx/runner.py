@@ -72,6 +72,7 @@ async def run_async(
     policy: OrderingPolicy | None = None,
     cost_model: CostModel | None = None,
     seed: int | None = None,
+    shuffle: bool = False,
     handle_signals: bool = False,
     halt: HaltRule | None = None,
     start_interval: float = 0.0,
@@ -112,6 +113,7 @@ async def run_async(
         policy=policy,
         cost_model=cost_model,
         rng=random.Random(seed),
+        seed=(seed if seed is not None else random.randrange(2**32)) if shuffle else None,
         halt=halt,
         start_interval=start_interval,
         timeout_for=timeout_for,
@@ -153,6 +155,7 @@ def run(
     policy: OrderingPolicy | None = None,
     cost_model: CostModel | None = None,
     seed: int | None = None,
+    shuffle: bool = False,
     rate_limits: Mapping[str, str | RateLimit] | None = None,
     results: str | Path | None = None,
     fsync: bool = False,
@@ -182,7 +185,10 @@ def run(
             and results keep only the output's tail).
         policy: how ready tasks are ordered (default: priority, critical path, submission).
         cost_model: duration estimates (default: declared ``cost`` only).
-        seed: seeds retry jitter, for repeatable runs.
+        seed: seeds retry jitter (and the shuffle, with ``shuffle``), for repeatable runs.
+        shuffle: start the tasks the ordering policy ranks equal in an order shuffled by
+            ``seed`` instead of in submission order (``phalanx run --seed``): the same seed
+            and graph give the same start order; a shuffle shows up hidden dependencies.
         rate_limits: named rate limits, ``{"openai": "500/min"}`` (or `RateLimit`s); a task
             names those it uses with ``limiter=`` (and ``limiter_key=``, ``tokens=``).
         results: a ``.csv`` or ``.jsonl`` file getting one row per task as it ends: task,
@@ -214,6 +220,7 @@ def run(
             policy=policy,
             cost_model=cost_model,
             seed=seed,
+            shuffle=shuffle,
             rate_limits=rate_limits,
             results=results,
             fsync=fsync,

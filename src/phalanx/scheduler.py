@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import inspect
 import math
 import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import Attempt, Backend, Outcome
 from .durations import format_duration
@@ -58,8 +59,7 @@ from .ordering import (
     CriticalPathFirst,
     DeclaredCosts,
     OrderingPolicy,
-    path_weights,
-    remaining_paths,
+    unknown_weight,
 )
 from .policy import HaltDecision, HaltRule, TimeoutRule
 from .resources import (
@@ -97,29 +97,43 @@ class _Running:
     request: Amounts
     slot_numbers: tuple[int, ...]
     expected_end: float | None
-    handle: asyncio.Task[tuple[Status, Outcome]]
+    handle: asyncio.Task[tuple[Status, Outcome]] | None  # None: ran to its end when started (run_now)
     instances: Instances = field(default_factory=lambda: NO_INSTANCES)  # the named units it holds until it ends
     limit: float | None = None  # the time limit in force, in seconds
     deadline: asyncio.TimerHandle | None = None
     timed_out: float | None = None  # the limit that ran out, once it has
     settled: bool = False  # its rate limits have been told it ended
     retry_after: float | None = None  # the (capped) Retry-After its failure asked for
+    started_work: Awaitable[Outcome] | None = None  # what `run_now` started, for the attempt's task to await
 
 
-class _Chain(NamedTuple):
-    """A chain of tasks ending at ``last``, kept as a linked list: chains share their
-    prefixes, so the longest path is tracked without a graph."""
+class _Node:
+    """One task's bookkeeping: a single slotted record per task (not a dozen dicts keyed by
+    id), so a million-task run holds a few hundred bytes per task and finds all of a task's
+    state with one lookup."""
 
-    last: str
-    before: _Chain | None
+    __slots__ = ("attempts", "before", "busy", "dependents", "estimate", "first_start", "key", "length", "order",
+                 "pending", "referable", "request", "status", "task", "unended", "uses")
 
-    def ids(self) -> tuple[str, ...]:
-        ids: list[str] = []
-        node: _Chain | None = self
-        while node is not None:
-            ids.append(node.last)
-            node = node.before
-        return tuple(reversed(ids))
+    def __init__(self, task: Task, order: int, estimate: float | None, dependents: list[str]) -> None:
+        self.task = task
+        self.order = order  # submission index: the report's order
+        self.estimate = estimate
+        self.key: tuple[Any, ...] = ()  # the ordering policy's sort key, then the task's id
+        self.request: Mapping[str, float] = task.requests
+        self.dependents = dependents  # ids of the tasks that depend on this one
+        self.unended = len(dependents)  # how many of those have not ended (open runs let go at 0)
+        self.pending = len(task.deps)  # dependencies not yet succeeded
+        self.attempts = 0
+        self.first_start: float | None = None
+        self.busy = 0.0
+        self.status: Status | None = None  # once it has ended
+        # Once ended: the longest chain of measured busy time ending here, as its length and
+        # the dependency it came through (a linked list through the nodes: no allocation).
+        self.length = -1.0
+        self.before: _Node | None = None
+        self.uses: tuple[Use, ...] | None = None  # the rate limits it is paced by
+        self.referable = False  # later submissions may name it (open runs)
 
 
 class Scheduler:
@@ -151,6 +165,9 @@ class Scheduler:
         run_dir: a directory private to the run, for output files.
         rng: randomness for retry jitter (a seeded one makes runs repeatable).
         limiters: the run's named rate limits; a task names those it uses (``limiter``).
+        seed: break ties of the policy's key among the graph's tasks in an order shuffled
+            by this seed rather than in submission order (``--seed``): the same seed and
+            graph give the same start order, another seed another one.
     """
 
     def __init__(
@@ -173,6 +190,7 @@ class Scheduler:
         open_ended: bool = False,
         keep_results: bool | None = None,
         limiters: Limiters | None = None,
+        seed: int | None = None,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
@@ -199,45 +217,60 @@ class Scheduler:
         # Rate limits: a task whose limit refuses it now waits "parked" under its gate (the
         # limits and key it uses) without holding a slot, so tasks on other keys go on.
         self._limiters = limiters
-        self._uses: dict[str, tuple[Use, ...]] = {}
         self._checked_uses: set[tuple[Use, ...]] = set()
-        for task in graph:
-            self._register_uses(task)
-        self._parked: dict[tuple[Use, ...], list[tuple[tuple[Any, ...], str]]] = {}
+        self._parked: dict[tuple[Use, ...], list[tuple[Any, ...]]] = {}
         self._gates: dict[tuple[Use, ...], asyncio.TimerHandle | None] = {}  # None: until a release
 
         self._cost_model = cost_model or DeclaredCosts()
         self._policy = policy or CriticalPathFirst()
-        # Per-task state, dropped once a task has ended and nothing waiting depends on it.
-        self._tasks: dict[str, Task] = {task.id: task for task in graph}
-        self._dependents: dict[str, list[str]] = {tid: list(graph.dependents(tid)) for tid in self._tasks}
-        self._unended_dependents = {tid: len(deps) for tid, deps in self._dependents.items()}
-        self._estimates = {task.id: self._cost_model.estimate(task) for task in graph}
-        weights = path_weights(self._estimates)
+        # Ties of the policy's key are broken by submission order, or with a seed by a
+        # shuffled order that the seed alone decides (--seed): reproducible either way.
+        self._tie_rng = random.Random(seed) if seed is not None else None
+        # Per-task state, dropped (open runs) once a task has ended and nothing waiting
+        # depends on it; `_gone` keeps the status of such a task that later ones may name.
+        self._nodes: dict[str, _Node] = {}
+        self._gone: dict[str, Status] = {}
+        self._gone_chains: dict[str, _Node] = {}  # released referable nodes, for the chains through them
+        table = graph.dependents_table()
+        estimate = None if type(self._cost_model) is DeclaredCosts else self._cost_model.estimate
+        nodes = self._nodes
+        for index, task in enumerate(graph):
+            tid = task.id
+            dependents = table[tid]
+            node = _Node(task, index, task.cost if estimate is None else estimate(task),
+                         list(dependents) if open_ended else dependents)  # type: ignore[arg-type]
+            nodes[tid] = node
+            if task.limiter:
+                node.uses = self._uses_of(task)
+            if open_ended:
+                node.referable = True
         # A task submitted later with no estimate weighs what an unknown initial one does.
-        self._fallback_weight = path_weights({**self._estimates, "": None})[""]
-        remaining = remaining_paths(graph, weights)
-        self._keys = {task.id: self._policy.key(task, remaining[task.id], i) for i, task in enumerate(graph)}
-        self._requests: dict[str, Mapping[str, float]] = {task.id: task.requests for task in graph}
+        self._fallback_weight = unknown_weight(node.estimate for node in nodes.values())
+        self._order_by_critical_path(graph)
         # Tasks that hold no slot could start even when every slot is busy; without any,
         # a full house of slots lets the dispatcher stop scanning the ready queue early.
-        self._zero_slot_tasks = any(r.get(SLOTS, 0.0) < 1 for r in self._requests.values())
-        # The fewest slots `set_workers` may leave: the widest task must still fit.
-        self._widest = max((math.ceil(r.get(SLOTS, 0.0)) for r in self._requests.values()), default=1)
+        self._zero_slot_tasks = False
+        self._widest = 1  # the fewest slots `set_workers` may leave: the widest task must still fit
+        for node in nodes.values():
+            request = node.request
+            if request is not ONE_SLOT:
+                slots = request.get(SLOTS, 0.0)
+                self._zero_slot_tasks = self._zero_slot_tasks or slots < 1
+                self._widest = max(self._widest, math.ceil(slots))
         self._workers = max_workers
-        self._pending = {task.id: len(task.deps) for task in graph}
-        self._attempts = dict.fromkeys(self._pending, 0)
-        self._first_start: dict[str, float] = {}
-        self._busy = dict.fromkeys(self._pending, 0.0)
-        self._ended: dict[str, Status] = {}  # ended, not yet let go (or referable: see submit)
-        self._referable: set[str] = set(self._tasks) if open_ended else set()
-        self._paths: dict[str, tuple[float, _Chain]] = {}  # the longest chain ending at an ended task
-        self._submitted = len(self._tasks)
+        self._submitted = len(nodes)
         self._ended_count = 0
 
         self._pool = ResourcePool(self._capacities, self._instances)
-        self._heap: list[tuple[tuple[Any, ...], str]] = []
+        # Entries are the nodes' keys: the policy's key with the task id last (flat tuples
+        # compare faster than nested ones, and pushing allocates nothing).
+        self._heap: list[tuple[Any, ...]] = []
         self._running: dict[str, _Running] = {}
+        # Attempts a backend ran to their end as they started (`ImmediateBackend`), to be
+        # accounted for once the dispatch that started them is over.
+        self._immediate: deque[tuple[_Running, Status, Outcome]] = deque()
+        self._dispatching = False
+        self._dispatch_again = False
         self._backoff: dict[str, asyncio.TimerHandle] = {}
         self._stopped_outputs: dict[str, Outcome] = {}  # what stopped attempts had printed
         self._halt_queue: deque[TaskResult] = deque()  # ended, not yet shown to the halt rule
@@ -252,13 +285,41 @@ class Scheduler:
         # The summary, kept as tasks end (the results themselves are let go).
         keep = keep_results if keep_results is not None else not open_ended
         self._kept: dict[str, TaskResult] | None = {} if keep else None
-        self._order: dict[str, int] = {tid: i for i, tid in enumerate(self._tasks)} if self._kept is not None else {}
-        self._counts = {status: 0 for status in Status}
+        # The report lists results in submission order: an open run lets nodes go, so it
+        # keeps each kept result's index aside.
+        self._order: dict[str, int] | None = {} if keep and open_ended else None
+        if self._order is not None:
+            self._order.update((tid, node.order) for tid, node in nodes.items())
+        self._counts = {status.value: 0 for status in Status}  # by value: an Enum hashes in Python
         self._flaky = 0
         self._busy_total = _ExactSum()
         self._slowest: list[tuple[float, int, str]] = []  # a min-heap of the slowest few
         self._totals: dict[str, float] = {}
-        self._longest: tuple[float, _Chain] | None = None
+        self._longest: _Node | None = None
+
+    def _order_by_critical_path(self, graph: Graph) -> None:
+        """Give every task its policy key: priority, remaining path, tie-break (O(V + E))."""
+        nodes = self._nodes
+        fallback = self._fallback_weight
+        remaining: dict[str, float] = {}
+        for tid in reversed(graph.topological_order()):
+            node = nodes[tid]
+            tail = 0.0
+            for dependent in node.dependents:
+                length = remaining[dependent]
+                if length > tail:
+                    tail = length
+            remaining[tid] = (node.estimate if node.estimate is not None else fallback) + tail
+        key = self._policy.key
+        ties = self._tie_rng
+        if ties is None:
+            for tid, node in nodes.items():
+                node.key = (*key(node.task, remaining[tid], node.order), tid)
+        else:
+            shuffled = list(range(len(nodes)))
+            ties.shuffle(shuffled)
+            for tid, node in nodes.items():
+                node.key = (*key(node.task, remaining[tid], shuffled[node.order]), tid)
 
     # ------------------------------------------------------------------ public
 
@@ -272,10 +333,10 @@ class Scheduler:
         self._t0 = self._loop.time()
         started_at = time.time()
         self._done = self._loop.create_future()
-        self._emit(RunStarted(self.run_id, len(self._tasks), self._max_workers, started_at))
-        for task in list(self._tasks.values()):
-            if not task.deps:
-                self._make_ready(task.id)
+        self._emit(RunStarted(self.run_id, len(self._nodes), self._max_workers, started_at))
+        for node in list(self._nodes.values()):
+            if node.pending == 0 and node.status is None:
+                self._make_ready(node)
         self._check_done()
         self._dispatch()
         try:
@@ -308,7 +369,8 @@ class Scheduler:
                 self._emit(RunCancelling(reason, self._now()))
             self._stopping_soon = False
             for running in self._running.values():
-                running.handle.cancel()
+                if running.handle is not None:
+                    running.handle.cancel()
             return
         self._stopping = reason
         self._stopping_soon = not stop_running
@@ -316,25 +378,26 @@ class Scheduler:
             self._start_timer.cancel()
         self._emit(RunCancelling(reason, self._now()))
         why = f"cancelled ({reason.label}) before it started"
-        ready = [tid for _, tid in self._heap]
+        ready = [entry[-1] for entry in self._heap]
         self._heap.clear()
         for gate, parked in self._parked.items():
-            ready += [tid for _, tid in parked]
+            ready += [entry[-1] for entry in parked]
             timer = self._gates.pop(gate, None)
             if timer is not None:
                 timer.cancel()
         self._parked.clear()
         self._gates.clear()
         for tid in ready:
-            self._finish(self._plain_result(tid, Status.CANCELLED, why))
+            self._finish(self._plain_result(self._nodes[tid], Status.CANCELLED, why))
         for tid, timer in list(self._backoff.items()):
             timer.cancel()
             del self._backoff[tid]
             why = f"cancelled ({reason.label}) while waiting to retry"
-            self._finish(self._plain_result(tid, Status.CANCELLED, why))
+            self._finish(self._plain_result(self._nodes[tid], Status.CANCELLED, why))
         if stop_running:
             for running in self._running.values():
-                running.handle.cancel()
+                if running.handle is not None:
+                    running.handle.cancel()
 
     def submit(self, task: Task, *, referable: bool = True) -> None:
         """Add a task to a running open-ended run (call on the scheduler's loop).
@@ -352,53 +415,51 @@ class Scheduler:
         if not self._open or self._closed:
             raise PhalanxError("tasks can be submitted only to an open run (Executor) before it closes")
         tid = task.id
-        if tid in self._tasks or tid in self._ended:
+        nodes = self._nodes
+        if tid in nodes or tid in self._gone:
             raise DuplicateTaskError(f"duplicate task id {tid!r}", task_id=tid)
         for dep in task.deps:
-            if dep not in self._tasks and dep not in self._ended:
-                raise UnknownDependencyError(tid, dep, [*self._tasks, *self._ended])
+            if dep not in nodes and dep not in self._gone:
+                raise UnknownDependencyError(tid, dep, [*nodes, *self._gone])
         if task.requests is not ONE_SLOT:
             check_requests([task], self._capacities, self._instances)  # one slot always fits: -j is at least 1
-        self._register_uses(task)
-        self._tasks[tid] = task
-        self._dependents[tid] = []
-        self._unended_dependents[tid] = 0
-        if referable:
-            self._referable.add(tid)
-        estimate = self._cost_model.estimate(task)
-        self._estimates[tid] = estimate
-        weight = estimate if estimate is not None else self._fallback_weight
+        uses = self._uses_of(task) if task.limiter else None
         self._submitted += 1
-        self._keys[tid] = self._policy.key(task, weight, self._submitted)
-        if self._kept is not None:
+        node = _Node(task, self._submitted, self._cost_model.estimate(task), [])
+        node.uses = uses
+        node.referable = referable
+        weight = node.estimate if node.estimate is not None else self._fallback_weight
+        node.key = (*self._policy.key(task, weight, self._submitted), tid)
+        nodes[tid] = node
+        if self._order is not None:
             self._order[tid] = self._submitted
-        request = task.requests
-        self._requests[tid] = request if request is ONE_SLOT else dict(request)
-        self._zero_slot_tasks = self._zero_slot_tasks or request.get(SLOTS, 0.0) < 1
-        self._widest = max(self._widest, math.ceil(request.get(SLOTS, 0.0)))
-        if self._widest > self._workers:
-            self.set_workers(self._widest, f"a task needs {self._widest} slots")
-        self._attempts[tid] = 0
-        self._busy[tid] = 0.0
+        request = node.request
+        if request is not ONE_SLOT:
+            self._zero_slot_tasks = self._zero_slot_tasks or request.get(SLOTS, 0.0) < 1
+            self._widest = max(self._widest, math.ceil(request.get(SLOTS, 0.0)))
+            if self._widest > self._workers:
+                self.set_workers(self._widest, f"a task needs {self._widest} slots")
         pending = 0
         failed: str | None = None
+        failed_status = Status.SUCCEEDED
         for dep in task.deps:
-            done = self._ended.get(dep)
-            if dep in self._dependents:
-                self._dependents[dep].append(tid)
-                self._unended_dependents[dep] += 1
+            before = nodes.get(dep)
+            done = before.status if before is not None else self._gone[dep]
+            if before is not None:
+                before.dependents.append(tid)
+                before.unended += 1
             if done is None:
                 pending += 1
             elif done is not Status.SUCCEEDED and failed is None:
-                failed = dep
-        self._pending[tid] = pending
+                failed, failed_status = dep, done
+        node.pending = pending
         if self._loop is None:
             return  # before run(): picked up when it starts
         if failed is not None:
-            status = self._ended[failed]
-            self._finish(self._plain_result(tid, Status.SKIPPED, f"dependency {failed!r} {_verb(status)}", failed))
+            why = f"dependency {failed!r} {_verb(failed_status)}"
+            self._finish(self._plain_result(node, Status.SKIPPED, why, failed))
         elif pending == 0:
-            self._make_ready(tid)
+            self._make_ready(node)
             self._dispatch()
 
     def cancel_task(self, tid: str) -> bool:
@@ -406,23 +467,25 @@ class Scheduler:
 
         Returns whether the task was still unfinished.
         """
-        if tid in self._ended or tid not in self._tasks:
+        node = self._nodes.get(tid)
+        if node is None or node.status is not None:
             return False
         running = self._running.get(tid)
         if running is not None:
-            running.handle.cancel()  # its backend stops the work; it ends cancelled
+            if running.handle is not None:
+                running.handle.cancel()  # its backend stops the work; it ends cancelled
             return True
         timer = self._backoff.pop(tid, None)
         if timer is not None:
             timer.cancel()
         for heap in (self._heap, *self._parked.values()):
-            for index, (_, queued) in enumerate(heap):
-                if queued == tid:
+            for index, entry in enumerate(heap):
+                if entry[-1] == tid:
                     heap[index] = heap[-1]
                     heap.pop()
                     heapq.heapify(heap)
                     break
-        self._finish(self._plain_result(tid, Status.CANCELLED, "cancelled before it started"))
+        self._finish(self._plain_result(node, Status.CANCELLED, "cancelled before it started"))
         return True
 
     def set_workers(self, workers: int, reason: str = "") -> int:
@@ -465,7 +528,7 @@ class Scheduler:
     def held(self) -> int:
         """How many tasks the scheduler still holds state for (ended ones it has not let go
         of included): what bounds its memory."""
-        return len(self._tasks) + len(self._ended)
+        return len(self._nodes) + len(self._gone)
 
     @property
     def halted_by(self) -> str | None:
@@ -491,18 +554,38 @@ class Scheduler:
                 if self._sink_error is None:
                     self._sink_error = error
 
-    def _make_ready(self, tid: str) -> None:
+    def _make_ready(self, node: _Node) -> None:
         if self._stopping is not None:
             why = f"cancelled ({self._stopping.label}) before it started"
-            self._finish(self._plain_result(tid, Status.CANCELLED, why))
+            self._finish(self._plain_result(node, Status.CANCELLED, why))
             return
-        uses = self._uses.get(tid)
+        uses = node.uses
         if uses is not None and uses in self._gates:
-            heapq.heappush(self._parked.setdefault(uses, []), (self._keys[tid], tid))  # its limit is closed
+            heapq.heappush(self._parked.setdefault(uses, []), node.key)  # its limit is closed
             return
-        heapq.heappush(self._heap, (self._keys[tid], tid))
+        heapq.heappush(self._heap, node.key)
 
     def _dispatch(self) -> None:
+        """Start every ready task that fits; then account for the attempts that ran to their
+        end as they started (an `ImmediateBackend`), which may make more tasks ready."""
+        if self._dispatching:
+            self._dispatch_again = True  # called from within: the loop below goes round again
+            return
+        self._dispatching = True
+        immediate = self._immediate
+        try:
+            self._dispatch_ready()
+            while immediate or self._dispatch_again:
+                self._dispatch_again = False
+                while immediate:
+                    running, status, outcome = immediate.popleft()
+                    self._settle_limits(running, status, outcome)
+                    self._attempt_ended(running.task.id, running, status, outcome)
+                self._dispatch_ready()
+        finally:
+            self._dispatching = False
+
+    def _dispatch_ready(self) -> None:
         """Start every ready task that fits, in policy order, honouring one reservation."""
         if self._stopping is not None or not self._heap or self._start_timer is not None:
             return
@@ -515,17 +598,17 @@ class Scheduler:
             return
         shadow: float | None = None
         spare: dict[str, float] | None = None  # set once the head of the queue is blocked
-        deferred: list[tuple[tuple[Any, ...], str]] = []
+        deferred: list[tuple[Any, ...]] = []
         while self._heap:
             if spare is None and not self._zero_slot_tasks and free[SLOTS] < 1 - _EPSILON:
                 break  # the slots are full: nothing more starts, and no reservation is needed yet
             entry = heapq.heappop(self._heap)
-            tid = entry[1]
-            request = self._requests[tid]
+            node = self._nodes[entry[-1]]
+            request = node.request
             if spare is None:
                 if fits(request, free):
-                    if self._admit(entry, now):
-                        self._start(tid, request, free)
+                    if self._admit(entry, node, now):
+                        self._start(node, request, free)
                         if self._start_interval > 0:
                             self._next_start = now + self._start_interval
                             if self._heap:
@@ -534,14 +617,14 @@ class Scheduler:
                     continue
                 shadow, spare = self._reserve(request, free, now)
             elif fits(request, free):
-                estimate = self._estimates[tid]
+                estimate = node.estimate
                 if shadow is not None and estimate is not None and now + estimate <= shadow + _EPSILON:
-                    if self._admit(entry, now):
-                        self._start(tid, request, free)  # ends before the reserved start
+                    if self._admit(entry, node, now):
+                        self._start(node, request, free)  # ends before the reserved start
                     continue
                 if fits(request, spare):
-                    if self._admit(entry, now):
-                        self._start(tid, request, free)  # uses only what the reservation leaves
+                    if self._admit(entry, node, now):
+                        self._start(node, request, free)  # uses only what the reservation leaves
                         for name, amount in request.items():
                             spare[name] -= amount
                     continue
@@ -553,10 +636,8 @@ class Scheduler:
         for entry in deferred:
             heapq.heappush(self._heap, entry)
 
-    def _register_uses(self, task: Task) -> None:
-        """Note which rate limits a task uses (checked now: an unknown name is an error)."""
-        if not task.limiter:
-            return
+    def _uses_of(self, task: Task) -> tuple[Use, ...]:
+        """Which rate limits a task uses (checked now: an unknown name is an error)."""
         if self._limiters is None:
             raise ConfigError(f"task {task.id!r}: unknown rate limit {task.limiter[0]!r} (the run defines none)",
                               task_id=task.id)
@@ -571,13 +652,12 @@ class Scheduler:
             if len(self._checked_uses) > 10_000:
                 self._checked_uses.clear()  # many keys: a bounded memo, not a leak
             self._checked_uses.add(uses)
-        self._uses[task.id] = uses
+        return uses
 
-    def _admit(self, entry: tuple[tuple[Any, ...], str], now: float) -> bool:
+    def _admit(self, entry: tuple[Any, ...], node: _Node, now: float) -> bool:
         """Whether a task that fits may start now as far as its rate limits go (then they
         have granted it); if not, it is parked under its gate until the limits say when."""
-        tid = entry[1]
-        uses = self._uses.get(tid)
+        uses = node.uses
         if uses is None:
             return True
         assert self._limiters is not None
@@ -632,7 +712,8 @@ class Scheduler:
         if retry_after is not None:
             retry_after = min(retry_after, running.task.retry.max_retry_after)
         running.retry_after = retry_after
-        uses = self._uses.get(tid)
+        node = self._nodes.get(tid)
+        uses = node.uses if node is not None else None
         if uses is None:
             return
         assert self._limiters is not None
@@ -679,28 +760,52 @@ class Scheduler:
                 return end, spare
         return None, {n: max(0.0, free[n] - request.get(n, 0.0)) for n in free}
 
-    def _start(self, tid: str, request: Amounts, free: dict[str, float]) -> None:
-        task = self._tasks[tid]
+    def _start(self, node: _Node, request: Amounts, free: dict[str, float]) -> None:
+        task = node.task
+        tid = task.id
         for name, amount in request.items():
             free[name] -= amount
         slot_numbers = self._pool.acquire(request)
         instances = self._pool.take_instances(request)
-        number = self._attempts[tid] + 1
-        self._attempts[tid] = number
+        number = node.attempts = node.attempts + 1
         now = self._now()
-        self._first_start.setdefault(tid, now)
+        if node.first_start is None:
+            node.first_start = now
         worker = slot_numbers[0] if slot_numbers else 0
         attempt = Attempt(task, number, worker, self.run_id, self._run_dir, instances)
-        assert self._loop is not None
-        handle = self._loop.create_task(self._attempt(attempt), name=f"phalanx:{tid}#{number}")
-        estimate = self._estimates[tid]
+        estimate = node.estimate
         running = _Running(
-            task, number, now, request, slot_numbers, None if estimate is None else now + estimate, handle, instances
+            task, number, now, request, slot_numbers, None if estimate is None else now + estimate, None, instances
         )
         self._running[tid] = running
+        if len(self._running) > self._max_concurrency:
+            self._max_concurrency = len(self._running)
+        started: Awaitable[Outcome] | None = None
+        try:
+            backend = self._backend_for(task)
+            run_now = getattr(backend, "run_now", None)
+            if run_now is not None:
+                # An `ImmediateBackend` (inline callables): the attempt runs right here, with
+                # no asyncio task of its own; it is accounted for once this dispatch is over.
+                self._emit(TaskStarted(tid, number, worker, now))
+                if self._stopping is not None:  # a sink stopped the run as it started
+                    stopped = Outcome(ok=False, reason=f"stopped ({self._stopping.label}) while running")
+                    self._immediate.append((running, Status.CANCELLED, stopped))
+                    return
+                result = run_now(attempt)
+                if isinstance(result, Outcome):
+                    self._immediate.append((running, _status_of(result), result))
+                    return
+                started = running.started_work = result
+        except Exception as error:  # a backend bug must end this task, not wedge the run
+            self._immediate.append((running, Status.FAILED, _backend_error(error)))
+            return
+        assert self._loop is not None
+        handle = self._loop.create_task(self._attempt(attempt, backend, started), name=f"phalanx:{tid}#{number}")
+        running.handle = handle
         self._set_deadline(running, self._limit_of(task))
-        self._max_concurrency = max(self._max_concurrency, len(self._running))
-        self._emit(TaskStarted(tid, number, worker, now))
+        if run_now is None:
+            self._emit(TaskStarted(tid, number, worker, now))
         handle.add_done_callback(lambda h, tid=tid: self._attempt_done(tid, h))  # type: ignore[misc]
 
     def _limit_of(self, task: Task) -> float | None:
@@ -721,7 +826,7 @@ class Scheduler:
         running.deadline = self._loop.call_at(max(at, self._loop.time()), self._time_out, tid, running)
 
     def _time_out(self, tid: str, running: _Running) -> None:
-        if self._running.get(tid) is not running or running.handle.done():
+        if self._running.get(tid) is not running or running.handle is None or running.handle.done():
             return
         running.deadline = None
         running.timed_out = running.limit
@@ -737,12 +842,14 @@ class Scheduler:
                 if limit != running.limit:
                     self._set_deadline(running, limit)
 
-    async def _attempt(self, attempt: Attempt) -> tuple[Status, Outcome]:
+    async def _attempt(
+        self, attempt: Attempt, backend: Backend, started: Awaitable[Outcome] | None
+    ) -> tuple[Status, Outcome]:
         """Run one attempt and tell its rate limits at once how it went: in the very step its
         failure arrives, so that no task on its key starts after a 429 but before the pause."""
         tid = attempt.task.id
         try:
-            status, outcome = await self._run_attempt(attempt)
+            status, outcome = await self._run_attempt(attempt, backend, started)
         except asyncio.CancelledError:
             self._settle_limits(self._running.get(tid), Status.CANCELLED, Outcome(ok=False))
             raise
@@ -754,14 +861,15 @@ class Scheduler:
             self._attempt_ended(tid, running, status, outcome)
         return status, outcome
 
-    async def _run_attempt(self, attempt: Attempt) -> tuple[Status, Outcome]:
-        """Run one attempt; a timeout is the scheduler's verdict (its deadline timer cancels
-        the attempt, the backend stops the work), not the backend's."""
+    async def _run_attempt(
+        self, attempt: Attempt, backend: Backend, started: Awaitable[Outcome] | None
+    ) -> tuple[Status, Outcome]:
+        """Run one attempt (or await the one its backend started); a timeout is the
+        scheduler's verdict (its deadline timer cancels the attempt, the backend stops the
+        work), not the backend's."""
         task = attempt.task
-        backend: Backend | None = None
         try:
-            backend = self._backend_for(task)
-            outcome = await backend.run(attempt)
+            outcome = await (backend.run(attempt) if started is None else started)
         except asyncio.CancelledError:
             running = self._running.get(task.id)
             stopped = _stopped_outcome(backend, attempt)
@@ -771,12 +879,8 @@ class Scheduler:
             self._stopped_outputs[task.id] = stopped
             raise
         except Exception as error:  # a backend bug must end this task, not wedge the run
-            return Status.FAILED, Outcome(
-                ok=False, reason=f"backend error: {error}", error=ErrorInfo.from_exception(error)
-            )
-        if outcome.ok:
-            return Status.SUCCEEDED, outcome
-        return (Status.CRASHED if outcome.crashed else Status.FAILED), outcome
+            return Status.FAILED, _backend_error(error)
+        return _status_of(outcome), outcome
 
     def _attempt_done(self, tid: str, handle: asyncio.Task[tuple[Status, Outcome]]) -> None:
         """An attempt's task is done: if it ended by being cancelled, account for it here
@@ -785,6 +889,8 @@ class Scheduler:
         if running is None or running.handle is not handle:
             return
         if handle.cancelled():
+            if inspect.iscoroutine(running.started_work):
+                running.started_work.close()  # cancelled before its task took its first step
             reason = self._stopping.label if self._stopping is not None else "cancelled"
             stopped = self._stopped_outputs.pop(tid, None) or Outcome(ok=False)
             status, outcome = Status.CANCELLED, replace(stopped, reason=f"stopped ({reason}) while running")
@@ -800,7 +906,8 @@ class Scheduler:
             running.deadline.cancel()
         self._pool.release(running.request, running.slot_numbers, running.instances)
         now = self._now()
-        self._busy[tid] += now - running.started
+        node = self._nodes[tid]
+        node.busy += now - running.started
         task = running.task
         retry_after = running.retry_after
         if (
@@ -815,11 +922,11 @@ class Scheduler:
                 # Waiting that long would stall the run: fail, and say why it was not retried.
                 reason = (f"{outcome.reason or 'failed'}; not retried: asked to retry after {format_duration(asked)}, "
                           f"more than max_retry_after ({format_duration(task.retry.max_retry_after)})")
-                self._finish(self._attempt_result(task, running, now, status, replace(outcome, reason=reason)))
+                self._finish(self._attempt_result(node, running, now, status, replace(outcome, reason=reason)))
             else:
-                self._retry_later(task, running.number, outcome, retry_after)
+                self._retry_later(node, running.number, outcome, retry_after)
         else:
-            self._finish(self._attempt_result(task, running, now, status, outcome))
+            self._finish(self._attempt_result(node, running, now, status, outcome))
         self._dispatch()
 
     def _consider_halting(self, result: TaskResult) -> None:
@@ -839,32 +946,33 @@ class Scheduler:
     def _nothing_left(self) -> bool:
         return self._ended_count == self._submitted and (self._closed or not self._open)
 
-    def _retry_later(self, task: Task, failed_number: int, outcome: Outcome, retry_after: float | None) -> None:
+    def _retry_later(self, node: _Node, failed_number: int, outcome: Outcome, retry_after: float | None) -> None:
         # The server's word beats the backoff's guess: sooner would be refused again, later
         # wastes the time it offered (the key's shared pause spreads the retries out).
+        task = node.task
         delay = retry_after if retry_after is not None else task.retry.delay(failed_number, self._rng)
         reason = outcome.reason or "failed"
         if outcome.retry_action is not None:
             # Only part of the work failed (a batch's items): the retry runs just that part.
-            self._tasks[task.id] = replace(task, action=outcome.retry_action)
+            node.task = replace(task, action=outcome.retry_action)
         self._emit(TaskRetrying(task.id, failed_number, delay, reason, self._now(), value=outcome.value))
         if delay <= 0:
-            self._make_ready(task.id)
+            self._make_ready(node)
             return
         assert self._loop is not None
 
         def wake(tid: str = task.id) -> None:
             del self._backoff[tid]
-            self._make_ready(tid)
+            self._make_ready(node)
             self._dispatch()
 
         self._backoff[task.id] = self._loop.call_later(delay, wake)
 
     def _attempt_result(
-        self, task: Task, running: _Running, now: float, status: Status, outcome: Outcome
+        self, node: _Node, running: _Running, now: float, status: Status, outcome: Outcome
     ) -> TaskResult:
         return TaskResult(
-            task_id=task.id,
+            task_id=node.task.id,
             status=status,
             flaky=status is Status.SUCCEEDED and running.number > 1,
             attempts=running.number,
@@ -874,10 +982,10 @@ class Scheduler:
             error=outcome.error,
             value=outcome.value,
             data=outcome.data,
-            start=self._first_start.get(task.id),
+            start=node.first_start,
             end=now,
             duration=now - running.started,
-            busy_time=self._busy[task.id],
+            busy_time=node.busy,
             worker=running.slot_numbers[0] if running.slot_numbers else 0,
             pid=outcome.pid,
             stdout_tail=outcome.stdout_tail,
@@ -889,69 +997,100 @@ class Scheduler:
         )
 
     def _plain_result(
-        self, tid: str, status: Status, reason: str, blocked_by: str | None = None
+        self, node: _Node, status: Status, reason: str, blocked_by: str | None = None
     ) -> TaskResult:
         """The result of a task that is not running when it ends (skipped, cancelled)."""
         return TaskResult(
-            task_id=tid,
+            task_id=node.task.id,
             status=status,
-            attempts=self._attempts[tid],
+            attempts=node.attempts,
             reason=reason,
-            start=self._first_start.get(tid),
+            start=node.first_start,
             end=self._now(),
-            busy_time=self._busy[tid],
+            busy_time=node.busy,
             blocked_by=blocked_by,
         )
 
     def _finish(self, first: TaskResult) -> None:
         """Record terminal results and release or skip dependents (a worklist: chains can be
         long), then show each to the halt rule, in the order they ended."""
-        work = deque([(first, first.status)])
+        nodes = self._nodes
+        if first.status is Status.SUCCEEDED:
+            self._succeeded(nodes[first.task_id], first)  # the common case: no worklist
+            work: deque[tuple[TaskResult, Status]] = deque()
+        else:
+            work = deque([(first, first.status)])
         queued = {first.task_id}
         while work:
             result, root_status = work.popleft()
             tid = result.task_id
-            assert tid not in self._ended and tid in self._tasks, f"task {tid!r} ended twice"
-            self._ended[tid] = result.status
+            node = nodes[tid]
+            assert node.status is None, f"task {tid!r} ended twice"
+            status = node.status = result.status
             self._ended_count += 1
-            self._account(result)
+            self._account(node, result)
             self._emit(TaskFinished(result, result.end or 0.0))
             if self._timeout_for is not None:
                 self._timeout_for.observe(result)
             self._halt_queue.append(result)
-            if result.status is Status.SUCCEEDED:
-                for dependent in self._dependents[tid]:
-                    self._pending[dependent] -= 1
-                    if self._pending[dependent] == 0 and dependent not in self._ended:
-                        self._make_ready(dependent)
+            if status is Status.SUCCEEDED:
+                for dependent in node.dependents:
+                    released = nodes.get(dependent)  # None: it ended (cancelled) and was let go
+                    if released is not None:
+                        released.pending -= 1
+                        if released.pending == 0 and released.status is None:
+                            self._make_ready(released)
             else:
                 root = result.blocked_by or tid
-                for dependent in self._dependents[tid]:
-                    if dependent in self._ended or dependent in queued:
+                for dependent in node.dependents:
+                    waiting = nodes.get(dependent)  # gone: it ended (cancelled) and was let go
+                    if waiting is None or waiting.status is not None or dependent in queued:
                         continue
                     queued.add(dependent)
-                    if result.status is Status.SKIPPED:
+                    if status is Status.SKIPPED:
                         why = f"dependency {tid!r} was skipped ({root!r} {_verb(root_status)})"
                     else:
-                        why = f"dependency {tid!r} {_verb(result.status)}"
-                    skipped = self._plain_result(dependent, Status.SKIPPED, why, blocked_by=root)
+                        why = f"dependency {tid!r} {_verb(status)}"
+                    skipped = self._plain_result(waiting, Status.SKIPPED, why, blocked_by=root)
                     work.append((skipped, root_status))
-            self._let_go(tid)
+            if self._open:
+                self._let_go(node)
         self._refresh_deadlines()
         while self._halt_queue:
             self._consider_halting(self._halt_queue.popleft())
         self._check_done()
 
-    def _account(self, result: TaskResult) -> None:
+    def _succeeded(self, node: _Node, result: TaskResult) -> None:
+        """`_finish`'s loop for one task that succeeded (the common case, kept lean)."""
+        assert node.status is None, f"task {result.task_id!r} ended twice"
+        node.status = Status.SUCCEEDED
+        self._ended_count += 1
+        self._account(node, result)
+        self._emit(TaskFinished(result, result.end or 0.0))
+        if self._timeout_for is not None:
+            self._timeout_for.observe(result)
+        self._halt_queue.append(result)
+        nodes = self._nodes
+        for dependent in node.dependents:
+            released = nodes.get(dependent)  # None: it ended (cancelled) and was let go
+            if released is not None:
+                released.pending -= 1
+                if released.pending == 0 and released.status is None:
+                    self._make_ready(released)
+        if self._open:
+            self._let_go(node)
+
+    def _account(self, node: _Node, result: TaskResult) -> None:
         """Add an ended task to the summary (and to the report, if results are kept)."""
         tid = result.task_id
-        self._counts[result.status] += 1
+        self._counts[result.status.value] += 1
         self._flaky += result.flaky
         busy = result.busy_time
         self._busy_total.add(busy)
-        for key, value in result.data.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                self._totals[key] = self._totals.get(key, 0) + value
+        if result.data:
+            for key, value in result.data.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    self._totals[key] = self._totals.get(key, 0) + value
         if result.attempts:
             entry = (busy, -self._ended_count, tid)
             if len(self._slowest) < _SLOWEST:
@@ -959,40 +1098,42 @@ class Scheduler:
             elif entry > self._slowest[0]:
                 heapq.heapreplace(self._slowest, entry)
         # The longest chain of measured busy time ending here: through the heaviest dependency.
-        best: tuple[float, _Chain] | None = None
-        for dep in self._tasks[tid].deps:
-            path = self._paths.get(dep)
-            if path is not None and (best is None or path[0] > best[0]):
-                best = path
-        path = (busy, _Chain(tid, None)) if best is None else (best[0] + busy, _Chain(tid, best[1]))
-        self._paths[tid] = path
-        if self._longest is None or path[0] > self._longest[0]:
-            self._longest = path
+        best: _Node | None = None
+        nodes = self._nodes
+        for dep in node.task.deps:
+            before = nodes.get(dep) or self._gone_chains.get(dep)
+            if before is not None and before.length >= 0 and (best is None or before.length > best.length):
+                best = before
+        node.length = busy if best is None else best.length + busy
+        node.before = best
+        if self._longest is None or node.length > self._longest.length:
+            self._longest = node
         if self._kept is not None:
             self._kept[tid] = result
 
-    def _let_go(self, tid: str) -> None:
-        """Drop the state of ``tid`` and of its dependencies once nothing still waiting
-        depends on them (an open run would otherwise grow with every task)."""
-        for dep in self._tasks[tid].deps:
-            if dep in self._unended_dependents:
-                self._unended_dependents[dep] -= 1
-                if dep in self._ended and dep in self._tasks:
-                    self._maybe_release(dep)
-        self._maybe_release(tid)
+    def _let_go(self, node: _Node) -> None:
+        """Drop the state of an ended task and of its dependencies once nothing still
+        waiting depends on them (an open run would otherwise grow with every task)."""
+        nodes = self._nodes
+        for dep in node.task.deps:
+            before = nodes.get(dep)
+            if before is not None:
+                before.unended -= 1
+                if before.unended <= 0 and before.status is not None:
+                    self._release(before)
+        if node.unended <= 0:
+            self._release(node)
 
-    def _maybe_release(self, tid: str) -> None:
-        if self._unended_dependents.get(tid, 0) > 0 or tid not in self._ended:
+    def _release(self, node: _Node) -> None:
+        tid = node.task.id
+        if self._nodes.get(tid) is not node:
             return
-        if not self._open:
-            return  # a graph given whole is held by its caller anyway: nothing to gain
-        for table in (self._tasks, self._dependents, self._unended_dependents, self._estimates, self._keys,
-                      self._requests, self._pending, self._attempts, self._first_start, self._busy, self._uses):
-            table.pop(tid, None)
-        if tid not in self._referable:
-            # No later task may name it: forget it altogether.
-            del self._ended[tid]
-            self._paths.pop(tid, None)
+        del self._nodes[tid]
+        if node.referable:
+            assert node.status is not None
+            self._gone[tid] = node.status  # a later task may still name it
+            if node.length >= 0:
+                self._gone_chains[tid] = node
 
     def _check_done(self) -> None:
         if self._nothing_left() and self._done is not None and not self._done.done():
@@ -1001,27 +1142,40 @@ class Scheduler:
     async def _drain(self) -> None:
         """Wait for cancelled attempts to finish stopping (their backends kill and reap)."""
         while self._running:
-            await asyncio.gather(*(r.handle for r in list(self._running.values())), return_exceptions=True)
+            handles = [r.handle for r in list(self._running.values()) if r.handle is not None]
+            if not handles:
+                return  # only attempts that already ran to their end, accounted for by the dispatch
+            await asyncio.gather(*handles, return_exceptions=True)
 
     def _report(self, started_at: float) -> RunReport:
         results: dict[str, TaskResult] = {}
         if self._kept is not None:
-            order = self._order
-            results = {tid: self._kept[tid] for tid in sorted(self._kept, key=lambda tid: order.get(tid, 0))}
+            kept = self._kept
+            if self._order is None:  # a graph given whole: its nodes are all still here
+                results = {tid: kept[tid] for tid in self._nodes if tid in kept}
+            else:
+                order = self._order
+                results = {tid: kept[tid] for tid in sorted(kept, key=lambda tid: order.get(tid, 0))}
         wall = self._now()
         busy = self._busy_total.value
-        chain, chain_time = ((), 0.0) if self._longest is None else (self._longest[1].ids(), self._longest[0])
+        chain: list[str] = []
+        link = self._longest
+        while link is not None:
+            chain.append(link.task.id)
+            link = link.before
+        chain.reverse()
+        chain_time = self._longest.length if self._longest is not None else 0.0
         slowest = tuple((tid, seconds) for seconds, _, tid in sorted(self._slowest, reverse=True))
         summary = RunSummary(
             total=self._ended_count,
-            counts=dict(self._counts),
+            counts={status: self._counts[status.value] for status in Status},
             flaky=self._flaky,
             wall_time=wall,
             busy_time=busy,
             max_workers=self._max_workers,
             achieved_parallelism=busy / wall if wall > 0 else 0.0,
             max_concurrency=self._max_concurrency,
-            critical_path=chain,
+            critical_path=tuple(chain),
             critical_path_time=chain_time,
             lower_bound=max(chain_time, busy / self._max_workers),
             slowest=slowest,
@@ -1066,6 +1220,16 @@ def _retryable(policy: RetryPolicy, outcome: Outcome) -> bool:
     if policy.on_exceptions is not None and (outcome.exception is not None or outcome.error is not None):
         return policy.allows_exception(outcome.exception, outcome.error.type if outcome.error is not None else None)
     return True
+
+
+def _status_of(outcome: Outcome) -> Status:
+    if outcome.ok:
+        return Status.SUCCEEDED
+    return Status.CRASHED if outcome.crashed else Status.FAILED
+
+
+def _backend_error(error: Exception) -> Outcome:
+    return Outcome(ok=False, reason=f"backend error: {error}", error=ErrorInfo.from_exception(error))
 
 
 def _stopped_outcome(backend: Backend | None, attempt: Attempt) -> Outcome:

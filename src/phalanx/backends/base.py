@@ -9,13 +9,14 @@ cancellation through. A second cancellation while it is stopping means "kill at 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from contextvars import ContextVar
+from collections.abc import Awaitable, Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._records import fast_init
 from ..model import Task
 from ..resources import NO_INSTANCES, Instances
 from ..results import ErrorInfo, OutputCut
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One try at running a task.
@@ -53,13 +55,18 @@ class Attempt:
 _HELD_INSTANCES: ContextVar[Instances] = ContextVar("phalanx_instances", default=NO_INSTANCES)
 
 
-def hold_instances(attempt: Attempt) -> None:
+def hold_instances(attempt: Attempt) -> Token[Instances]:
     """Make the attempt's instances what `resource_instances` answers in this context.
 
     Set even when it holds none: an attempt's asyncio task may be started from another's
     (the scheduler dispatches as an attempt ends) and so begin with a copy of its context.
     """
-    _HELD_INSTANCES.set(attempt.instances)
+    return _HELD_INSTANCES.set(attempt.instances)
+
+
+def let_go_instances(token: Token[Instances]) -> None:
+    """Undo a `hold_instances` made for a call right here (`ImmediateBackend.run_now`)."""
+    _HELD_INSTANCES.reset(token)
 
 
 def resource_instances() -> Instances:
@@ -73,6 +80,7 @@ def resource_instances() -> Instances:
     return _HELD_INSTANCES.get()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What one attempt did.
@@ -129,3 +137,15 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release everything the backend holds (workers, files); nothing may keep running."""
         ...
+
+
+class ImmediateBackend(Backend, Protocol):
+    """A backend that may run an attempt to its end the moment it starts (inline callables).
+
+    The scheduler calls `run_now` before `run` when a backend has it: an `Outcome` means
+    the attempt is over (no asyncio task was made for it); an awaitable is the rest of an
+    attempt that must wait, awaited as `run`'s coroutine would be (cancellation included);
+    None means this attempt is not for running now: `run` runs it as usual.
+    """
+
+    def run_now(self, attempt: Attempt) -> Outcome | Awaitable[Outcome] | None: ...

@@ -13,6 +13,8 @@ from .base import Outcome
 
 def succeeded(value: Any) -> Outcome:
     """A returned value; a returned mapping with string keys is also the task's data."""
+    if value is None:
+        return _RETURNED_NONE  # the common case, shared: an Outcome is frozen
     data: Mapping[str, Any] = {}
     if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
         data = dict(value)
@@ -35,3 +37,6 @@ def call(task: Task) -> Outcome:
         return succeeded(task.action(*task.args, **task.kwargs))
     except BaseException as error:  # SystemExit in a task must fail the task, not its thread
         return raised(error)
+
+
+_RETURNED_NONE = Outcome(ok=True)

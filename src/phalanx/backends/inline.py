@@ -9,13 +9,42 @@ while it runs, so use it only for quick work; cancellation cannot stop it midway
 from __future__ import annotations
 
 import inspect
+from collections.abc import Awaitable
+from typing import Any
 
-from .base import Attempt, Outcome, hold_instances
+from .base import Attempt, Outcome, hold_instances, let_go_instances, resource_instances
 from .calls import raised, succeeded
 
 
 class InlineBackend:
-    """Runs callables (sync or async) on the event loop itself."""
+    """Runs callables (sync or async) on the event loop itself.
+
+    It is an `ImmediateBackend`: a plain function is called the moment its attempt starts
+    (`run_now`), with no asyncio task of its own (it would block the loop in one anyway);
+    an ``async def`` gets its task, as every other backend's attempt does.
+    """
+
+    def run_now(self, attempt: Attempt) -> Outcome | Awaitable[Outcome] | None:
+        task = attempt.task
+        action = task.action
+        if not callable(action) or _is_coroutine_function(action):
+            return None  # `run`, in a task of its own
+        if not attempt.instances and not resource_instances():
+            try:  # nothing to hold, in a context that holds nothing: the common case
+                value = action(*task.args, **task.kwargs)
+            except Exception as error:
+                return raised(error)
+        else:
+            token = hold_instances(attempt)
+            try:
+                value = action(*task.args, **task.kwargs)
+            except Exception as error:
+                return raised(error)
+            finally:
+                let_go_instances(token)
+        if value is not None and inspect.isawaitable(value):
+            return _awaited(value, attempt)
+        return succeeded(value)
 
     async def run(self, attempt: Attempt) -> Outcome:
         task = attempt.task
@@ -35,6 +64,33 @@ class InlineBackend:
 
     async def aclose(self) -> None:
         return None
+
+
+async def _awaited(value: Awaitable[Any], attempt: Attempt) -> Outcome:
+    """The rest of a plain function's attempt that returned an awaitable."""
+    hold_instances(attempt)
+    try:
+        result = await value
+    except Exception as error:
+        return raised(error)
+    return succeeded(result)
+
+
+_coroutine_functions: dict[Any, bool] = {}
+
+
+def _is_coroutine_function(action: Any) -> bool:
+    """`inspect.iscoroutinefunction`, remembered per function (a map calls one many times)."""
+    try:
+        known = _coroutine_functions.get(action)
+    except TypeError:  # unhashable callable
+        return inspect.iscoroutinefunction(action) or inspect.iscoroutinefunction(type(action).__call__)
+    if known is None:
+        known = inspect.iscoroutinefunction(action) or inspect.iscoroutinefunction(type(action).__call__)
+        if len(_coroutine_functions) > 1024:
+            _coroutine_functions.clear()  # a bounded memo
+        _coroutine_functions[action] = known
+    return known
 
 
 __all__ = ["InlineBackend"]
