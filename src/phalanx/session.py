@@ -24,6 +24,7 @@ from .results import CancelReason, RunReport
 from .scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from .autoscale import Scaling
     from .backends.base import Backend
     from .guard import AttemptGuard
     from .ordering import CostModel, OrderingPolicy
@@ -105,20 +106,31 @@ async def run_session(
     policy: OrderingPolicy | None = None,
     cost_model: CostModel | None = None,
     rng: random.Random | None = None,
+    seed: int | None = None,
     halt: HaltRule | None = None,
     start_interval: float = 0.0,
     timeout_for: TimeoutRule | None = None,
     limiters: Limiters | None = None,
     on_temporary_dir: Callable[[Path], None] | None = None,
+    scaling: Scaling | None = None,
 ) -> RunReport:
     """Run ``graph`` to the end and return its report.
 
     Without ``log_dir`` the output files live in a temporary run directory removed at the
     end, and the results keep only the output's tail (``on_temporary_dir`` hears of it
     first: the watchdog removes it if phalanx is killed). With ``handle_signals``, SIGINT and
-    SIGTERM stop the run cleanly (exit 130 / 143 follow from the report).
+    SIGTERM stop the run cleanly (exit 130 / 143 follow from the report). With ``scaling``
+    (``-j auto``, ``--load``, ``--memfree``), the number of tasks at once follows the machine,
+    up to ``max_workers`` (`phalanx.autoscale`).
     """
     all_sinks = list(sinks)
+    autoscaler = None
+    if scaling is not None:
+        from .autoscale import Autoscaler
+
+        # Last among the sinks: the others hear RunStarted before the starting count.
+        autoscaler = Autoscaler(scaling, max_workers)
+        all_sinks.append(autoscaler)
     temporary = log_dir is None
     run_dir = make_run_dir() if log_dir is None else Path(log_dir)
     if temporary and on_temporary_dir is not None:
@@ -127,8 +139,10 @@ async def run_session(
         scheduler = Scheduler(
             graph, backend_for=backend_for, max_workers=max_workers, capacities=capacities, fail_fast=fail_fast,
             policy=policy, cost_model=cost_model, sinks=all_sinks, run_dir=run_dir, rng=rng, halt=halt,
-            start_interval=start_interval, timeout_for=timeout_for, limiters=limiters,
+            start_interval=start_interval, timeout_for=timeout_for, limiters=limiters, seed=seed,
         )
+        if autoscaler is not None:
+            autoscaler.govern(scheduler)
     except BaseException:
         # Bad input: nothing ran; leave nothing behind either (files the sinks opened, the run directory).
         try:
