@@ -44,11 +44,13 @@ class MapOptions:
     """Everything the command line said (mutable only while parsing).
 
     A plain class, its defaults class attributes (the lists, each instance's own, made by
-    ``__init__``), not a dataclass: building a dataclass of these 41 fields would cost every
+    ``__init__``), not a dataclass: building a dataclass of these 43 fields would cost every
     ``phalanx map`` start-up more than reading the command line does.
     """
 
-    jobs: str | None = None
+    jobs: str | None = None  # as given: N, +N, -N, N%, 0, or (phalanx's own) auto, auto:N
+    load: float | None = None  # --load MAX: no new job while the load is MAX or more
+    memfree: int | None = None  # --memfree SIZE: no new job while less than SIZE is available (0: no limit)
     keep_order: bool = False
     tag: bool = False
     tagstring: str | None = None
@@ -137,9 +139,32 @@ def _duration(name: str) -> Callable[[str], float]:
 
 
 def _jobs(text: str) -> str:
+    if text == "auto" or text.startswith("auto:"):
+        from ..autoscale import parse_auto  # here: only -j auto pays for the import
+
+        try:
+            parse_auto(text, what="-j")
+        except PhalanxError as error:
+            raise UsageError(error.message) from None
+        return text
     if not re.fullmatch(r"[+-]?\d+%?|\d+(\.\d+)?%", text):
         raise UsageError(f"-j {text}: expected N, +N, -N or N%")
     return text
+
+
+def _load(text: str) -> float:
+    """``--load``: GNU parallel's N, N%, +N, -N (`phalanx.autoscale.parse_load`)."""
+    from ..autoscale import parse_load
+
+    try:
+        return parse_load(text, what="--load")
+    except PhalanxError as error:
+        raise UsageError(error.message) from None
+
+
+def _memfree(text: str) -> int:
+    """``--memfree``: a size in GNU parallel's units (as ``--block``), or 0 for no limit."""
+    return 0 if text.strip() == "0" else parse_size(text, what="--memfree")
 
 
 def _timeout(text: str) -> str:
@@ -163,18 +188,19 @@ def _perl_octal(digits: str) -> str:
     return chr(int(octal.group(), 8)) + digits[octal.end() :]
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, *, what: str = "--block") -> int:
     """GNU parallel's sizes (``multiply_binary_prefix``): k=10**3, K=Ki=ki=2**10, m=10**6,
-    M=Mi=mi=2**20, g/G, t/T, p/P likewise; a fraction is allowed (``1.5M``)."""
+    M=Mi=mi=2**20, g/G, t/T, p/P likewise; a fraction is allowed (``1.5M``). ``what``: the
+    option, for the error."""
     match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)([kmgtp]i?|[KMGTP]i?|[KMGTP]I)?", text)
     if not match:
-        raise UsageError(f"--block {text}: expected a size such as 64k, 1M or 1G")
+        raise UsageError(f"{what} {text}: expected a size such as 64k, 1M or 1G")
     number, unit = match.groups()
     power = " kmgtp".index(unit[0].lower()) if unit else 0
     base = 1024 if unit and (unit[0].isupper() or len(unit) == 2) else 1000
     size = int(float(number) * base**power)
     if size < 1:
-        raise UsageError(f"--block {text}: the size must be at least 1 byte")
+        raise UsageError(f"{what} {text}: the size must be at least 1 byte")
     return size
 
 
@@ -264,7 +290,7 @@ _VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
     "--recend": ("recend", _pipe_escapes), "--rate": ("rate", _rate("--rate")),
     "--rate-tokens": ("rate_tokens", _rate("--rate-tokens", weighted=True)), "--rate-cost": ("rate_cost", str),
     "--rate-key": ("rate_key", str), "--max-output": ("max_output", _output_cap),
-    "--redact": ("redact", _redact),
+    "--redact": ("redact", _redact), "--load": ("load", _load), "--memfree": ("memfree", _memfree),
 }
 
 

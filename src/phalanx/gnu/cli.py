@@ -43,6 +43,11 @@ Options (GNU parallel's names and meanings):
   --line-buffer             print lines as they come (default: grouped per job)
   --bar, --progress         a progress bar on stderr
   --delay DUR               at least DUR between job starts
+  --load MAX                start no job while the load (processes running or ready to
+                            run, jobs included) is MAX or more: N, N%, +N, -N as -j
+  --memfree SIZE            start no job while less than SIZE of memory is available
+                            (GNU also kills the youngest job below half of SIZE; phalanx
+                            only waits)
   --env NAME=TEMPLATE       a per-job environment variable, e.g. --env ACTIVE_GREMLIN={}
   --shuf                    run the jobs in random order
   -n, --max-args N          N arguments per job (-N too; 0: none)
@@ -59,6 +64,9 @@ Options (GNU parallel's names and meanings):
   -0, --null; --colsep REGEX; --csv; --header :; -a FILE
 
 phalanx's own (GNU parallel has none of these):
+  -j auto, -j auto:N        as many jobs at once as keep the CPUs busy without crowding
+                            them, from CPU use and free memory measured every half
+                            second (at most 2 per CPU, or N)
   --no-journal              do not record the run in the run journal, .phalanx/ in the
                             current directory (by default each job is recorded there
                             for phalanx runs, show and history; --resume uses the joblog)

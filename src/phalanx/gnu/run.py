@@ -45,6 +45,7 @@ from .jobs import JobPlan
 from .output import MapOutput
 
 if TYPE_CHECKING:
+    from ..autoscale import Scaling
     from ..journal import Journal, JournalSink
     from ..ratelimit import Limiters
     from ..redact import Redaction
@@ -76,7 +77,14 @@ def unwritable(error: OSError) -> int:
 
 
 def worker_count(spec: str | None, jobs: int) -> int:
-    """``-j``: N, +N (CPUs + N), -N (CPUs - N), N% (of CPUs), 0 (one per job)."""
+    """``-j``: N, +N (CPUs + N), -N (CPUs - N), N% (of CPUs), 0 (one per job); phalanx's own
+    ``auto`` and ``auto:N``: their most jobs at once (`phalanx.autoscale.AutoJobs`)."""
+    if spec is not None and spec.startswith("auto"):
+        from ..autoscale import parse_auto
+
+        auto = parse_auto(spec)
+        assert auto is not None  # the parser let only auto and auto:N through
+        return auto.resolve()
     cpus = optimal_workers("commands").count
     if spec is None:
         return cpus
@@ -87,6 +95,17 @@ def worker_count(spec: str | None, jobs: int) -> int:
     if spec.startswith("-"):
         return max(1, cpus - int(spec[1:]))
     return int(spec) if int(spec) > 0 else max(1, jobs)
+
+
+def scaling_of(options: MapOptions) -> Scaling | None:
+    """``-j auto``, ``--load`` and ``--memfree`` as the run's `phalanx.autoscale.Scaling`;
+    None when the number of jobs at once stays put (nothing of it is imported then)."""
+    auto = options.jobs is not None and options.jobs.startswith("auto")
+    if not auto and options.load is None and options.memfree is None:
+        return None
+    from ..autoscale import Scaling
+
+    return Scaling(auto=auto, load=options.load, memfree=options.memfree)
 
 
 def _limiters(options: MapOptions, workers: int) -> tuple[Limiters | None, tuple[str, ...]]:
@@ -182,6 +201,7 @@ class MapRun:
                 start_interval=options.delay,
                 timeout_for=timeout if timeout.percent is not None else None,
                 limiters=limiters,
+                scaling=scaling_of(options),
             )
 
         try:
@@ -271,7 +291,7 @@ class MapRun:
             if options.bar:
                 from ..sinks.progress import ProgressBar
 
-                bar = ProgressBar(len(self.plan.jobs))
+                bar = ProgressBar(len(self.plan.jobs), workers=scaling_of(options) is not None)
                 sinks.append(bar)
                 if self.output is not None:
                     self.output.around_write = bar.suspended  # the bar clears its line before job output

@@ -2,8 +2,11 @@
 
 `LiveView` (stdout is a terminal) keeps a rich ``Live`` area at the bottom of the screen:
 an overall bar with the done count, the time so far and an estimate of the time left; the
-tasks by status; with ``show_workers`` a line per slot (its task and how long it has run);
-and, once any occurred, a line on the rate limits (pauses, adaptive windows). Failures are
+tasks by status; once the number of tasks at once has changed (``-j auto``, ``--load``,
+``--memfree``), a line with the count in force and why (``workers 3/8: 1.2 of 2 CPUs idle``);
+with ``show_workers`` a line per slot (its task and how long it has run; a slot above the
+count in force, idle, as ``off``); and, once any occurred, a line on the rate limits
+(pauses, adaptive windows). Failures are
 printed *above* the area as they happen, each in one block with its output, in exactly the
 words of `ConsoleReporter` (composed, not copied).
 
@@ -18,8 +21,9 @@ every ``interval`` seconds of the run, timed by the events themselves (no thread
 written when an event arrives and ``interval`` has passed since the last one), and a final
 line when the run finishes. The grammar, which `LINE_PATTERN` matches::
 
-    line     = "phalanx: progress " done "/" total " done (" counts "), " N " running, eta " eta
+    line     = "phalanx: progress " done "/" total " done (" counts "), " N " running, eta " eta [workers]
              | "phalanx: finished " done "/" total " done (" counts ") in " duration
+    workers  = ", workers " N "/" N       (the count in force / the most: once it has changed)
     counts   = N " succeeded, " N " failed, " N " skipped"
     eta      = duration | "unknown"
     duration = N "s" | N "m" NN "s" | N "h" NN "m" NN "s"        (whole seconds; an eta rounds up)
@@ -55,6 +59,7 @@ from ..events import (
     TaskFinished,
     TaskRetrying,
     TaskStarted,
+    WorkersChanged,
 )
 from ..results import CancelReason, Status
 from .console import ConsoleReporter, OutputMode, wants_colour
@@ -71,7 +76,8 @@ Eta = Callable[[], float | None]
 LINE_PATTERN = re.compile(
     r"phalanx: (?P<kind>progress|finished) (?P<done>\d+)/(?P<total>\d+) done "
     r"\((?P<succeeded>\d+) succeeded, (?P<failed>\d+) failed, (?P<skipped>\d+) skipped\)"
-    r"(?:, (?P<running>\d+) running, eta (?P<eta>unknown|[0-9hms]+)| in (?P<took>[0-9hms]+))"
+    r"(?:, (?P<running>\d+) running, eta (?P<eta>unknown|[0-9hms]+)"
+    r"(?:, workers (?P<workers>\d+)/(?P<max_workers>\d+))?| in (?P<took>[0-9hms]+))"
 )
 
 # The terminal statuses as the progress counts group them: a "failure" is what a user must
@@ -131,6 +137,8 @@ class _Tally:
         self._unstarted_seconds = math.fsum(self._expected.values())
         self.total = 0
         self.slots = 1
+        self.workers: int | None = None  # the count in force, once it has changed (-j auto, --load, --memfree)
+        self.workers_reason = ""
         self.succeeded = 0
         self.failed = 0
         self.skipped = 0
@@ -145,6 +153,11 @@ class _Tally:
     @property
     def done(self) -> int:
         return self.succeeded + self.failed + self.skipped
+
+    @property
+    def in_force(self) -> int:
+        """The slots tasks may use now: the run's, or fewer while ``-j auto`` or a throttle says so."""
+        return self.workers if self.workers is not None else self.slots
 
     @property
     def waiting(self) -> int:
@@ -184,6 +197,9 @@ class _Tally:
             limit.paused_until = max(limit.paused_until, event.at + event.seconds)
         elif isinstance(event, ConcurrencyChanged):
             self.limits.setdefault((event.limiter, event.key), _Limit()).window = event.window
+        elif isinstance(event, WorkersChanged):
+            self.workers = event.workers
+            self.workers_reason = event.reason
         # A run that takes tasks while it goes on (an Executor) may outgrow its first total.
         self.total = max(self.total, self.done + len(self.running))
 
@@ -209,7 +225,7 @@ class _Tally:
             return self._eta_from_estimates(now, remaining)
         if not self._ran:
             return None
-        return remaining * (self._busy / self._ran) / min(self.slots, remaining)
+        return remaining * (self._busy / self._ran) / min(self.in_force, remaining)
 
     def _eta_from_estimates(self, now: float, remaining: int) -> float:
         # A task with no estimate of its own: as the mean of the ones that have one.
@@ -222,7 +238,7 @@ class _Tally:
             left = max(0.0, self._expected.get(attempt.task_id, mean) - (now - attempt.at))
             work += left
             longest = max(longest, left)
-        return max(longest, work / min(self.slots, remaining))
+        return max(longest, work / min(self.in_force, remaining))
 
     def counts_text(self) -> str:
         return f"{self.succeeded} succeeded, {self.failed} failed, {self.skipped} skipped"
@@ -329,8 +345,12 @@ class LiveView:
         from rich.console import Group
 
         lines: list[RenderableType] = [self._bar_line(), self._counts_line()]
+        workers = self._workers_line()
+        if workers is not None:
+            lines.append(workers)
         if self._show_workers and self._tally.finished_at is None:
-            lines.extend(self._worker_lines(room=self._console.height - 3))  # bar, counts, a spare
+            room = self._console.height - 3 - (workers is not None)  # bar, counts, workers, a spare
+            lines.extend(self._worker_lines(room=room))
         status = self._status_line()
         if status is not None:
             lines.append(status)
@@ -485,6 +505,19 @@ class LiveView:
             line.append(f"{count} {word}", style=self._style(style if count else "dim"))
         return line
 
+    def _workers_line(self) -> Text | None:
+        """The number of tasks at once in force and why, once it has changed; None before."""
+        from rich.text import Text
+
+        tally = self._tally
+        if tally.workers is None or tally.finished_at is not None:
+            return None
+        line = Text(f"  workers {tally.workers}/{tally.slots}", style=self._style("cyan"), overflow="ellipsis",
+                    no_wrap=True)
+        if tally.workers_reason:
+            line.append(f": {tally.workers_reason}", style=self._style("dim"))
+        return line
+
     def _worker_lines(self, room: int) -> list[RenderableType]:
         """A row per slot (its task, how long it has run); those holding no slot as ``-``.
 
@@ -512,10 +545,13 @@ class LiveView:
         table.add_column(justify="right", no_wrap=True)
         table.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
         table.add_column(justify="right", no_wrap=True)
+        in_force = tally.in_force
         for slot, attempt in rows:
             label = Text(f"  slot {slot}", style=self._style("dim"))
             if attempt is None:
-                table.add_row(label, Text("idle", style=self._style("dim")), "")
+                # A slot above the count in force takes no task until the count grows again.
+                idle = "off" if slot.isdigit() and int(slot) > in_force else "idle"
+                table.add_row(label, Text(idle, style=self._style("dim")), "")
                 continue
             task = Text(attempt.task_id)
             if attempt.attempt > 1:
@@ -613,7 +649,8 @@ class ProgressLines:
             self._last = event.at
             eta = self._eta() if self._eta is not None else self._tally.eta(event.at)
             estimate = "unknown" if eta is None else span(eta, round_up=True)
-            self._write(f"progress {self._head()}, {len(self._tally.running)} running, eta {estimate}")
+            workers = "" if self._tally.workers is None else f", workers {self._tally.workers}/{self._tally.slots}"
+            self._write(f"progress {self._head()}, {len(self._tally.running)} running, eta {estimate}{workers}")
 
     def _head(self) -> str:
         tally = self._tally

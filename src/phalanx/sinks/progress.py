@@ -1,5 +1,8 @@
 """``--bar``: a progress bar on stderr, drawn by rich, advanced as jobs end.
 
+When the number of jobs at once may change (``-j auto``, ``--load``, ``--memfree``), the bar
+shows the count in force (``workers 3/8``) from the `WorkersChanged` events.
+
 Jobs' output is written to the same terminal as raw bytes (not through rich), so the
 output sink wraps each write in `ProgressBar.suspended`: the bar's line is cleared first
 and the bar drawn again after, below the output, never glued to it.
@@ -11,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..events import Event, RunFinished, TaskFinished
+from ..events import Event, RunFinished, RunStarted, TaskFinished, WorkersChanged
 from ..results import Status
 
 if TYPE_CHECKING:
@@ -21,16 +24,19 @@ if TYPE_CHECKING:
 class ProgressBar:
     """Jobs done out of the total, failures counted, an estimate of the time left."""
 
-    def __init__(self, total: int, *, colour: bool | None = None) -> None:
+    def __init__(self, total: int, *, colour: bool | None = None, workers: bool = False) -> None:
         """``colour``: True or False as ``--color always|never`` decided it; None leaves it
-        to rich, which reads ``NO_COLOR`` and ``FORCE_COLOR`` and asks the terminal."""
+        to rich, which reads ``NO_COLOR`` and ``FORCE_COLOR`` and asks the terminal.
+        ``workers``: show the number of jobs at once in force (it may change)."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        counts = [TextColumn("{task.fields[workers]}")] if workers else []
         self._progress = Progress(
             TextColumn("[bold]phalanx"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[failed]} failed"),
+            *counts,
             TimeRemainingColumn(),
             console=_console(colour),
             transient=False,
@@ -38,7 +44,8 @@ class ProgressBar:
             # so a redraw cannot land in the middle of a job's output.
             auto_refresh=False,
         )
-        self._task: Any = self._progress.add_task("jobs", total=total, failed=0)
+        self._task: Any = self._progress.add_task("jobs", total=total, failed=0, workers="")
+        self._max_workers = 0
         self._failed = 0
         self._stopped = False
         self._progress.start()
@@ -76,6 +83,11 @@ class ProgressBar:
             if event.result.status not in (Status.SUCCEEDED, Status.SKIPPED):
                 self._failed += 1
             self._progress.update(self._task, advance=1, failed=self._failed)
+            self.redraw()
+        elif isinstance(event, RunStarted):
+            self._max_workers = event.max_workers
+        elif isinstance(event, WorkersChanged):
+            self._progress.update(self._task, workers=f"workers {event.workers}/{self._max_workers}")
             self.redraw()
         elif isinstance(event, RunFinished):
             self.close()

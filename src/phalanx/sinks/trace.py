@@ -19,6 +19,10 @@ before it started or while it waited to retry) is a global instant event (``"ph"
 ``"s": "g"``), so the trace shows when and why it was given up; a run's cancellation
 (fail-fast, halt, Ctrl-C) is one too.
 
+When the number of tasks at once changes (``-j auto``, ``--load``, ``--memfree``), a counter
+event (``"ph": "C"``) named ``workers`` gives the count in force (a track of its own in the
+viewers), and an instant on the run (``"s": "p"``, category ``workers``) gives the reason.
+
 Times (``ts``, ``dur``) are microseconds since the run started (the events' ``at``); the
 run's Unix start time is in ``otherData``. The sink keeps one small tuple per attempt and
 writes the file once, at close: to a temporary file beside it, then renamed over it
@@ -36,7 +40,16 @@ from typing import Any, NamedTuple
 
 from .. import __version__
 from ..errors import ConfigError
-from ..events import Event, RunCancelling, RunFinished, RunStarted, TaskFinished, TaskRetrying, TaskStarted
+from ..events import (
+    Event,
+    RunCancelling,
+    RunFinished,
+    RunStarted,
+    TaskFinished,
+    TaskRetrying,
+    TaskStarted,
+    WorkersChanged,
+)
 from .wholefile import whole_file
 
 #: The one process of the trace: the run.
@@ -101,6 +114,7 @@ class TraceSink:
         self._open: dict[str, _Open] = {}
         self._slices: list[_Slice] = []
         self._instants: list[_Instant] = []
+        self._workers: list[tuple[float, int, str]] = []  # (at, count in force, why)
         self._free_lanes: list[int] = []  # a heap: the lowest free lane is reused first
         self._lanes = 0
         self._last = 0.0  # the latest time seen, where attempts still open at close end
@@ -139,6 +153,8 @@ class TraceSink:
             self._instants.append(_Instant(f"cancelling ({label})", event.at, "run", (("reason", label),)))
         elif isinstance(event, RunFinished):
             self._finished = event
+        elif isinstance(event, WorkersChanged):
+            self._workers.append((event.at, event.workers, event.reason))
 
     def _start(self, event: TaskStarted) -> None:
         lane = 0
@@ -241,6 +257,11 @@ class TraceSink:
                 "tid": 0,
                 "args": dict(instant.args),
             }
+        for at, workers, reason in self._workers:
+            ts = _microseconds(at)
+            yield {"name": "workers", "ph": "C", "ts": ts, "pid": PID, "args": {"workers": workers}}
+            yield {"name": f"workers {workers}", "cat": "workers", "ph": "i", "s": "p", "ts": ts, "pid": PID,
+                   "tid": 0, "args": {"workers": workers, "reason": reason}}
 
     def _other_data(self) -> dict[str, Any]:
         started = self._started
