@@ -89,3 +89,27 @@ def test_a_seed_never_overrides_priority_or_the_critical_path() -> None:
         phalanx.run(phalanx.Graph(tasks), backend="inline", max_workers=1, on_event=heard, seed=seed,
                     shuffle=True)
         assert order[:2] == ["urgent", "long"]
+
+
+def test_phalanx_run_seed_gives_a_repeatable_shuffled_order(tmp_path: object) -> None:
+    import json
+    import shutil
+    from pathlib import Path
+
+    directory = Path(str(tmp_path))
+    names = [f"t{index}" for index in range(8)]
+    (directory / "phalanx.toml").write_text("".join(f'[tasks.{name}]\ncmd = "true"\n' for name in names))
+
+    def order(*extra: str) -> list[str]:
+        # A fresh journal each time: durations from an earlier run would order the tasks instead.
+        shutil.rmtree(directory / ".phalanx", ignore_errors=True)
+        done = subprocess.run([sys.executable, "-m", "phalanx", "run", "-j", "1", "--json", *extra],
+                              capture_output=True, text=True, cwd=directory, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        results = json.loads(done.stdout)["results"]
+        return [result["task_id"] for result in sorted(results, key=lambda result: result["start"])]
+
+    assert order() == names
+    seeded = order("--seed", "5")
+    assert sorted(seeded) == names and seeded != names
+    assert order("--seed", "5") == seeded

@@ -55,6 +55,7 @@ RUN_EXAMPLES = """
 Examples:
   phalanx run                      # phalanx.toml (or [tool.phalanx] in pyproject.toml)
   phalanx run examples/ci.toml -j 8
+  phalanx run -j auto              # as many at once as the machine's CPUs and memory allow
   phalanx run --select mypy        # mypy and what it depends on
   phalanx run examples/ci.toml --select tag:lint --no-deps --output always
   phalanx run --timeout 5m         # for tasks that set no timeout (0: none)
@@ -69,7 +70,7 @@ PLAN_EXAMPLES = """
 Examples:
   phalanx plan                     # phalanx.toml (or [tool.phalanx] in pyproject.toml)
   phalanx plan examples/ci.toml -j 8
-  phalanx plan -j 2                # how much slower on two workers?
+  phalanx plan --simulate -j 2     # how long on two workers? (costs, else past runs)
 """
 
 GRAPH_EXAMPLES = """
@@ -361,9 +362,81 @@ def _jobs_option(function: Any) -> Any:
     )(function)
 
 
+if TYPE_CHECKING:
+    from .autoscale import AutoJobs, Scaling
+
+
+def _run_jobs(ctx: click.Context, param: click.Parameter, value: str | None) -> int | AutoJobs | None:
+    """``run``'s ``-j``: N (at least 1), ``auto`` or ``auto:N`` (`phalanx.autoscale.AutoJobs`)."""
+    if value is None:
+        return None
+    from .autoscale import parse_auto
+
+    try:
+        auto = parse_auto(value, what="")
+    except PhalanxError as error:
+        raise click.BadParameter(error.message, ctx, param) from None
+    # Not auto: a number, in IntRange's own words when it is not one.
+    if auto is not None:
+        return auto
+    number: int = click.IntRange(min=1).convert(value, param, ctx)
+    return number
+
+
+def _run_jobs_option(function: Any) -> Any:
+    return click.option(
+        "-j",
+        "--jobs",
+        "jobs",
+        metavar="N|auto[:N]",
+        callback=_run_jobs,
+        default=None,
+        help="How many tasks run at once (slots). Default: the number of CPUs. auto: as many as keep the "
+        "CPUs busy without crowding them, from the machine's CPU use and free memory, measured every "
+        "half second (at most 2 per CPU; auto:N at most N).",
+    )(function)
+
+
+def _throttle_options(function: Any) -> Any:
+    function = click.option(
+        "--memfree", metavar="SIZE",
+        help="Start no task while less than SIZE (1GB, 512MiB) of memory is available (the running ones go "
+        "on). -j auto keeps a tenth of the RAM, at most 2 GiB, unless told otherwise; 0: no limit.",
+    )(function)
+    return click.option(
+        "--load", metavar="MAX",
+        help="Start no task while the load (processes running or ready to run, phalanx's tasks included) is "
+        "MAX or more: a number, N% of the CPUs, +N or -N (CPUs plus or minus N).",
+    )(function)
+
+
+def _scaling(jobs: int | AutoJobs | None, load: str | None, memfree: str | None) -> tuple[int, Scaling | None]:
+    """``-j``, ``--load`` and ``--memfree``: the most tasks at once, and how the count follows
+    the machine (`phalanx.autoscale.Scaling`), or None when it stays put.
+
+    Raises:
+        ConfigError: ``--load`` or ``--memfree`` malformed.
+    """
+    from .workers import optimal_workers
+
+    auto = None if jobs is None or isinstance(jobs, int) else jobs
+    fixed = jobs if isinstance(jobs, int) else None
+    if auto is None and load is None and memfree is None:
+        return fixed or optimal_workers("commands").count, None
+    from .autoscale import Scaling, parse_load, parse_memfree
+
+    workers = auto.resolve() if auto is not None else fixed or optimal_workers("commands").count
+    return workers, Scaling(
+        auto=auto is not None,
+        load=parse_load(load) if load is not None else None,
+        memfree=parse_memfree(memfree) if memfree is not None else None,
+    )
+
+
 @main.command(epilog=RUN_EXAMPLES, short_help="Run the tasks, each as soon as its dependencies succeed.")
 @_file_argument
-@_jobs_option
+@_run_jobs_option
+@_throttle_options
 @click.option("--fail-fast", is_flag=True, help="On the first failure, stop everything (default: keep going).")
 @_select_option
 @_no_deps_option
@@ -420,10 +493,15 @@ def _jobs_option(function: Any) -> Any:
 @click.option("--redact", "redact", metavar="NAME", multiple=True,
               help="Show the value of environment variable NAME (or a pattern: '*_SECRET') as *** in every "
               "output, report and the journal; repeatable, and added to the task file's redact list.")
+@click.option("--seed", type=int, metavar="N",
+              help="Start the tasks that priority and critical path rank equal in an order shuffled by N (the "
+              "same N, the same order; default: the file's order) and seed the retry jitter.")
 @_colour_option
 def run(
     file: str | None,
-    jobs: int | None,
+    jobs: int | AutoJobs | None,
+    load: str | None,
+    memfree: str | None,
     fail_fast: bool,
     selects: tuple[str, ...],
     no_deps: bool,
@@ -446,6 +524,7 @@ def run(
     quiet: bool,
     colour: str,
     redact: tuple[str, ...] = (),
+    seed: int | None = None,
 ) -> None:
     """Run the tasks of FILE, each as soon as its dependencies succeed.
 
@@ -458,13 +537,13 @@ def run(
     [defaults], else --priority, else 0 (normal).
     """
     import asyncio
+    import random
 
     from .guard import TaskGuard
     from .render import summary_text
     from .runner import named_limiters
     from .session import StandardBackends, run_session
     from .sinks.console import paint_summary
-    from .workers import optimal_workers
 
     task_file = _load(file)
     try:
@@ -472,11 +551,11 @@ def run(
         graph = _with_max_output(graph, max_output)
         graph = _with_priority(graph, priority, task_file)
         graph = _with_limits(graph, memory, cpus)
+        workers, scaling = _scaling(jobs, load, memfree)
     except PhalanxError as error:
         _fail(error)
     _warn(task_file)
     redaction = _redaction(task_file, graph, redact)
-    workers = jobs or optimal_workers("commands").count
     human = sys.stderr if as_json else sys.stdout
     painted = _colour(colour, human)
     if dry_run:
@@ -552,6 +631,9 @@ def run(
                 limiters=limiters,
                 cost_model=cost_model,
                 on_temporary_dir=guard.temporary_dir,
+                scaling=scaling,
+                seed=seed,
+                rng=None if seed is None else random.Random(seed),
             )
         )
     except PhalanxError as error:
@@ -845,35 +927,52 @@ def _dry_run(task_file: TaskFile, graph: Graph, workers: int) -> None:
 @_file_argument
 @_jobs_option
 @_priority_option
+@click.option("--simulate", is_flag=True,
+              help="Predict the run on -j slots instead: the makespan against its lower bound, the utilisation, "
+              "the critical path with each task's estimate, and when each task would start and end.")
 @_colour_option
-def plan(file: str | None, jobs: int | None, priority: str | None, colour: str) -> None:
+def plan(file: str | None, jobs: int | None, priority: str | None, simulate: bool, colour: str) -> None:
     """Show levels, the critical path, the widest level and the start order of FILE's tasks.
 
     Nothing runs: the start order comes from the scheduler itself, by priority (shown where
     not 0; resolved as `phalanx run` resolves it), then on estimated durations (each task's
     declared cost, else its duration history from past runs, else the depth of the graph
-    below it).
+    below it). Above 2,000 tasks it is the order on one worker; --simulate gives the order,
+    and the makespan, on -j workers.
+
+    --simulate runs the scheduler on a simulated clock, each task taking its estimate, so
+    that the prediction is what a run would do if the estimates were right.
     """
+    import gc
+
     from .plan import get_execution_plan
-    from .render import plan_text
+    from .render import plan_text, simulation_text
     from .sinks.console import paint_plan
     from .workers import optimal_workers
 
     task_file = _load(file)
-    cost_model = _past_durations(task_file)
+    # The file's objects live as long as the command: out of the collector's sight, the
+    # collections that planning triggers need not walk them again and again (a third of the
+    # plan's time at 100,000 tasks). Back in sight after, for a caller that goes on (tests).
+    gc.freeze()
     try:
-        graph = _with_priority(task_file.graph, priority, task_file)
-        execution_plan = get_execution_plan(
-            graph, max_workers=jobs or optimal_workers("commands").count, resources=task_file.resources,
-            cost_model=cost_model,
-        )
-    except PhalanxError as error:
-        _fail(_locate(error, task_file, "resources"))
-    _warn(task_file)
-    from_history = 0
-    if cost_model is not None:
-        from_history = sum(1 for task in task_file.graph if task.cost is None and cost_model.estimate(task) is not None)
-    text = plan_text(execution_plan, graph, from_history=from_history)
+        cost_model = _past_durations(task_file)
+        try:
+            graph = _with_priority(task_file.graph, priority, task_file)
+            execution_plan = get_execution_plan(
+                graph, max_workers=jobs or optimal_workers("commands").count, resources=task_file.resources,
+                cost_model=cost_model, rate_limits=task_file.rate_limits, simulate=True if simulate else None,
+            )
+        except PhalanxError as error:
+            _fail(_locate(error, task_file, "resources"))
+        _warn(task_file)
+        from_history = 0
+        if cost_model is not None:
+            from_history = sum(1 for task in task_file.graph
+                               if task.cost is None and cost_model.estimate(task) is not None)
+        text = (simulation_text if simulate else plan_text)(execution_plan, graph, from_history=from_history)
+    finally:
+        gc.unfreeze()
     painted = _colour(colour, sys.stdout)
     click.echo(paint_plan(text) if painted else text, color=painted)
 

@@ -23,13 +23,15 @@ the offending key's, else its table header's, else 1. tomllib reports no positio
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import glob
 import math
 import os
 import re
 import shlex
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -59,6 +61,8 @@ _TASK_KEYS = ("cmd", "deps", "priority", "timeout", "retries", "resources", "env
               "limiter", "limiter_key", "tokens", "junit", *LIMIT_PARSERS)  # memory, cpus, ...: a task's `Limits`
 _PER_TASK_ONLY = ("cmd", "deps", "for_each", "junit")  # meaningless as a default: they define the task
 _DEFAULT_KEYS = tuple(key for key in _TASK_KEYS if key not in _PER_TASK_ONLY)
+_TASK_KEY_SET = frozenset(_TASK_KEYS)
+_LIMIT_KEYS = frozenset(LIMIT_PARSERS)
 _REDACT = "redact"  # the run's, not a task's: at the top or in [defaults], never per task
 _FOR_EACH_KEYS = ("glob",)
 _FOR_EACH_FORMS = ('a list of items (for_each = ["a", "b"]) or a table whose only key is glob '
@@ -72,6 +76,7 @@ _HAS_NUL = "contains a NUL character (\\u0000), which no process can be given"
 # How deep tables and arrays may nest below the top of a task file. Real files need 5 (tasks.NAME.retries
 # .on_exit_codes); the cap keeps every walk over a value, repr() included, far from the recursion limit.
 _MAX_NESTING = 64
+_NESTS = (dict, list)  # what tomllib nests values in (a tuple: isinstance checks it 3x faster than dict | list)
 
 
 class _Node:
@@ -317,16 +322,36 @@ def load_task_file(path: str | Path) -> TaskFile:
         ResourceError: a task asks for an undeclared resource or more than its capacity.
     """
     file, source = str(path), Path(path)
-    text, document = _parse(source, file)
-    root: _Path = ("tool", "phalanx") if source.name == "pyproject.toml" else ()
-    lines = _LineIndex(text, root)
-    if root:
-        tool = document.get("tool")
-        ours = tool.get("phalanx") if isinstance(tool, dict) else None
-        if not isinstance(ours, dict):
-            raise ConfigError("no [tool.phalanx] table", file=file, line=lines.best())
-        document = ours
-    return _Loader(file, source, lines).load(document)
+    with _collector_paused():
+        text, document = _parse(source, file)
+        root: _Path = ("tool", "phalanx") if source.name == "pyproject.toml" else ()
+        lines = _LineIndex(text, root)
+        if root:
+            tool = document.get("tool")
+            ours = tool.get("phalanx") if isinstance(tool, dict) else None
+            if not isinstance(ours, dict):
+                raise ConfigError("no [tool.phalanx] table", file=file, line=lines.best())
+            document = ours
+        return _Loader(file, source, lines).load(document)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a file loads, as it was after.
+
+    Parsing and loading make several objects per task and keep nearly all of them: each
+    collection the allocations trigger walks everything made so far and finds no garbage.
+    At 100,000 tasks that was a third of the load. The few cycles made meanwhile (an error's
+    traceback) are collected once the collector is back on.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _parse(source: Path, file: str) -> tuple[str, dict[str, Any]]:
@@ -411,7 +436,9 @@ def _is_number(value: object) -> bool:
 
 
 def _is_str_list(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    # `not value` first: most lists asked about (tags, a first task's deps) are empty, and a
+    # generator costs more than the test.
+    return isinstance(value, list) and (not value or all([isinstance(item, str) for item in value]))
 
 
 class _Loader:
@@ -461,20 +488,23 @@ class _Loader:
 
         Iterative, so a table header thousands of keys deep (which tomllib reads without
         recursing) cannot exhaust the stack here, nor later in the repr() of an error message.
+        Only tables and arrays are stacked (a file of 100,000 tasks holds several times as
+        many strings), in the order a depth-first walk meets them: the first too deep is named.
         """
-        stack: list[tuple[object, _Path, int]] = [(document, (), 0)]
+        stack: list[tuple[dict[str, Any] | list[Any], _Path, int]] = [(document, (), 0)]
+        pop, push = stack.pop, stack.append
         while stack:
-            value, path, depth = stack.pop()
-            if isinstance(value, dict):
-                children = [(child, (*path, key)) for key, child in value.items()]
-            elif isinstance(value, list):
-                children = [(child, path) for child in value]  # an item has no key: blame the array's
-            else:
-                continue
+            value, path, depth = pop()
             if depth > _MAX_NESTING:
                 self.fail(f"{_nesting_owner(path)} nests tables or arrays more than {_MAX_NESTING} levels deep",
                           *path)
-            stack.extend((child, where, depth + 1) for child, where in reversed(children))
+            deeper = depth + 1
+            if isinstance(value, dict):
+                nested = [(child, (*path, key)) for key, child in value.items() if isinstance(child, _NESTS)]
+            else:  # an item has no key: blame the array's
+                nested = [(child, path) for child in value if isinstance(child, _NESTS)]
+            for child, where in reversed(nested):
+                push((child, where, deeper))
 
     def load(self, document: dict[str, Any]) -> TaskFile:
         self.check_nesting(document)
@@ -506,21 +536,25 @@ class _Loader:
         for name, table in tasks.items():
             expanded = self.expand(name, table, defaults, capacities)
             built.extend(expanded)
-            sources.update((task.id, name) for task in expanded)
+            for task in expanded:
+                sources[task.id] = name
             if "for_each" in table:
                 groups[name] = [task.id for task in expanded]
 
         graph = Graph()
-        known = sorted(set(sources) | set(groups))
+        add, named = graph.add, sources.__contains__
         for task in built:
+            if all(map(named, task.deps)):  # most tasks: every dependency a task id, nothing to resolve
+                add(task)
+                continue
             deps: list[str] = []
             for dep in task.deps:
                 if dep not in groups and dep not in sources:
-                    error = UnknownDependencyError(sources[task.id], dep, known)
+                    error = UnknownDependencyError(sources[task.id], dep, sorted(set(sources) | set(groups)))
                     raise error.located(self.file, self.lines.best("tasks", sources[task.id], "deps"))
                 deps.extend(groups.get(dep, [dep]))  # a for_each name means all its expansions
             resolved = tuple(deps)
-            graph.add(task if resolved == task.deps else replace(task, deps=resolved))
+            add(task if resolved == task.deps else replace(task, deps=resolved))
         try:
             Graph(graph).validate()  # on a copy: the runner gets an unfrozen graph and validates it itself
         except CycleError as error:
@@ -582,6 +616,8 @@ class _Loader:
 
     def warn_unused_priorities(self, graph: Graph) -> None:
         """Warn about a ``[priorities]`` tag that no task has: a typo would otherwise do nothing."""
+        if not self.tag_priorities:
+            return
         tags = {tag for task in graph for tag in task.tags}
         for tag in self.tag_priorities:
             if tag not in tags:
@@ -615,9 +651,10 @@ class _Loader:
             self.fail(f"task name {name!r} is not allowed: it must not be blank or contain '[' or ']' "
                       "(those mark for_each items)", *here)
         table = self.table(table, f"task {name!r}", *here)
-        for key in table:
-            if key not in _TASK_KEYS:
-                self.fail(f"task {name!r}: unknown key {key!r}{_hint(key, _TASK_KEYS)}", *here, key)
+        if not _TASK_KEY_SET.issuperset(table):
+            for key in table:
+                if key not in _TASK_KEY_SET:
+                    self.fail(f"task {name!r}: unknown key {key!r}{_hint(key, _TASK_KEYS)}", *here, key)
         if "cmd" not in table:
             self.fail(f"task {name!r}: missing 'cmd' (the command to run)", *here)
         cmd, cwd, fields = self.fields(name, table, defaults, capacities)
@@ -626,9 +663,11 @@ class _Loader:
         if junit is not None and (not isinstance(junit, str) or not junit.strip()):
             self.fail(f"task {name!r}: junit must be the path (or glob) of the JUnit XML file the task writes, "
                       f"got {junit!r}", *here, "junit")
+        if env:  # else the Task's own empty default: checking and wrapping a new {} costs more than the rest
+            fields["env"] = env
         if "for_each" not in table:
             self.warn_item(name, table, cmd, env, cwd)
-            task = self.guard(None, here, Task, id=name, action=cmd, env=env, cwd=self.cwd(cwd), **fields)
+            task = self.guard(None, here, Task, id=name, action=cmd, cwd=self.cwd(cwd), **fields)
             if junit is not None:
                 self.junit[name] = os.path.join(task.cwd or self.base, junit)
             return [task]
@@ -646,10 +685,11 @@ class _Loader:
             per_item = dict(fields)
             if "limiter_key" in per_item:
                 per_item["limiter_key"] = per_item["limiter_key"].replace(_ITEM, item)
+            if env:
+                per_item["env"] = {var: text.replace(_ITEM, item) for var, text in env.items()}
             tasks[task_id] = self.guard(
-                None, here, Task, id=task_id, action=action, group=name,
-                env={var: text.replace(_ITEM, item) for var, text in env.items()},
-                cwd=self.cwd(cwd.replace(_ITEM, item)), **per_item,
+                None, here, Task, id=task_id, action=action, group=name, cwd=self.cwd(cwd.replace(_ITEM, item)),
+                **per_item,
             )
             if junit is not None:
                 self.junit[task_id] = os.path.join(tasks[task_id].cwd or self.base, junit.replace(_ITEM, item))
@@ -657,6 +697,9 @@ class _Loader:
 
     def warn_item(self, name: str, table: dict[str, Any], cmd: str | list[str], env: dict[str, str], cwd: str) -> None:
         """Warn (once per task) that ``{item}`` in a task without ``for_each`` stays as it is."""
+        written = cmd if isinstance(cmd, str) else "\0".join(cmd)  # a NUL: no {item} made of two parts
+        if _ITEM not in written and _ITEM not in cwd and not any(_ITEM in text for text in env.values()):
+            return  # most tasks: nothing to warn about, and no lists made to find that out
         texts = {"cmd": [cmd] if isinstance(cmd, str) else cmd, "env": list(env.values()), "cwd": [cwd]}
         keys = [key for key, values in texts.items() if any(_ITEM in text for text in values)]
         if not keys:
@@ -688,27 +731,32 @@ class _Loader:
             if not ok:
                 self.fail(f"{who(key)}: {key} must be {expected}, got {settings[key]!r}", *origin(key))
 
+        # Each check is a test first and a call only to fail: this runs once per task, and a
+        # file of 100,000 tasks must load in a few seconds.
         cmd = settings["cmd"]
-        if isinstance(cmd, str) and not cmd.strip():
-            self.fail(f"task {name!r}: cmd is empty", *origin("cmd"))
-        expect("cmd", (isinstance(cmd, str) or _is_str_list(cmd)) and bool(cmd),
-               "a command string or a non-empty list of strings")
-        expect("deps", _is_str_list(settings.get("deps", [])), "a list of task names")
-        for where, whose, tags in (
-            (("defaults", "tags"), "[defaults]", defaults.get("tags", [])),
-            (("tasks", name, "tags"), f"task {name!r}", table.get("tags", [])),
-        ):
-            if not _is_str_list(tags):
-                self.fail(f"{whose}: tags must be a list of strings, got {tags!r}", *where)
-        expect("cwd", isinstance(settings.get("cwd", ""), str), "a path string")
-        for key in ("cmd", "cwd"):
-            value = settings.get(key, "")
-            if any(_NUL in part for part in ([value] if isinstance(value, str) else value)):
-                self.fail(f"{who(key)}: {key} {_HAS_NUL}", *origin(key))
+        if isinstance(cmd, str):
+            if not cmd.strip():
+                self.fail(f"task {name!r}: cmd is empty", *origin("cmd"))
+        elif not (cmd and _is_str_list(cmd)):
+            expect("cmd", False, "a command string or a non-empty list of strings")
+        deps = settings.get("deps", [])
+        if not _is_str_list(deps):
+            expect("deps", False, "a list of task names")
+        if not _is_str_list(defaults.get("tags", [])):
+            self.fail(f"[defaults]: tags must be a list of strings, got {defaults['tags']!r}", "defaults", "tags")
+        if not _is_str_list(table.get("tags", [])):
+            self.fail(f"task {name!r}: tags must be a list of strings, got {table['tags']!r}", "tasks", name, "tags")
+        cwd = settings.get("cwd", ".")
+        if not isinstance(cwd, str):
+            expect("cwd", False, "a path string")
+        if (_NUL in cmd) if isinstance(cmd, str) else any(_NUL in part for part in cmd):
+            self.fail(f"{who('cmd')}: cmd {_HAS_NUL}", *origin("cmd"))
+        if _NUL in cwd:
+            self.fail(f"{who('cwd')}: cwd {_HAS_NUL}", *origin("cwd"))
 
         # Tags add up: the defaults' and the task's own (a default tag is not lost by tagging a task).
         tags = frozenset((*defaults.get("tags", ()), *table.get("tags", ())))
-        fields: dict[str, Any] = {"deps": tuple(settings.get("deps", ())), "tags": tags}
+        fields: dict[str, Any] = {"deps": tuple(deps), "tags": tags}
         priority = self.priority(name, table, tags)
         if priority is not None:
             fields["priority"] = priority
@@ -729,11 +777,11 @@ class _Loader:
         if "resources" in settings:
             fields["resources"] = self.resources(who("resources"), origin("resources"), settings["resources"],
                                                  capacities)
-        limits = {key: self.guard(who(key), origin(key), parse_limit, key, settings[key])
-                  for key in LIMIT_PARSERS if key in settings}
-        if limits:
+        if not _LIMIT_KEYS.isdisjoint(settings):
+            limits = {key: self.guard(who(key), origin(key), parse_limit, key, settings[key])
+                      for key in LIMIT_PARSERS if key in settings}
             fields["limits"] = Limits(**limits)
-        return cmd, settings.get("cwd", "."), fields
+        return cmd, cwd, fields
 
     def env(self, name: str, defaults: dict[str, Any], table: dict[str, Any]) -> dict[str, str]:
         """The defaults' env with the task's over it, variable by variable."""

@@ -77,7 +77,8 @@ def plan_text(plan: ExecutionPlan, graph: Graph, *, from_history: int = 0) -> st
     """``phalanx plan``: levels, critical path, widest level, start order.
 
     ``from_history``: how many of the tasks' durations are the history's estimates (the
-    rest are declared, or unknown and ordered by the graph's depth).
+    rest are declared, or unknown and ordered by the graph's depth). A plan that was not
+    simulated (a large graph) has no makespan, and its start order is the one on one worker.
     """
     unit = plan.costs_known
     lines = [
@@ -92,23 +93,118 @@ def plan_text(plan: ExecutionPlan, graph: Graph, *, from_history: int = 0) -> st
     lines.append(
         f"  critical path ({_seconds(plan.critical_path_length, unit)}): " + " -> ".join(plan.critical_path)
     )
-    lines.append(
-        f"  estimated: work {_seconds(plan.total_work, unit)}, makespan {_seconds(plan.estimated_makespan, unit)}, "
-        f"lower bound {_seconds(plan.lower_bound, unit)}, speedup {plan.speedup:.2f}x"
-    )
-    declared = sum(1 for task in graph if task.cost is not None)
-    unknown = len(graph) - declared - from_history
-    lines.append(
-        f"  durations: {declared} declared, {from_history} from history, {unknown} unknown"
-        + (" (ordered by depth)" if unknown else "")
-    )
-    lines.append("  start order:")
+    if plan.estimated_makespan is not None:
+        lines.append(
+            f"  estimated: work {_seconds(plan.total_work, unit)}, makespan {_seconds(plan.estimated_makespan, unit)}, "
+            f"lower bound {_seconds(plan.lower_bound, unit)}, speedup {plan.speedup or 0.0:.2f}x"
+        )
+    else:
+        lines.append(
+            f"  estimated: work {_seconds(plan.total_work, unit)}, lower bound {_seconds(plan.lower_bound, unit)} "
+            "(the makespan: --simulate)"
+        )
+    lines.append(_durations_line(graph, from_history))
+    if plan.simulated:
+        lines.append("  start order:")
+    else:
+        lines.append("  start order: as on one worker, by priority then critical path "
+                     f"(on {plural(plan.max_workers, 'worker')}: --simulate)")
     width = len(str(len(plan.start_order)))
     for position, tid in enumerate(plan.start_order, 1):
         task = graph[tid]
         after = f"  (after {', '.join(task.deps)})" if task.deps else ""
         rank = f"  [priority {task.priority:+d}]" if task.priority else ""
         lines.append(f"    {position:>{width}}. {tid}{rank}{after}")
+    return "\n".join(lines)
+
+
+def _durations_line(graph: Graph, from_history: int, unknown_note: str = " (ordered by depth)") -> str:
+    declared = sum(1 for task in graph if task.cost is not None)
+    unknown = len(graph) - declared - from_history
+    return (f"  durations: {declared} declared, {from_history} from history, {unknown} unknown"
+            + (unknown_note if unknown else ""))
+
+
+#: A simulation's critical path or timeline up to this many rows is shown whole; a longer
+#: one shows its first `_HEAD_ROWS` and last `_TAIL_ROWS` (how it starts, what ends it).
+SHOWN_ROWS = 60
+_HEAD_ROWS = 45
+_TAIL_ROWS = 10
+_BAR_WIDTH = 30
+
+
+def _capped(rows: list[str], what: str) -> list[str]:
+    if len(rows) <= SHOWN_ROWS:
+        return rows
+    hidden = len(rows) - _HEAD_ROWS - _TAIL_ROWS
+    return [*rows[:_HEAD_ROWS], f"    ... {plural(hidden, 'more ' + what)} ...", *rows[-_TAIL_ROWS:]]
+
+
+def _at(value: float, costs_known: bool) -> str:
+    """A time of the timeline: a duration, or a count of tasks when no estimate is known."""
+    return format_duration(value) if costs_known else f"{value:g}"
+
+
+def predicted_makespan(value: float, costs_known: bool = True) -> str:
+    """The makespan as ``predicted makespan:`` shows it: phalanx's duration (``12.3s``), with
+    the seconds first from a minute up (``125.0s (2m05s)``) so that it always reads as a number
+    of seconds; in tasks when no estimate is known."""
+    if not costs_known:
+        return plural(value, "task")
+    return format_duration(value) if value < 60 else f"{value:.1f}s ({format_duration(value)})"
+
+
+def simulation_text(plan: ExecutionPlan, graph: Graph, *, from_history: int = 0) -> str:
+    """``phalanx plan --simulate``: the predicted makespan against its lower bound, the
+    utilisation, the critical path with each task's estimate, and when and on which slot
+    each task would start and end (only the first and last rows of a long run).
+
+    ``from_history``: as for `plan_text`.
+
+    Raises:
+        ValueError: the plan was not simulated.
+    """
+    makespan = plan.estimated_makespan
+    if makespan is None:
+        raise ValueError("simulation_text needs a simulated plan (get_execution_plan(..., simulate=True))")
+    unit = plan.costs_known
+    workers = plan.max_workers
+    lines = [f"Plan: {plural(len(graph), 'task')} on {plural(workers, 'worker')}, simulated with the estimates"]
+    lines.append(f"  predicted makespan: {predicted_makespan(makespan, unit)}")
+    bound = plan.lower_bound
+    lines.append(
+        f"  lower bound {_seconds(bound, unit)} = max(critical path {_seconds(plan.critical_path_length, unit)}, "
+        f"work/workers {_seconds(plan.total_work / workers, unit)})"
+        + (f": the prediction is {makespan / bound:.2f}x it" if bound > 0 else "")
+    )
+    if plan.utilisation is not None:
+        lines.append(f"  utilisation {plan.utilisation:.0%} of {plural(workers, 'worker')}: work "
+                     f"{_seconds(plan.total_work, unit)}, speedup {plan.speedup or 0.0:.2f}x")
+    if not unit:
+        note = " (no estimate at all: every task weighs 1, times count tasks, not seconds; a guess)"
+    else:
+        note = f" (each weighs {format_duration(plan.unknown_weight)}, the median known estimate: a guess)"
+    lines.append(_durations_line(graph, from_history, note))
+    if plan.not_finished:
+        names = ", ".join(plan.not_finished[:10]) + (", ..." if len(plan.not_finished) > 10 else "")
+        lines.append(f"  would not finish: {plural(len(plan.not_finished), 'task')} (an estimate over the task's "
+                     f"timeout, or a dependency that did not finish): {names}")
+    chain = plural(len(plan.critical_path), "task")
+    lines.append(f"  critical path ({_seconds(plan.critical_path_length, unit)}, {chain}):" if unit
+                 else f"  critical path ({chain}):")
+    width = max((len(_at(plan.estimates[tid], unit)) for tid in plan.critical_path), default=0)
+    lines += _capped([f"    {_at(plan.estimates[tid], unit):>{width}}  {tid}" for tid in plan.critical_path], "task")
+    lines.append(f"  timeline (start, end, slot; the bar is the whole {_seconds(makespan, unit)}):")
+    width = max((len(_at(entry.end, unit)) for entry in plan.timeline), default=0)
+    slots = len(str(max((entry.slot for entry in plan.timeline), default=0)))
+    rows = []
+    for entry in plan.timeline:
+        first = min(int(entry.start / makespan * _BAR_WIDTH), _BAR_WIDTH - 1) if makespan > 0 else 0
+        last = max(first + 1, round(entry.end / makespan * _BAR_WIDTH)) if makespan > 0 else 1
+        bar = " " * first + "#" * (min(last, _BAR_WIDTH) - first)
+        rows.append(f"    {_at(entry.start, unit):>{width}} {_at(entry.end, unit):>{width}}  {entry.slot:>{slots}}  "
+                    f"|{bar:<{_BAR_WIDTH}}|  {entry.task_id}")
+    lines += _capped(rows, "task")
     return "\n".join(lines)
 
 

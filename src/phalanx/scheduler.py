@@ -301,25 +301,26 @@ class Scheduler:
         """Give every task its policy key: priority, remaining path, tie-break (O(V + E))."""
         nodes = self._nodes
         fallback = self._fallback_weight
-        remaining: dict[str, float] = {}
+        # By submission index, not by id: a list of floats is a third of a dict's size.
+        remaining = [0.0] * len(nodes)
         for tid in reversed(graph.topological_order()):
             node = nodes[tid]
             tail = 0.0
             for dependent in node.dependents:
-                length = remaining[dependent]
+                length = remaining[nodes[dependent].order]
                 if length > tail:
                     tail = length
-            remaining[tid] = (node.estimate if node.estimate is not None else fallback) + tail
+            remaining[node.order] = (node.estimate if node.estimate is not None else fallback) + tail
         key = self._policy.key
         ties = self._tie_rng
         if ties is None:
             for tid, node in nodes.items():
-                node.key = (*key(node.task, remaining[tid], node.order), tid)
+                node.key = (*key(node.task, remaining[node.order], node.order), tid)
         else:
             shuffled = list(range(len(nodes)))
             ties.shuffle(shuffled)
             for tid, node in nodes.items():
-                node.key = (*key(node.task, remaining[tid], shuffled[node.order]), tid)
+                node.key = (*key(node.task, remaining[node.order], shuffled[node.order]), tid)
 
     # ------------------------------------------------------------------ public
 
