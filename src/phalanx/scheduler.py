@@ -1018,30 +1018,16 @@ class Scheduler:
         nodes = self._nodes
         if first.status is Status.SUCCEEDED:
             self._succeeded(nodes[first.task_id], first)  # the common case: no worklist
-            work: deque[tuple[TaskResult, Status]] = deque()
         else:
+            # A failure: its dependents are skipped, theirs too (a worklist: chains can be long).
             work = deque([(first, first.status)])
-        queued = {first.task_id}
-        while work:
-            result, root_status = work.popleft()
-            tid = result.task_id
-            node = nodes[tid]
-            assert node.status is None, f"task {tid!r} ended twice"
-            status = node.status = result.status
-            self._ended_count += 1
-            self._account(node, result)
-            self._emit(TaskFinished(result, result.end or 0.0))
-            if self._timeout_for is not None:
-                self._timeout_for.observe(result)
-            self._halt_queue.append(result)
-            if status is Status.SUCCEEDED:
-                for dependent in node.dependents:
-                    released = nodes.get(dependent)  # None: it ended (cancelled) and was let go
-                    if released is not None:
-                        released.pending -= 1
-                        if released.pending == 0 and released.status is None:
-                            self._make_ready(released)
-            else:
+            queued = {first.task_id}
+            while work:
+                result, root_status = work.popleft()
+                tid = result.task_id
+                node = nodes[tid]
+                self._record(node, result)
+                status = result.status
                 root = result.blocked_by or tid
                 for dependent in node.dependents:
                     waiting = nodes.get(dependent)  # gone: it ended (cancelled) and was let go
@@ -1054,23 +1040,27 @@ class Scheduler:
                         why = f"dependency {tid!r} {_verb(status)}"
                     skipped = self._plain_result(waiting, Status.SKIPPED, why, blocked_by=root)
                     work.append((skipped, root_status))
-            if self._open:
-                self._let_go(node)
+                if self._open:
+                    self._let_go(node)
         self._refresh_deadlines()
         while self._halt_queue:
             self._consider_halting(self._halt_queue.popleft())
         self._check_done()
 
-    def _succeeded(self, node: _Node, result: TaskResult) -> None:
-        """`_finish`'s loop for one task that succeeded (the common case, kept lean)."""
+    def _record(self, node: _Node, result: TaskResult) -> None:
+        """A task reached its terminal status: count it, tell the sinks, queue it for the halt rule."""
         assert node.status is None, f"task {result.task_id!r} ended twice"
-        node.status = Status.SUCCEEDED
+        node.status = result.status
         self._ended_count += 1
         self._account(node, result)
         self._emit(TaskFinished(result, result.end or 0.0))
         if self._timeout_for is not None:
             self._timeout_for.observe(result)
         self._halt_queue.append(result)
+
+    def _succeeded(self, node: _Node, result: TaskResult) -> None:
+        """`_finish` for a task that succeeded: its dependents may become ready."""
+        self._record(node, result)
         nodes = self._nodes
         for dependent in node.dependents:
             released = nodes.get(dependent)  # None: it ended (cancelled) and was let go
