@@ -16,9 +16,11 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -482,6 +484,11 @@ def test_the_sampler_counts_phalanxs_own_tree_live_and_reaped() -> None:
     try:
         assert child.stdout is not None
         assert child.stdout.readline() == "burnt\n"  # bounded: the child ends by itself past its burn
+        # Having printed, it may still be on its way into input(): wait until it sleeps there.
+        waiting = psutil.Process(child.pid)
+        deadline = time.monotonic() + WAIT
+        while waiting.status() != psutil.STATUS_SLEEPING and time.monotonic() < deadline:
+            os.sched_yield()
         cpu, load = sampler.own()
         assert cpu - first.own_cpu >= 0.25
         assert load == 0  # it waits on its stdin
