@@ -379,8 +379,8 @@ def _run_jobs(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     # Not auto: a number, in IntRange's own words when it is not one.
     if auto is not None:
         return auto
-    number: int = click.IntRange(min=1).convert(value, param, ctx)
-    return number
+    raw: Any = value  # click's stubs type convert's value differently from release to release
+    return int(click.IntRange(min=1).convert(raw, param, ctx))
 
 
 def _run_jobs_option(function: Any) -> Any:
