@@ -648,3 +648,33 @@ def test_an_unread_map_starts_at_once(flags: Path) -> None:
     with phalanx.Executor(1) as executor:
         executor.map(job, [["done", str(flags), "x", 1]])  # never read
         assert wait_for(flags / "done-x")
+
+
+class _Payload:
+    """An argument whose lifetime a weak reference can watch."""
+
+
+def _ignore(payload: _Payload) -> None:
+    return None
+
+
+def test_finished_submitted_tasks_keep_no_arguments_alive() -> None:
+    # Tasks submitted with submit_task may be named by later ones, so the scheduler keeps their
+    # status and their place in the critical path; not their action's arguments.
+    import gc
+    import weakref
+
+    with phalanx.Executor(2, backend="threads") as executor:
+        watched = []
+        futures = []
+        for index in range(20):
+            payload = _Payload()
+            watched.append(weakref.ref(payload))
+            deps = (f"t{index - 1}",) if index else ()
+            futures.append(executor.submit_task(phalanx.Task(f"t{index}", _ignore, args=(payload,), deps=deps)))
+        del payload
+        for future in futures:
+            future.result(timeout=BOUND)
+        del futures
+        gc.collect()
+        assert [ref for ref in watched if ref() is not None] == []

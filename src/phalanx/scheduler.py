@@ -1124,6 +1124,11 @@ class Scheduler:
             assert node.status is not None
             self._gone[tid] = node.status  # a later task may still name it
             if node.length >= 0:
+                # Kept only as a link of the chains through it (the summary's critical path):
+                # without its task's action and arguments, which an endless stream of
+                # `submit_task` calls would otherwise hold one of per task.
+                node.task = Task(tid, _released)
+                node.dependents = []
                 self._gone_chains[tid] = node
 
     def _check_done(self) -> None:
@@ -1211,6 +1216,10 @@ def _retryable(policy: RetryPolicy, outcome: Outcome) -> bool:
     if policy.on_exceptions is not None and (outcome.exception is not None or outcome.error is not None):
         return policy.allows_exception(outcome.exception, outcome.error.type if outcome.error is not None else None)
     return True
+
+
+def _released() -> None:
+    """The action of a let-go task's stand-in (never called: it only names the task)."""
 
 
 def _status_of(outcome: Outcome) -> Status:
