@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable
+from inspect import CO_COROUTINE
+from types import FunctionType
 from typing import Any
 
 from .base import Attempt, Outcome, hold_instances, let_go_instances, resource_instances
@@ -76,21 +78,13 @@ async def _awaited(value: Awaitable[Any], attempt: Attempt) -> Outcome:
     return succeeded(result)
 
 
-_coroutine_functions: dict[Any, bool] = {}
-
-
 def _is_coroutine_function(action: Any) -> bool:
-    """`inspect.iscoroutinefunction`, remembered per function (a map calls one many times)."""
-    try:
-        known = _coroutine_functions.get(action)
-    except TypeError:  # unhashable callable
-        return inspect.iscoroutinefunction(action) or inspect.iscoroutinefunction(type(action).__call__)
-    if known is None:
-        known = inspect.iscoroutinefunction(action) or inspect.iscoroutinefunction(type(action).__call__)
-        if len(_coroutine_functions) > 1024:
-            _coroutine_functions.clear()  # a bounded memo
-        _coroutine_functions[action] = known
-    return known
+    """`inspect.iscoroutinefunction` (or an object whose ``__call__`` is one), read straight
+    from the code's flags for a plain function with no attributes set (the common case, and
+    no marker such as `inspect.markcoroutinefunction` can be on it)."""
+    if type(action) is FunctionType and not action.__dict__:
+        return bool(action.__code__.co_flags & CO_COROUTINE)
+    return inspect.iscoroutinefunction(action) or inspect.iscoroutinefunction(type(action).__call__)
 
 
 __all__ = ["InlineBackend"]
