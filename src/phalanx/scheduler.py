@@ -81,6 +81,10 @@ _EPSILON = 1e-9
 
 __all__ = ["FAILED_FOR_GOOD", "HaltDecision", "HaltRule", "Scheduler", "TimeoutRule"]
 
+#: How many attempts run to their end as they started (inline calls) are accounted for
+#: before the dispatcher gives the event loop a turn.
+_IMMEDIATE_BATCH = 256
+
 #: How many of the slowest tasks the summary names.
 _SLOWEST = 5
 
@@ -568,23 +572,39 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         """Start every ready task that fits; then account for the attempts that ran to their
-        end as they started (an `ImmediateBackend`), which may make more tasks ready."""
+        end as they started (an `ImmediateBackend`), which may make more tasks ready.
+
+        After `_IMMEDIATE_BATCH` such attempts the rest waits for the loop's next turn, so
+        that a long run of inline calls still lets timers fire and a Ctrl-C (the main task's
+        cancellation) through between batches.
+        """
         if self._dispatching:
             self._dispatch_again = True  # called from within: the loop below goes round again
             return
         self._dispatching = True
         immediate = self._immediate
+        accounted = 0
         try:
             self._dispatch_ready()
             while immediate or self._dispatch_again:
+                if accounted >= _IMMEDIATE_BATCH and self._loop is not None and self._loop.is_running():
+                    self._loop.call_soon(self._dispatch)
+                    return
                 self._dispatch_again = False
-                while immediate:
-                    running, status, outcome = immediate.popleft()
-                    self._settle_limits(running, status, outcome)
-                    self._attempt_ended(running.task.id, running, status, outcome)
+                accounted += self._account_immediate()
                 self._dispatch_ready()
         finally:
             self._dispatching = False
+
+    def _account_immediate(self) -> int:
+        """Account for the attempts that ran to their end as they started; how many."""
+        immediate = self._immediate
+        count = len(immediate)
+        while immediate:
+            running, status, outcome = immediate.popleft()
+            self._settle_limits(running, status, outcome)
+            self._attempt_ended(running.task.id, running, status, outcome)
+        return count
 
     def _dispatch_ready(self) -> None:
         """Start every ready task that fits, in policy order, honouring one reservation."""
@@ -1138,9 +1158,12 @@ class Scheduler:
     async def _drain(self) -> None:
         """Wait for cancelled attempts to finish stopping (their backends kill and reap)."""
         while self._running:
+            if self._immediate and not self._dispatching:
+                self._account_immediate()  # ended before the stop: they end as they ended
+                continue
             handles = [r.handle for r in list(self._running.values()) if r.handle is not None]
             if not handles:
-                return  # only attempts that already ran to their end, accounted for by the dispatch
+                return
             await asyncio.gather(*handles, return_exceptions=True)
 
     def _report(self, started_at: float) -> RunReport:
