@@ -433,6 +433,19 @@ def _scaling(jobs: int | AutoJobs | None, load: str | None, memfree: str | None)
     )
 
 
+def _backend_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--backend`` and ``--scheduler``: where the tasks run (``run`` and ``map``)."""
+    function = click.option(
+        "--scheduler", metavar="ADDRESS",
+        help="The cluster to run on: a Dask scheduler (tcp://HOST:8786; else $PHALANX_DASK_SCHEDULER, else the "
+        "task file's dask_scheduler) or a Ray address (else $PHALANX_RAY_ADDRESS). None: a local cluster "
+        "started for the run.")(function)
+    return click.option(
+        "--backend", type=click.Choice(["local", "dask", "ray"]), default="local", show_default=True,
+        help="Where the tasks run: here, or on a Dask or Ray cluster (phalanx still decides the order, "
+        "retries and limits; needs phalanx[dask] or phalanx[ray]).")(function)
+
+
 @main.command(epilog=RUN_EXAMPLES, short_help="Run the tasks, each as soon as its dependencies succeed.")
 @_file_argument
 @_run_jobs_option
@@ -496,6 +509,7 @@ def _scaling(jobs: int | AutoJobs | None, load: str | None, memfree: str | None)
 @click.option("--seed", type=int, metavar="N",
               help="Start the tasks that priority and critical path rank equal in an order shuffled by N (the "
               "same N, the same order; default: the file's order) and seed the retry jitter.")
+@_backend_options
 @_colour_option
 def run(
     file: str | None,
@@ -525,6 +539,8 @@ def run(
     colour: str,
     redact: tuple[str, ...] = (),
     seed: int | None = None,
+    backend: str = "local",
+    scheduler: str | None = None,
 ) -> None:
     """Run the tasks of FILE, each as soon as its dependencies succeed.
 
@@ -616,9 +632,18 @@ def run(
         _fail(f"cannot write {error.filename}: {error.strerror}" if error.filename else str(error))
     if redaction is not None:  # every sink hears the events with the secrets masked
         sinks = [redaction.wrap(sink) for sink in sinks]
-    try:
-        report = asyncio.run(
-            run_session(
+    async def go() -> Any:
+        nonlocal backends, workers
+        if backend != "local":
+            from .backends.cluster import open_cluster_backend
+
+            cluster = await open_cluster_backend(backend, scheduler or task_file.dask_scheduler, graph,
+                                                 max_workers=None if jobs is None else workers,
+                                                 worker_resources=task_file.worker_resources)
+            backends = StandardBackends("auto", grace=2.0, cluster=cluster)
+            if jobs is None:
+                workers = cluster.cluster.slots
+        return await run_session(
                 graph,
                 backend_for=backends.for_task,
                 close_backends=backends.aclose,
@@ -635,7 +660,9 @@ def run(
                 seed=seed,
                 rng=None if seed is None else random.Random(seed),
             )
-        )
+
+    try:
+        report = asyncio.run(go())
     except PhalanxError as error:
         _fail(_locate(error, task_file, "resources"))
     except OSError as error:  # a report or the output could not be written: the run itself is in the journal

@@ -56,7 +56,8 @@ from .shellquote import ShellQuoteError, quote_placeholders
 _T = TypeVar("_T")
 _Path = tuple[str, ...]
 
-_TOP_KEYS = ("defaults", "resources", "priorities", "rate_limits", "tasks", "redact")
+_TOP_KEYS = ("defaults", "resources", "priorities", "rate_limits", "tasks", "redact", "dask_scheduler",
+             "worker_resources")
 _TASK_KEYS = ("cmd", "deps", "priority", "timeout", "retries", "resources", "env", "cwd", "tags", "cost", "for_each",
               "limiter", "limiter_key", "tokens", "junit", *LIMIT_PARSERS)  # memory, cpus, ...: a task's `Limits`
 _PER_TASK_ONLY = ("cmd", "deps", "for_each", "junit")  # meaningless as a default: they define the task
@@ -224,6 +225,10 @@ class TaskFile:
             those a run's ``--priority`` applies to.
         redact: the environment variables (names or ``fnmatch`` patterns) whose values
             phalanx masks in what it shows and stores (`phalanx.redact`).
+        dask_scheduler: the Dask scheduler ``--backend dask`` connects to (``tcp://HOST:8786``).
+        worker_resources: resource names that live on particular machines (a GPU, a
+            database): tasks may request them without ``[resources]``; on a cluster the
+            engine places such a task on a worker offering them; here, nothing counts them.
     """
 
     path: Path
@@ -237,11 +242,16 @@ class TaskFile:
     instances: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     unprioritized: frozenset[str] = frozenset()
     redact: tuple[str, ...] = ()
+    dask_scheduler: str | None = None
+    worker_resources: frozenset[str] = frozenset()
 
     @property
     def resources(self) -> Mapping[str, float | tuple[str, ...]]:
-        """What the scheduler is given: the capacities, with instance names where declared."""
-        return {**self.capacities, **self.instances}
+        """What the scheduler is given: the capacities, with instance names where declared
+        (and the worker resources, which phalanx's own pool does not count)."""
+        from .backends.cluster import UNCOUNTED
+
+        return {**dict.fromkeys(self.worker_resources, UNCOUNTED), **self.capacities, **self.instances}
 
     def line_of(self, task_id: str, key: str | None = None) -> int | None:
         """The line of ``[tasks.NAME]``, or of ``key`` in that table, for a task id.
@@ -455,6 +465,8 @@ class _Loader:
         self.instances: dict[str, tuple[str, ...]] = {}  # [resources] declared by their instances
         self.tag_priorities: dict[str, int] = {}  # [priorities]
         self.default_priority: int | None = None  # [defaults] priority
+        self.dask_scheduler: str | None = None
+        self.worker_resources: frozenset[str] = frozenset()
         self.unprioritized: set[str] = set()  # the [tasks.NAME] whose priority the file leaves unset
         self.cwds: dict[str, str] = {}  # a cwd as written -> as resolved
 
@@ -520,6 +532,12 @@ class _Loader:
         redact = self.redact(document, defaults)
         defaults = {key: value for key, value in defaults.items() if key != _REDACT}
         capacities = self.capacities(self.table(document.get("resources", {}), "[resources]", "resources"))
+        self.dask_scheduler = document.get("dask_scheduler")
+        if self.dask_scheduler is not None and not (isinstance(self.dask_scheduler, str) and self.dask_scheduler):
+            self.fail(f"dask_scheduler must be an address such as 'tcp://host:8786', got {self.dask_scheduler!r}",
+                      "dask_scheduler")
+        self.worker_resources = self.worker_resource_names(document.get("worker_resources", []), capacities)
+        requestable = {**capacities, **dict.fromkeys(self.worker_resources, math.inf)}
         self.tag_priorities = self.priorities(self.table(document.get("priorities", {}), "[priorities]",
                                                          "priorities"))
         if "priority" in defaults:
@@ -534,7 +552,7 @@ class _Loader:
         sources: dict[str, str] = {}  # task id -> the [tasks.NAME] it came from
         groups: dict[str, list[str]] = {}  # for_each NAME -> its expanded ids
         for name, table in tasks.items():
-            expanded = self.expand(name, table, defaults, capacities)
+            expanded = self.expand(name, table, defaults, requestable)
             built.extend(expanded)
             for task in expanded:
                 sources[task.id] = name
@@ -564,7 +582,7 @@ class _Loader:
                         MappingProxyType(self.rate_limits), MappingProxyType(self.junit), self.lines,
                         MappingProxyType(sources), instances=MappingProxyType(self.instances),
                         unprioritized=frozenset(tid for tid, name in sources.items() if name in self.unprioritized),
-                        redact=redact)
+                        redact=redact, dask_scheduler=self.dask_scheduler, worker_resources=self.worker_resources)
 
     def redact(self, document: dict[str, Any], defaults: dict[str, Any]) -> tuple[str, ...]:
         """``redact`` (at the top and in ``[defaults]``, together): the environment variables
@@ -834,6 +852,17 @@ class _Loader:
                 self.fail(f"{who} uses unknown rate limit {name!r}{_hint(name, self.rate_limits)}; "
                           f"defined in [rate_limits]: {defined}", *where)
         return tuple(names)
+
+    def worker_resource_names(self, value: object, capacities: Mapping[str, float]) -> frozenset[str]:
+        if not (isinstance(value, list) and all(isinstance(name, str) and name for name in value)):
+            self.fail(f"worker_resources must be a list of resource names such as [\"gpu\"], got {value!r}",
+                      "worker_resources")
+        for name in value:
+            if name == SLOTS or name in capacities:
+                self.fail(f"worker_resources: {name!r} is {'-j' if name == SLOTS else 'declared in [resources]'}: "
+                          f"a resource is either counted by phalanx for the whole run or offered by workers",
+                          "worker_resources")
+        return frozenset(value)
 
     def resources(self, who: str, where: _Path, value: object, capacities: dict[str, float]) -> dict[str, float]:
         requests = self.table(value, f"{who}: resources", *where)

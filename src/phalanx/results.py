@@ -156,6 +156,8 @@ class TaskResult:
             or as much of it as ``max_output`` keeps.
         output_cut: how much of the last attempt's output ``max_output`` cut, per stream;
             None when nothing was cut. `note` says it in words.
+        worker_address: the cluster worker the last attempt ran on (``--backend dask``:
+            the Dask worker's address); None when it ran on this machine.
         exception: the exception object a callable raised, when it could be brought back
             (so `phalanx.map` can raise it where the value would be); not part of `to_dict`.
     """
@@ -183,6 +185,7 @@ class TaskResult:
     stderr_path: str | None = None
     exception: BaseException | None = field(default=None, repr=False, compare=False)
     output_cut: OutputCut | None = None
+    worker_address: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -221,6 +224,8 @@ class TaskResult:
             "output_cut": None if self.output_cut is None else self.output_cut.to_dict(),
             "note": self.note,
         }
+        if self.worker_address is not None:
+            out["worker_address"] = self.worker_address
         if isinstance(self.value, str | int | float | bool | type(None) | list | dict):
             out["value"] = self.value
         return out

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend
+from .backends.cluster import ENGINES, open_cluster_backend, pool_capacities
 from .durations import parse_duration
 from .errors import ConfigError
 from .events import Event, Sink, TaskFinished, TaskRetrying, TaskStarted
@@ -81,6 +82,8 @@ async def run_async(
     rate_limits: Mapping[str, str | RateLimit] | None = None,
     results: str | Path | None = None,
     fsync: bool = False,
+    scheduler: str | None = None,
+    worker_resources: Iterable[str] = (),
 ) -> RunReport:
     """`run` for callers already inside an event loop. Same arguments, same result.
 
@@ -92,6 +95,14 @@ async def run_async(
     if timeout is not None and parse_duration(timeout, what="timeout") == 0:
         timeout = None  # 0 means no timeout, as in GNU parallel: there is no default to apply
     graph = build_graph(tasks, deps=deps, timeout=timeout)
+    cluster = None
+    if backend in ENGINES:
+        names = frozenset(worker_resources)
+        cluster = await open_cluster_backend(backend, scheduler, graph, max_workers=max_workers,
+                                             worker_resources=names, grace=grace)
+        resources = pool_capacities(resources, names)
+        if max_workers is None:
+            max_workers = cluster.cluster.slots
     workers = optimal_workers().count if max_workers is None else max_workers
     all_sinks: list[Sink] = list(sinks)
     limiters = named_limiters(rate_limits, workers)
@@ -99,7 +110,7 @@ async def run_async(
         all_sinks.append(results_sink(results, fsync=fsync))  # before the callbacks: a row is out when they hear
     if on_event is not None or progress_callback is not None:
         all_sinks.append(_CallbackSink(on_event, progress_callback))
-    backends = StandardBackends(backend, grace)
+    backends = StandardBackends(backend, grace, cluster=cluster)
     return await run_session(
         graph,
         backend_for=backend_for or backends.for_task,
@@ -159,6 +170,8 @@ def run(
     rate_limits: Mapping[str, str | RateLimit] | None = None,
     results: str | Path | None = None,
     fsync: bool = False,
+    scheduler: str | None = None,
+    worker_resources: Iterable[str] = (),
 ) -> RunReport:
     """Run tasks in parallel, each the moment its dependencies have succeeded.
 
@@ -175,7 +188,14 @@ def run(
         timeout: a default per-attempt timeout (seconds or ``"2m"``) for tasks that set
             none; None or 0: no timeout. A task's own ``timeout=0`` keeps it without one.
         backend: where callables run: ``"auto"`` (coroutines on the loop, others in
-            threads), ``"threads"``, or ``"inline"`` (on the loop itself).
+            threads), ``"threads"``, or ``"inline"`` (on the loop itself); or where
+            everything runs: ``"dask"`` (a Dask cluster: ``scheduler``, else
+            ``PHALANX_DASK_SCHEDULER``, else a LocalCluster started for the run) or
+            ``"ray"`` (``scheduler``, else ``PHALANX_RAY_ADDRESS``, else a local Ray).
+        scheduler: the cluster to connect to (``tcp://HOST:8786`` for Dask).
+        worker_resources: resource names that live on the cluster's workers (a GPU, a
+            database): a task's request for them goes to the engine, which places it on a
+            worker offering them; a task that no worker can take is refused before the run.
         grace: seconds between SIGTERM and SIGKILL when a command is stopped.
         on_event: called with every `Event` as it happens.
         progress_callback: called as ``(task_id, status)`` with ``"running"``,
@@ -224,5 +244,7 @@ def run(
             rate_limits=rate_limits,
             results=results,
             fsync=fsync,
+            scheduler=scheduler,
+            worker_resources=worker_resources,
         )
     )

@@ -1015,6 +1015,7 @@ class Scheduler:
             stderr_path=outcome.stderr_path,
             exception=outcome.exception,
             output_cut=outcome.output_cut,
+            worker_address=outcome.worker_address,
         )
 
     def _plain_result(

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .ratelimit import Limiters
     from .resources import Capacities
 
-BackendName = Literal["auto", "threads", "inline"]
+BackendName = Literal["auto", "threads", "inline", "dask", "ray"]
 
 
 class StandardBackends:
@@ -42,8 +42,11 @@ class StandardBackends:
 
     def __init__(self, callables: BackendName, grace: float,
                  on_spawn: Callable[[str, str, int, int], None] | None = None,
-                 guard: AttemptGuard | None = None, reuse_output_files: bool = False) -> None:
-        """``reuse_output_files``: commands share a pair of output files per slot, each
+                 guard: AttemptGuard | None = None, reuse_output_files: bool = False,
+                 cluster: Backend | None = None) -> None:
+        """``cluster``: the cluster backend (``--backend dask``) that runs every task.
+
+        ``reuse_output_files``: commands share a pair of output files per slot, each
         attempt's output there only until its end has been told to the sinks
         (`phalanx.backends.outputs`); False: files per attempt, kept until the run ends."""
         self._reuse_output_files = reuse_output_files
@@ -52,8 +55,13 @@ class StandardBackends:
         self._on_spawn = on_spawn
         self._guard = guard  # for the commands: see phalanx.guard
         self._made: dict[str, Backend] = {}
+        if cluster is not None:
+            self._made["cluster"] = cluster
 
     def for_task(self, task: Task) -> Backend:
+        cluster = self._made.get("cluster")
+        if cluster is not None:
+            return cluster
         if task.is_command:
             kind = "command"
         elif self._callables == "inline" or is_coroutine_action(task.action):

@@ -101,6 +101,8 @@ class Outcome:
             429 with its Retry-After, a timeout, `RetryAfter`): the scheduler's retry policy
             and rate limits act on it.
         output_cut: how much output a command printed past its ``max_output``, per stream.
+        worker_address: the cluster worker that ran it (``tcp://10.0.0.5:40123``), for the
+            cluster backends; None when it ran here.
     """
 
     ok: bool
@@ -120,6 +122,7 @@ class Outcome:
     retry_action: Any = field(default=None, repr=False, compare=False)
     failure: Failure | None = None
     output_cut: OutputCut | None = None
+    worker_address: str | None = None
 
 
 class Backend(Protocol):

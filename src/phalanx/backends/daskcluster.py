@@ -1,0 +1,168 @@
+"""Dask distributed as the cluster engine of `ClusterBackend` (``--backend dask``).
+
+phalanx connects to a running scheduler (``--scheduler tcp://HOST:8786``,
+``PHALANX_DASK_SCHEDULER``, or ``dask_scheduler`` in the task file) or, without an address,
+starts a `distributed.LocalCluster` on this machine for the run: one worker process per CPU,
+each with threads enough for ``-j`` attempts at once (a thread only waits on its attempt's
+process). Each attempt is one Dask task, `dask_entry`, with the attempt pickled as its one
+argument, ``retries=0``, the worker resources it asks for, and a priority that keeps
+phalanx's start order.
+
+Dask's own retries must be off: with ``allowed-failures`` above 0, the scheduler silently runs
+again a task whose worker died, which phalanx's retry policy alone decides. The embedded
+cluster is started with 0; a scheduler phalanx connects to must have been (phalanx asks it
+and refuses to run otherwise).
+
+How an attempt on a worker knows it must stop: the coordinator's `stop` runs
+`phalanx.remote.request_stop` on every worker (one ``Client.run`` for all the attempts
+stopped in the same step); and an attempt whose Dask task is no longer wanted (the
+coordinator cancelled it, or has gone: the scheduler forgets a dead client's tasks and tells
+their workers) sees its task's state leave "executing" in the worker's own state, which it
+reads every 50 ms without a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigError
+from ..remote import RemoteOutcome, request_stop, run_remote
+from .cluster import WorkerLost
+
+#: The environment variable naming the scheduler to connect to.
+SCHEDULER_VARIABLE = "PHALANX_DASK_SCHEDULER"
+
+#: Seconds to wait for a scheduler to answer, and for a first worker to join it.
+CONNECT_TIMEOUT = 30.0
+
+#: A Dask task's states in which it still runs on its worker.
+_RUNNING_STATES = frozenset({"executing", "long-running"})
+
+
+def dask_entry(payload: bytes) -> RemoteOutcome:
+    """The Dask task: run the pickled `RemoteAttempt` on this worker with phalanx's runners."""
+    import cloudpickle
+    from distributed import get_worker
+
+    remote = cloudpickle.loads(payload)
+    worker = get_worker()
+    key = worker.get_current_task()
+    tasks = worker.state.tasks
+
+    def should_stop() -> bool:
+        state = tasks.get(key)
+        return state is None or state.state not in _RUNNING_STATES
+
+    return run_remote(remote, should_stop, worker.address)
+
+
+def _stop_here(keys: list[str]) -> int:
+    return request_stop(keys)
+
+
+def _allowed_failures(dask_scheduler: Any) -> int:
+    return int(dask_scheduler.allowed_failures)
+
+
+class DaskCluster:
+    """A `Cluster` on Dask distributed: an asynchronous client on phalanx's own event loop."""
+
+    name = "Dask"
+
+    def __init__(self, client: Any, cluster: Any | None, address: str) -> None:
+        self.client = client
+        self._cluster = cluster  # ours to close (the embedded LocalCluster), or None
+        self.address = address
+        self._futures: dict[str, Any] = {}
+
+    @classmethod
+    async def start(cls, address: str | None, *, max_workers: int | None = None) -> DaskCluster:
+        """Connect to the scheduler at ``address``, or start a LocalCluster for ``max_workers``
+        attempts at once (default: one per CPU)."""
+        try:
+            import dask
+            import distributed
+        except ImportError:
+            raise ConfigError("--backend dask needs Dask distributed: pip install 'phalanx[dask]'") from None
+        if address is None:
+            workers = max(1, os.cpu_count() or 1)
+            threads = max(1, math.ceil((max_workers or workers) / workers))
+            from .processes import _main_module_hidden
+
+            # Hidden: the worker processes are spawned, and would run a script's body again.
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _main_module_hidden():
+                cluster = await distributed.LocalCluster(
+                    n_workers=workers, threads_per_worker=threads, processes=True, asynchronous=True,
+                    dashboard_address=None, silence_logs=logging.CRITICAL,
+                )
+            client = await distributed.Client(cluster, asynchronous=True)
+            return cls(client, cluster, cluster.scheduler_address)
+        try:
+            client = await distributed.Client(address, asynchronous=True, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as error:
+            raise ConfigError(f"cannot reach the Dask scheduler at {address}: {error}") from None
+        self = cls(client, None, address)
+        try:
+            allowed = await client.run_on_scheduler(_allowed_failures)
+        except Exception:
+            allowed = None  # a scheduler that runs no code for clients: its operators answer for it
+        if allowed:
+            await self.aclose()
+            raise ConfigError(
+                f"the Dask scheduler at {address} runs a task again when its worker dies ({allowed} time(s)): "
+                f"phalanx's retry policy must be the only one; start it with "
+                f"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0"
+            )
+        try:
+            await client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+        except (TimeoutError, asyncio.TimeoutError):
+            await self.aclose()
+            raise ConfigError(f"the Dask scheduler at {address} has no worker") from None
+        return self
+
+    def _workers(self) -> list[Mapping[str, Any]]:
+        return list(self.client.scheduler_info(n_workers=-1)["workers"].values())
+
+    @property
+    def slots(self) -> int:
+        return max(1, sum(int(worker.get("nthreads", 1)) for worker in self._workers()))
+
+    def offered(self) -> list[Mapping[str, float]]:
+        return [dict(worker.get("resources") or {}) for worker in self._workers()]
+
+    async def submit(self, key: str, payload: bytes, resources: Mapping[str, float], order: int) -> RemoteOutcome:
+        from distributed.scheduler import KilledWorker
+
+        future = self.client.submit(dask_entry, payload, key=key, pure=False, retries=0, priority=-order,
+                                    resources=dict(resources) or None)
+        self._futures[key] = future
+        try:
+            result: RemoteOutcome = await future
+        except KilledWorker as lost:
+            worker = lost.last_worker
+            raise WorkerLost(str(getattr(worker, "address", worker))) from None
+        finally:
+            self._futures.pop(key, None)
+        return result
+
+    async def stop(self, keys: list[str]) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.run(_stop_here, keys, on_error="ignore")
+
+    def forget(self, key: str) -> None:
+        future = self._futures.pop(key, None)
+        if future is not None:
+            future.cancel()
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.close()
+        if self._cluster is not None:
+            with contextlib.suppress(Exception):
+                await self._cluster.close()
