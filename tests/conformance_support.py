@@ -148,7 +148,16 @@ def _is_helper(process: psutil.Process) -> bool:
         command = " ".join(process.cmdline())
     except psutil.Error:
         return False
-    return "multiprocessing.forkserver" in command or "multiprocessing.resource_tracker" in command
+    if "multiprocessing.forkserver" in command or "multiprocessing.resource_tracker" in command:
+        return True
+    # The tests' Dask cluster lives as long as the test process: its worker processes, and
+    # the watchdog each one's phalanx node starts (it lives as long as its worker).
+    workers = TestCluster.worker_pids()
+    if process.pid in workers or (process.ppid() in workers and "phalanx.watchdog" in command):
+        return True
+    # A warm worker's keeper (`phalanx._worker`): the warm workers of a Dask worker's node
+    # stay between runs (warm), and each keeps its keeper as long as it lives.
+    return workers != set() and command == "/bin/sh -c read _; kill -KILL 0" and _is_helper(process.parent())
 
 
 def alive(pid: int) -> bool:
@@ -206,6 +215,59 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+# ---------------------------------------------------------------------------- the tests' cluster
+
+
+class TestCluster:
+    """The Dask cluster the conformance suite runs the ``dask`` backends on: a
+    ``LocalCluster(n_workers=2, processes=True)`` started once (by the suite's session
+    fixture, before any leftover check takes its "before"), closed at the end."""
+
+    _cluster: Any = None
+
+    @classmethod
+    def address(cls) -> str:
+        if cls._cluster is None:
+            import logging
+
+            import dask
+            import distributed
+
+            # phalanx's retry policy must be the only one (phalanx refuses a scheduler without this).
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                cls._cluster = distributed.LocalCluster(
+                    n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0",
+                    silence_logs=logging.CRITICAL)
+        return str(cls._cluster.scheduler_address)
+
+    @classmethod
+    def worker_pids(cls) -> set[int]:
+        """The pids of the cluster's worker processes now (a killed one is restarted)."""
+        if cls._cluster is None:
+            return set()
+        pids = set()
+        for nanny in list(cls._cluster.workers.values()):
+            process = getattr(nanny, "process", None)
+            pid = getattr(getattr(process, "process", None), "pid", None)
+            if pid is not None:
+                pids.add(int(pid))
+        return pids
+
+    @classmethod
+    def wait_for_workers(cls, count: int = 2) -> None:
+        """Wait (bounded) until the cluster has ``count`` workers again (after a kill)."""
+        from distributed import Client
+
+        with Client(cls.address(), timeout=BOUND) as client:
+            client.wait_for_workers(count, timeout=BOUND)
+
+    @classmethod
+    def close(cls) -> None:
+        if cls._cluster is not None:
+            cls._cluster.close()
+            cls._cluster = None
+
+
 # ---------------------------------------------------------------------------- adapters
 
 
@@ -228,14 +290,21 @@ class PythonBackend:
 
     kind = "python"
 
-    def __init__(self, name: str, backend: Literal["processes", "threads"], **options: Any) -> None:
+    def __init__(self, name: str, backend: Literal["processes", "threads", "dask"], **options: Any) -> None:
         self.name = name
         self.backend = backend
-        self.options = options
+        self._options = options
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The executor options this adapter adds (the tests' cluster's address for Dask)."""
+        if self.backend == "dask":
+            return {**self._options, "scheduler": TestCluster.address()}
+        return self._options
 
     @property
     def processes(self) -> bool:
-        return self.backend == "processes"
+        return self.backend in ("processes", "dask")
 
     @property
     def isolate(self) -> bool:
@@ -275,12 +344,22 @@ class PythonBackend:
 
 
 class CommandBackend:
-    """`phalanx.run` with command tasks: ``python conformance_support.py '<spec>'``."""
+    """`phalanx.run` with command tasks: ``python conformance_support.py '<spec>'`` (here, or
+    on the tests' Dask cluster with ``cluster="dask"``)."""
 
     kind = "command"
-    name = "command"
     processes = True
     isolate = False
+
+    def __init__(self, cluster: str | None = None) -> None:
+        self.cluster = cluster
+        self.name = "command" if cluster is None else f"{cluster}-command"
+
+    def run_options(self) -> dict[str, Any]:
+        """What `phalanx.run` is given to run on the cluster (nothing to run here)."""
+        if self.cluster is None:
+            return {}
+        return {"backend": self.cluster, "scheduler": TestCluster.address()}
 
     def task(self, index: int, spec: Spec, timeout: float | None) -> Any:
         import phalanx
@@ -309,7 +388,8 @@ class CommandBackend:
 
         async def go() -> Any:
             main.append(asyncio.current_task())  # type: ignore[arg-type]
-            return await phalanx.run_async(tasks, max_workers=max_workers, on_event=on_event, grace=0.5)
+            return await phalanx.run_async(tasks, max_workers=max_workers, on_event=on_event, grace=0.5,
+                                           **self.run_options())
 
         outcome: list[BaseException | None] = []
 
@@ -362,6 +442,8 @@ BACKENDS: dict[str, Any] = {
     "processes": PythonBackend("processes", "processes"),
     "processes-isolate": PythonBackend("processes-isolate", "processes", isolate=True),
     "command": CommandBackend(),
+    "dask": PythonBackend("dask", "dask"),
+    "dask-command": CommandBackend("dask"),
 }
 
 

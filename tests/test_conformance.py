@@ -56,6 +56,7 @@ from conformance_support import (
     BACKENDS,
     BOUND,
     POLL,
+    TestCluster,
     alive,
     descendants,
     forkserver_pid,
@@ -68,6 +69,15 @@ from conformance_support import (
     wait_gone,
     wait_no_descendants,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dask_cluster() -> Iterator[None]:
+    """The Dask cluster of the ``dask`` backends, started before any case takes its "before"
+    for the leftover check (its workers live as long as the module's cases)."""
+    TestCluster.address()
+    yield
+    TestCluster.close()
 
 
 @pytest.fixture(params=list(BACKENDS))
@@ -120,9 +130,10 @@ def crash_in_thread_script(spec: str) -> str:
 
 # ---------------------------------------------------------------------------- backends
 
-PYTHON = ("threads", "processes", "processes-isolate")  # callables: Executor / phalanx.map
-WORKERS = ("processes", "processes-isolate")  # callables in warm worker processes
-STOPPABLE = ("processes", "processes-isolate", "command")  # work that can be killed
+PYTHON = ("threads", "processes", "processes-isolate", "dask")  # callables: Executor / phalanx.map
+WORKERS = ("processes", "processes-isolate", "dask")  # callables in warm worker processes (on a Dask worker's, too)
+LOCAL_WORKERS = ("processes", "processes-isolate")  # warm worker processes of this process's own
+COMMANDS = ("command", "dask-command")  # phalanx.run with command tasks, here and on a Dask cluster
 
 
 def on(*names: str) -> pytest.MarkDecorator:
@@ -191,16 +202,16 @@ def test_map_raises_the_original_exception_where_its_value_would_be(backend: Any
     assert "in job" in str(caught.value.__cause__)
 
 
-@on("command")
+@on(*COMMANDS)
 def test_a_raising_command_fails_with_its_exit_status(backend: Any) -> None:
     # Documented: a command's failure is its exit status; its traceback is its stderr.
     results = run_failing(backend)
     assert results[1].exit_code == 1
 
 
-@on("command")
+@on(*COMMANDS)
 def test_phalanx_run_reports_a_failing_command_and_never_raises(backend: Any) -> None:
-    report = phalanx.run([backend.task(0, ["raise", "boom"], None)], max_workers=1)
+    report = phalanx.run([backend.task(0, ["raise", "boom"], None)], max_workers=1, **backend.run_options())
     assert not report.ok and report["0"].status is phalanx.Status.FAILED
 
 
@@ -237,14 +248,14 @@ def test_a_timed_out_thread_is_abandoned_and_runs_on(backend: Any, flags: Path) 
 
 
 @pytest.mark.usefixtures("no_leftovers")
-@on("command")
+@on(*COMMANDS)
 def test_timeout_stops_the_command_and_its_siblings_complete(backend: Any, flags: Path) -> None:
     results, ran_it = run_timing_out(backend, flags)
     assert_stopped(results, ran_it, flags)
 
 
 @pytest.mark.usefixtures("no_leftovers")
-@on("processes")
+@on("processes", "dask")
 def test_timeout_replaces_the_worker_and_its_siblings_complete_on_the_new_one(backend: Any, flags: Path) -> None:
     results, ran_it = run_timing_out(backend, flags)
     assert_stopped(results, ran_it, flags)
@@ -296,7 +307,7 @@ def test_a_crash_costs_only_its_item(backend: Any, spec: list[Any], exit_code: i
 
 @pytest.mark.usefixtures("no_leftovers")
 @pytest.mark.parametrize(("spec", "exit_code", "named"), CRASHES)
-@on("command")
+@on(*COMMANDS)
 def test_a_crashing_command_is_a_failure_of_that_command(
     backend: Any, spec: list[Any], exit_code: int, named: str
 ) -> None:
@@ -334,7 +345,7 @@ def run_killing(backend: Any, flags: Path, target: Any) -> tuple[list[Any], int]
 
 
 @pytest.mark.usefixtures("no_leftovers")
-@on(*WORKERS)
+@on(*LOCAL_WORKERS)
 def test_sigkill_of_a_worker_from_outside_costs_only_its_item(backend: Any, flags: Path) -> None:
     def the_worker(handle: Any, victim: int) -> int:
         (running,) = [task for task in handle.active() if task.get("item") == 2]
@@ -347,7 +358,7 @@ def test_sigkill_of_a_worker_from_outside_costs_only_its_item(backend: Any, flag
 
 
 @pytest.mark.usefixtures("no_leftovers")
-@on("command")
+@on(*COMMANDS)
 def test_sigkill_of_a_command_from_outside_fails_only_that_command(backend: Any, flags: Path) -> None:
     results, _ = run_killing(backend, flags, lambda handle, victim: victim)
     assert statuses(results) == ["succeeded"] * 2 + ["failed"] + ["succeeded"] * 3
@@ -416,7 +427,7 @@ def test_cancelled_threads_are_abandoned_and_run_on(backend: Any, flags: Path) -
 
 
 @pytest.mark.usefixtures("no_leftovers")
-@on("command")
+@on(*COMMANDS)
 def test_cancelling_a_run_stops_its_commands_and_cancels_the_rest(backend: Any, flags: Path) -> None:
     handle = backend.start(blocked(flags))
     pids = [started_pid(flags, name) for name in "ab"]
@@ -440,9 +451,11 @@ def wait_idle(executor: Any) -> None:
 PYTHON_INTERRUPTED = """
 import sys, phalanx
 from conformance_support import job
-directory, backend, isolate, entry = sys.argv[1:]
+directory, backend, isolate, entry, *cluster = sys.argv[1:]
 specs = [["block", directory, "a"], ["block", directory, "b"], ["value", 1]]
 options = {"backend": backend, "isolate": True} if isolate == "1" else {"backend": backend}
+if cluster:
+    options["scheduler"] = cluster[0]
 try:
     if entry == "map":
         list(phalanx.map(job, specs, max_workers=2, batch_size=1, **options))
@@ -457,10 +470,11 @@ except KeyboardInterrupt:
 COMMANDS_INTERRUPTED = """
 import sys, phalanx
 from conformance_support import CommandBackend
-directory = sys.argv[1]
+directory, *cluster = sys.argv[1:]
 specs = [["block", directory, "a"], ["block", directory, "b"], ["value", 1]]
+options = {"backend": cluster[0], "scheduler": cluster[1]} if cluster else {}
 try:
-    phalanx.run([CommandBackend().task(i, spec, None) for i, spec in enumerate(specs)], max_workers=2)
+    phalanx.run([CommandBackend().task(i, spec, None) for i, spec in enumerate(specs)], max_workers=2, **options)
 except KeyboardInterrupt:
     sys.exit(130)
 """
@@ -470,8 +484,9 @@ def interrupt_python(backend: Any, flags: Path, entry: str) -> list[int]:
     """Ctrl-C a program running two blocking callables: it exits 130 and leaves no process.
     Returns the pids it had started."""
     isolate = "1" if backend.isolate else "0"
+    cluster = [backend.options["scheduler"]] if "scheduler" in backend.options else []
     code, stderr, pids = interrupt_when_started(PYTHON_INTERRUPTED, flags, ["a", "b"], backend.backend,
-                                                isolate, entry)
+                                                isolate, entry, *cluster)
     assert code == 130, stderr
     assert not wait_gone(pids), "a process outlived the interrupted program"
     return pids
@@ -492,9 +507,10 @@ def test_ctrl_c_on_threads_ends_the_program_and_leaves_no_process(backend: Any, 
     interrupt_python(backend, flags, entry)
 
 
-@on("command")
+@on(*COMMANDS)
 def test_ctrl_c_stops_every_command_and_leaves_no_process(backend: Any, flags: Path) -> None:
-    code, stderr, pids = interrupt_when_started(COMMANDS_INTERRUPTED, flags, ["a", "b"])
+    cluster = list(backend.run_options().values())  # backend, scheduler (nothing here)
+    code, stderr, pids = interrupt_when_started(COMMANDS_INTERRUPTED, flags, ["a", "b"], *cluster)
     assert code == 130, stderr
     assert not wait_gone(pids), "a process outlived the interrupted program"
     assert not (flags / "finished-a").exists()
@@ -589,7 +605,7 @@ def test_threads_refuse_max_tasks_per_worker(backend: Any) -> None:
         backend.run(SIX_PIDS, max_tasks_per_worker=2)
 
 
-@on("command")
+@on(*COMMANDS)
 def test_every_command_is_a_process_of_its_own(backend: Any) -> None:
     results = backend.run(SIX_PIDS)
     assert len({tuple(backend.value(r)) for r in results}) == 6

@@ -632,7 +632,7 @@ def test_bad_options_are_refused() -> None:
     with pytest.raises(phalanx.ConfigError, match="isolate needs backend='processes'"):
         phalanx.Executor(1, backend="threads", isolate=True)
     with pytest.raises(phalanx.ConfigError, match="backend must be"):
-        phalanx.Executor(1, backend="dask")  # type: ignore[arg-type]
+        phalanx.Executor(1, backend="spark")  # type: ignore[arg-type]
     with pytest.raises(phalanx.ConfigError, match="max_workers"):
         phalanx.Executor(0)
 

@@ -164,7 +164,7 @@ def test_a_journal_from_before_the_data_was_kept_is_migrated_and_its_rows_are_no
                    " (1, 'old-task', 'h', 'succeeded', 1, 0.5)")
     db.close()
     with Journal.open(tmp_path) as journal:
-        assert journal.query("PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
+        assert journal.query("PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
         [record] = _records(journal, key)
         assert (record.task_id, record.data, record.output_cut) == ("old-task", None, None)
         assert recorded_result(record) is None

@@ -28,8 +28,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["map"]:
         # asyncio imports ssl if it can (about 5 ms), but this process only starts local
-        # commands and never speaks TLS: without ssl, asyncio simply goes without it.
-        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+        # commands and never speaks TLS: without ssl, asyncio simply goes without it. (On a
+        # cluster, --backend, it talks to its scheduler, maybe over TLS: ssl stays.)
+        if not any(arg == "--backend" or arg.startswith("--backend=") for arg in args):
+            sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
         if running_as_program:
             # Importing allocates much and frees next to nothing: the collector's passes over
             # it (about 5% of the start-up) would find no garbage. What it made is then frozen

@@ -578,7 +578,8 @@ def run(
         _dry_run(task_file, graph, workers)
         return
     mask = redaction.redactor.text if redaction is not None else None
-    journal, journal_sink, graph, cost_model, done = _journal_for(task_file, graph, resume, human, mask=mask)
+    journal, journal_sink, graph, cost_model, done, killed_runs = _journal_for(task_file, graph, resume, human,
+                                                                               mask=mask)
     # Nothing a task starts outlives the run: not a daemon, not after a kill -9 of phalanx.
     guard = TaskGuard.for_command_line(grace=2.0)
     # With a watchdog (which stops what a kill -9 leaves running) the sink's hook: it holds a
@@ -637,10 +638,17 @@ def run(
         if backend != "local":
             from .backends.cluster import open_cluster_backend
 
-            cluster = await open_cluster_backend(backend, scheduler or task_file.dask_scheduler, graph,
+            address = scheduler
+            if address is None and backend == "dask":  # --scheduler, then the environment, then the file
+                address = os.environ.get("PHALANX_DASK_SCHEDULER") or task_file.dask_scheduler
+            cluster = await open_cluster_backend(backend, address, graph,
                                                  max_workers=None if jobs is None else workers,
                                                  worker_resources=task_file.worker_resources)
             backends = StandardBackends("auto", grace=2.0, cluster=cluster)
+            if killed_runs:
+                # A killed run's attempts end on their workers once the scheduler has dropped
+                # its tasks (`phalanx.remote`); none may still run when its task runs again.
+                await cluster.settle(killed_runs)
             if jobs is None:
                 workers = cluster.cluster.slots
         return await run_session(
@@ -716,13 +724,15 @@ def _unwritable(error: OSError) -> NoReturn:
     _fail(f"cannot write {where}: {error.strerror or error}")
 
 
-def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any,
-                 mask: Callable[[str], str] | None = None) -> tuple[Any, Any, Graph, Any, list[Any]]:
+def _journal_for(
+    task_file: TaskFile, graph: Graph, resume: bool, human: Any, mask: Callable[[str], str] | None = None
+) -> tuple[Any, Any, Graph, Any, list[Any], tuple[str, ...]]:
     """The run journal in ``.phalanx/`` beside the task file, its sink (a `Sink`, whose
     ``attempt_spawned`` is the backends' spawn hook), the graph to run
     (with ``--resume``, only what is not done), the cost model (declared costs, else the
     duration history), and with ``--resume`` the journal's records of the tasks it treats
-    as done, in the file's order (`TaskRecord`: whose rows `_results_table` completes).
+    as done, in the file's order (`TaskRecord`: whose rows `_results_table` completes), and
+    the ids of the runs killed mid-way (whose attempts on a cluster must end first).
     ``mask``: the command line's secrets masked (`phalanx.redact`)."""
     from .history import DurationHistory, HistoryCosts
     from .journal import Journal, JournalSink, file_key, kill_leftovers, plan_resume, spec_hashes
@@ -734,17 +744,19 @@ def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any,
             _fail(f"--resume needs the run journal: {error}")
         # A read-only checkout or a damaged journal must not stop the run itself.
         click.echo(f"phalanx: warning: running without a journal (no --resume, no history): {error}", err=True)
-        return _NoJournal(), _NoJournal(), graph, None, []
+        return _NoJournal(), _NoJournal(), graph, None, [], ()
     journal.checkpoint_in_background()  # its commands are spawned: this process never forks
     key = file_key(task_file.path)
     hashes = spec_hashes(graph)
     done: list[Any] = []
+    killed: tuple[str, ...] = ()
     if resume:
         plan = plan_resume(journal, key, graph)
         latest = journal.latest_tasks(key)
         done = [latest[tid] for tid in graph.ids if tid in plan.done]
         stopped = kill_leftovers(plan.leftovers)
         journal.mark_crashed(plan.crashed_runs)
+        killed = plan.crashed_runs
         if stopped:
             human.write(f"phalanx: stopped {len(stopped)} process group(s) a killed run left running\n")
         human.write(f"phalanx: resuming: {len(plan.done)} done, {len(plan.todo)} to run\n")
@@ -753,7 +765,7 @@ def _journal_for(task_file: TaskFile, graph: Graph, resume: bool, human: Any,
     command_line = " ".join(["phalanx", *sys.argv[1:]])
     sink = JournalSink(journal, spec_hashes=hashes, command_line=command_line if mask is None else mask(command_line),
                        file_key=key)
-    return journal, sink, graph, HistoryCosts(DurationHistory(journal)), done
+    return journal, sink, graph, HistoryCosts(DurationHistory(journal)), done, killed
 
 
 def _results_table(path: str, done: list[Any], human: Any, redaction: Any) -> Sink:
@@ -1192,7 +1204,8 @@ def show(run_ref: str, task: str | None, file: str | None) -> None:
             took = format_duration(attempt.duration) if attempt.duration is not None else "-"
             code = f", exit code {attempt.exit_code}" if attempt.exit_code is not None else ""
             why = f": {attempt.reason}" if attempt.reason and attempt.reason != code.removeprefix(", ") else ""
-            click.echo(f"{task} attempt {attempt.attempt}: {attempt.status} in {took}{code}{why}")
+            where = f" on {attempt.worker_address}" if attempt.worker_address is not None else ""
+            click.echo(f"{task} attempt {attempt.attempt}: {attempt.status}{where} in {took}{code}{why}")
             for name, text in (("stdout", attempt.stdout_tail), ("stderr", attempt.stderr_tail)):
                 if text:
                     click.echo(f"--- {name} ---\n{text}", nl=not text.endswith("\n"))

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .mapper import Partition, Weights
     from .sinks.table import TableWriter
 
-ExecutorBackend = Literal["processes", "threads"]
+ExecutorBackend = Literal["processes", "threads", "dask", "ray"]
 
 #: A listener the loop calls for each event about one task (map batches): the event, and
 #: whether it is the task's last.
@@ -131,9 +131,14 @@ class Executor:
         rate_limits: Mapping[str, Any] | None = None,
         results: str | Path | None = None,
         fsync: bool = False,
+        scheduler: str | None = None,
     ) -> None:
-        if backend not in ("processes", "threads"):
-            raise ConfigError(f"backend must be 'processes' or 'threads', got {backend!r}")
+        if backend not in ("processes", "threads", "dask", "ray"):
+            raise ConfigError(f"backend must be 'processes', 'threads', 'dask' or 'ray', got {backend!r}")
+        if backend in ("dask", "ray") and max_memory_per_worker is not None:
+            raise ConfigError(f"max_memory_per_worker is not offered with backend={backend!r}")
+        if scheduler is not None and backend not in ("dask", "ray"):
+            raise ConfigError("scheduler= is for backend='dask' or 'ray'")
         if backend == "threads":
             for name, value in (("isolate", isolate), ("max_tasks_per_worker", max_tasks_per_worker),
                                 ("max_memory_per_worker", max_memory_per_worker)):
@@ -145,13 +150,22 @@ class Executor:
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
         ):
             raise ConfigError(f"max_workers must be a positive integer or None, got {max_workers!r}")
-        self.max_workers = max_workers or optimal_workers(backend).count
+        opened = None
+        if backend in ("dask", "ray"):
+            from .remote import CallableOptions
+
+            callables = CallableOptions(isolate, start_method, initializer, tuple(initargs), max_tasks_per_worker)
+            opened = _open_cluster(backend, scheduler, max_workers, callables)
+            max_workers = max_workers or opened.backend.cluster.slots
+        self.max_workers = max_workers or optimal_workers(backend if backend == "threads" else "processes").count
         self.backend_name = backend
         self.isolate = isolate
         self.timeout = check_timeout(timeout)
         self.retry = retry_policy(retries)
         self._backend: Backend
-        if backend == "processes":
+        if opened is not None:
+            self._backend = opened.backend
+        elif backend == "processes":
             self._backend = ProcessBackend(
                 self.max_workers,
                 start_method=start_method,
@@ -192,7 +206,7 @@ class Executor:
         self._ids = itertools.count(1)  # next() is atomic under the GIL: ids from any thread
         # Only commands write to a run directory, and an Executor runs none: it is never created.
         self._run_dir = Path(tempfile.gettempdir()) / f"phalanx-executor-{id(self):x}"
-        self._loop = asyncio.new_event_loop()
+        self._loop = opened.loop if opened is not None else asyncio.new_event_loop()
         self._scheduler = Scheduler(
             Graph(),
             backend_for=self._backend_for,
@@ -636,3 +650,33 @@ class _ThreadCall:
         except BaseException as error:
             raise _Raised(error) from None
 
+
+
+@dataclass
+class _OpenedCluster:
+    backend: Any  # the ClusterBackend
+    loop: asyncio.AbstractEventLoop
+
+
+def _open_cluster(engine: str, address: str | None, max_workers: int | None, callables: Any) -> Any:
+    """The cluster backend of an Executor, opened on the loop its thread will run: on a
+    thread of its own here, so that a caller inside a running event loop can make one."""
+    from .backends.cluster import open_cluster_backend
+
+    loop = asyncio.new_event_loop()
+    outcome: list[Any] = []
+
+    def open_it() -> None:
+        try:
+            outcome.append(loop.run_until_complete(
+                open_cluster_backend(engine, address, (), max_workers=max_workers, callables=callables)))
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=open_it, name="phalanx-cluster-start")
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        loop.close()
+        raise outcome[0]
+    return _OpenedCluster(outcome[0], loop)

@@ -6,7 +6,8 @@ each attempt when it starts (and its process group when the command backend spaw
 `Journal.attempt_spawned`; through the sink's hook, once it has run `SPAWN_HOLD`: a
 shorter one is written with its end), and each task with its last attempt when it ends
 (with what its results row holds: the data it reported, how much of its output was cut),
-in one transaction per task. (``phalanx map``, whose jobs can be shorter than a commit
+in one transaction per task; a last attempt that ran on a cluster worker (``--backend dask``)
+keeps that worker's address. (``phalanx map``, whose jobs can be shorter than a commit
 and whose resume reads its joblog, commits a `RunBatch` of records every 0.1 s instead:
 ``JournalSink(commit_every=...)``.) `plan_resume` reads it back: tasks that last succeeded
 with the same definition (`spec_hash`) are done; the others run again, and process groups
@@ -53,7 +54,7 @@ JOURNAL_DIR = ".phalanx"
 JOURNAL_NAME = "journal.db"
 
 #: The schema version this module writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The most of each output stream (stdout, stderr) kept per attempt, in bytes.
 TAIL_LIMIT = 64 * 1024
@@ -170,6 +171,13 @@ ALTER TABLE tasks ADD COLUMN data TEXT;
 ALTER TABLE tasks ADD COLUMN output_cut TEXT
 """
 
+# Schema 3: the cluster worker an attempt ran on (`TaskResult.worker_address`, ``--backend
+# dask``), NULL for one that ran on this machine, and for attempts that ended before their
+# task did (a retried attempt's end does not say where it ran).
+_WORKER_ADDRESS_COLUMN = """
+ALTER TABLE attempts ADD COLUMN worker_address TEXT
+"""
+
 # A task's end: its row, and its last attempt's (which a start or a spawn may have begun).
 _FINISH_TASK = """
 INSERT INTO tasks (run_seq, task_id, spec_hash, status, attempts, reason, exit_code, started_at, ended_at, duration,
@@ -183,26 +191,27 @@ ON CONFLICT (run_seq, task_id) DO UPDATE SET
 """
 _FINISH_ATTEMPT = """
 INSERT INTO attempts (run_seq, task_id, attempt, status, started_at, ended_at, duration, exit_code, signal, reason,
-                      worker, pid, stdout_tail, stderr_tail)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (run_seq, task_id, attempt) DO UPDATE SET
-    status = excluded.status, started_at = coalesce(attempts.started_at, excluded.started_at),
-    ended_at = excluded.ended_at, duration = excluded.duration, exit_code = excluded.exit_code,
-    signal = excluded.signal, reason = excluded.reason, worker = excluded.worker,
-    pid = coalesce(excluded.pid, attempts.pid), stdout_tail = excluded.stdout_tail, stderr_tail = excluded.stderr_tail
-"""
-
-# The same, with the process group of an attempt whose spawn has not been written (`RunBatch`).
-_FINISH_SPAWNED_ATTEMPT = """
-INSERT INTO attempts (run_seq, task_id, attempt, status, started_at, ended_at, duration, exit_code, signal, reason,
-                      worker, pid, stdout_tail, stderr_tail, pgid)
+                      worker, pid, stdout_tail, stderr_tail, worker_address)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (run_seq, task_id, attempt) DO UPDATE SET
     status = excluded.status, started_at = coalesce(attempts.started_at, excluded.started_at),
     ended_at = excluded.ended_at, duration = excluded.duration, exit_code = excluded.exit_code,
     signal = excluded.signal, reason = excluded.reason, worker = excluded.worker,
     pid = coalesce(excluded.pid, attempts.pid), stdout_tail = excluded.stdout_tail, stderr_tail = excluded.stderr_tail,
-    pgid = excluded.pgid
+    worker_address = excluded.worker_address
+"""
+
+# The same, with the process group of an attempt whose spawn has not been written (`RunBatch`).
+_FINISH_SPAWNED_ATTEMPT = """
+INSERT INTO attempts (run_seq, task_id, attempt, status, started_at, ended_at, duration, exit_code, signal, reason,
+                      worker, pid, stdout_tail, stderr_tail, worker_address, pgid)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_seq, task_id, attempt) DO UPDATE SET
+    status = excluded.status, started_at = coalesce(attempts.started_at, excluded.started_at),
+    ended_at = excluded.ended_at, duration = excluded.duration, exit_code = excluded.exit_code,
+    signal = excluded.signal, reason = excluded.reason, worker = excluded.worker,
+    pid = coalesce(excluded.pid, attempts.pid), stdout_tail = excluded.stdout_tail, stderr_tail = excluded.stderr_tail,
+    worker_address = excluded.worker_address, pgid = excluded.pgid
 """
 
 # What a `TaskRecord` is read from (the tasks table as ``t``).
@@ -235,7 +244,7 @@ _RETRIED = (
 )
 
 # Each step takes a journal at version N to N + 1; a journal newer than we know is refused.
-_MIGRATIONS: Mapping[int, str] = MappingProxyType({0: _SCHEMA, 1: _RESULT_COLUMNS})
+_MIGRATIONS: Mapping[int, str] = MappingProxyType({0: _SCHEMA, 1: _RESULT_COLUMNS, 2: _WORKER_ADDRESS_COLUMN})
 
 
 class JournalError(PhalanxError):
@@ -310,6 +319,11 @@ class AttemptRecord:
     ``pgid`` and ``leader_started`` (the group leader's start time, as psutil gives it) are
     known when the backend reported the spawn; together with ``pid`` they let a later run
     tell the attempt's process from an unrelated one that got the same pid since.
+
+    ``worker_address`` is the cluster worker the attempt ran on (``--backend dask``: the
+    Dask worker's address), as its task's end reported it: None for an attempt that ran on
+    this machine, one that was retried (a retry does not say where the failed attempt ran),
+    and one recorded before the journal kept it (schema 2).
     """
 
     run_id: str
@@ -328,6 +342,7 @@ class AttemptRecord:
     leader_started: float | None
     stdout_tail: str = field(default="", repr=False)
     stderr_tail: str = field(default="", repr=False)
+    worker_address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -813,8 +828,8 @@ class Journal:
             return [_task_record(run.id, row) for row in rows]
         rows = self.query(
             "SELECT attempt, status, started_at, ended_at, duration, exit_code, signal, reason, worker, pid, pgid,"
-            " leader_started, stdout_tail, stderr_tail FROM attempts WHERE run_seq = ? AND task_id = ?"
-            " ORDER BY attempt",
+            " leader_started, stdout_tail, stderr_tail, worker_address FROM attempts"
+            " WHERE run_seq = ? AND task_id = ? ORDER BY attempt",
             (seq, task_id),
         )
         return [AttemptRecord(run.id, task_id, *row) for row in rows]
@@ -1125,7 +1140,7 @@ def _finish_params(
     return task_row, (
         seq, result.task_id, result.attempts, status, None if end is None else end - result.duration,
         end, result.duration, result.exit_code, result.signal, reason, result.worker, result.pid,
-        _tail(result.stdout_tail), _tail(result.stderr_tail),
+        _tail(result.stdout_tail), _tail(result.stderr_tail), _text(result.worker_address),
     )
 
 

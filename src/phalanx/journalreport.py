@@ -1,8 +1,8 @@
 """A past run's HTML report, from the journal (`phalanx report RUN --html FILE`).
 
-The journal keeps each attempt (slot, times, status, reason, output tails) and each task's
-result, so the page a run would have written with ``--html`` can be made later. What the
-journal does not keep is the graph's edges, so this page has no critical path.
+The journal keeps each attempt (slot, cluster worker, times, status, reason, output tails)
+and each task's result, so the page a run would have written with ``--html`` can be made
+later. What the journal does not keep is the graph's edges, so this page has no critical path.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def report_data(journal: Journal, run: RunRecord) -> ReportData:
             slot = attempt.worker or 0
             slots = max(slots, slot)
             spans.append(AttemptSpan(task.task_id, attempt.attempt, slot, attempt.started_at - origin,
-                                     end - origin, status, attempt.reason))
+                                     end - origin, status, attempt.reason, attempt.worker_address))
             busy += end - attempt.started_at
         final = attempts[-1] if attempts else None
         entries.append(TaskEntry(
@@ -46,6 +46,7 @@ def report_data(journal: Journal, run: RunRecord) -> ReportData:
             exit_code=task.exit_code,
             stdout=Output(final.stdout_tail if final else "", None),
             stderr=Output(final.stderr_tail if final else "", None),
+            worker_address=None if final is None else final.worker_address,
         ))
     spans.sort(key=lambda span: (span.start, span.slot))
     ends = [span.end for span in spans]

@@ -471,6 +471,7 @@ def map(
     as_results: bool = False,
     results: str | Path | None = None,
     fsync: bool = False,
+    scheduler: str | None = None,
 ) -> Iterator[Any]:
     """``fn`` over ``iterables`` on warm workers, like the built-in ``map`` but in parallel.
 
@@ -519,13 +520,14 @@ def starmap(
     as_results: bool = False,
     results: str | Path | None = None,
     fsync: bool = False,
+    scheduler: str | None = None,
 ) -> Iterator[Any]:
     """`map` with each item an argument tuple, ``fn(*item)``, like `itertools.starmap`."""
     return _map(fn, (iterable,), True, locals())
 
 
 _EXECUTOR_OPTIONS = ("max_workers", "backend", "start_method", "initializer", "initargs", "max_tasks_per_worker",
-                     "max_memory_per_worker", "isolate", "timeout", "retries", "results", "fsync")
+                     "max_memory_per_worker", "isolate", "timeout", "retries", "results", "fsync", "scheduler")
 _MAP_OPTIONS = ("ordered", "batch_size", "partition", "weights", "as_results")
 
 
@@ -573,6 +575,7 @@ def check_options(
     as_results: Any = False,
     results: Any = None,
     fsync: Any = False,
+    scheduler: Any = None,
 ) -> None:
     """Refuse a bad option with a message that names it (the same checks `Executor` makes)."""
     def positive_int(name: str, value: Any, *, optional: bool) -> None:
@@ -585,8 +588,8 @@ def check_options(
     positive_int("max_workers", max_workers, optional=True)
     positive_int("max_tasks_per_worker", max_tasks_per_worker, optional=True)
     positive_int("max_memory_per_worker", max_memory_per_worker, optional=True)
-    if backend not in ("processes", "threads"):
-        raise ConfigError(f"backend must be 'processes' or 'threads', got {backend!r}")
+    if backend not in ("processes", "threads", "dask", "ray"):
+        raise ConfigError(f"backend must be 'processes', 'threads', 'dask' or 'ray', got {backend!r}")
     if not isinstance(start_method, str):
         raise ConfigError(f"start_method must be a string, got {start_method!r}")
     if initializer is not None and not callable(initializer):

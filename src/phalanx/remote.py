@@ -137,6 +137,8 @@ class Node:
         self._guard.temporary_dir(self._dir)
         self._commands: dict[float, Any] = {}  # a CommandBackend per grace period
         self._processes: dict[CallableOptions, Any] = {}  # a ProcessBackend per set of options
+        self._state_lock = threading.Lock()  # the engine's task threads share what follows
+        self._users: dict[Path, int] = {}  # a run's directory here -> its attempts running here
         self._free_slots: list[int] = []
         self._slots_made = 0
         self.running: set[str] = set()
@@ -148,10 +150,11 @@ class Node:
         self.running.add(remote.key)
         run_dir = self._dir / remote.run_id
         attempt = Attempt(remote.task, remote.number, slot, remote.run_id, run_dir, remote.instances)
+        self._enter(run_dir)
         try:
             if remote.key in _stop_requested:
-                return RemoteOutcome(Outcome(ok=False, reason="stopped before it began"), stopped=True, worker_address=where)
-            run_dir.mkdir(exist_ok=True)
+                never = Outcome(ok=False, reason="stopped before it began")
+                return RemoteOutcome(never, stopped=True, worker_address=where)
             stop = threading.Event()
             work = asyncio.run_coroutine_threadsafe(self._attempt(attempt, remote, stop), self._loop)
             while True:
@@ -161,13 +164,36 @@ class Node:
                 except concurrent.futures.TimeoutError:
                     if not stop.is_set() and (remote.key in _stop_requested or should_stop()):
                         stop.set()
+                except KeyboardInterrupt:
+                    # How an engine cancels a running task (Ray): stop the work, then let it through.
+                    stop.set()
+                    with contextlib.suppress(BaseException):
+                        work.result(timeout=remote.grace + 5.0)
+                    raise
             return self._shipped(outcome, stopped, where)
         finally:
             self.running.discard(remote.key)
             _stop_requested.discard(remote.key)
-            self._free_slots.append(slot)
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # once the run's last attempt here has gone
+            with self._state_lock:
+                self._free_slots.append(slot)
+            self._leave(run_dir)
+
+    def _enter(self, run_dir: Path) -> None:
+        """A run's directory here exists while any of its attempts runs here."""
+        with self._state_lock:
+            count = self._users.get(run_dir, 0)
+            if count == 0:
+                run_dir.mkdir(exist_ok=True)
+            self._users[run_dir] = count + 1
+
+    def _leave(self, run_dir: Path) -> None:
+        with self._state_lock:
+            count = self._users.pop(run_dir) - 1
+            if count:
+                self._users[run_dir] = count
+            else:
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()  # the run's last attempt here has gone (its files with it)
 
     async def _attempt(self, attempt: Attempt, remote: RemoteAttempt, stop: threading.Event) -> tuple[Outcome, bool]:
         """Run the attempt on its backend; stop it (really: the backend kills) once ``stop`` is set."""
@@ -208,10 +234,11 @@ class Node:
         return backend
 
     def _take_slot(self) -> int:
-        if self._free_slots:
-            return self._free_slots.pop()
-        self._slots_made += 1
-        return self._slots_made
+        with self._state_lock:
+            if self._free_slots:
+                return self._free_slots.pop()
+            self._slots_made += 1
+            return self._slots_made
 
     def _shipped(self, outcome: Outcome, stopped: bool, where: str) -> RemoteOutcome:
         """The outcome with its output files read (bounded) and removed: they are this machine's."""

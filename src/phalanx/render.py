@@ -21,7 +21,8 @@ STATUS_LABELS = {
 
 
 def task_line(result: TaskResult) -> str:
-    """One line per finished task: ``   PASS [ 0.512s] black``."""
+    """One line per finished task: ``   PASS [ 0.512s] black``; a task that ran on a cluster
+    worker ends with where: ``   PASS [ 0.320s] isort  (tcp://10.0.0.5:35289)``."""
     label = "FLAKY" if result.flaky else STATUS_LABELS[result.status]
     took = f"[{format_duration(result.duration):>8}]" if result.attempts else " " * 10
     line = f"{label:>8} {took} {result.task_id}"
@@ -31,6 +32,8 @@ def task_line(result: TaskResult) -> str:
         line += f"  {result.reason}"
     if result.note is not None:
         line += f"  ({result.note})"
+    if result.worker_address is not None:
+        line += f"  ({result.worker_address})"
     return line
 
 

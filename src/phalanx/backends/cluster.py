@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import os
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -36,6 +36,10 @@ from .batch import Batch, BatchResult, ItemResult
 
 #: Seconds a stopped attempt's worker gets, past the grace period, to say it has stopped.
 STOP_BOUND = 5.0
+
+#: Seconds a resumed run waits for a killed run's attempts to end on the workers, and how often it looks.
+SETTLE_BOUND = 30.0
+SETTLE_POLL = 0.1
 
 
 class WorkerLost(Exception):
@@ -71,6 +75,10 @@ class Cluster(Protocol):
 
     def forget(self, key: str) -> None:
         """The attempt's answer is no longer wanted (it was stopped and did not answer in time)."""
+        ...
+
+    async def running(self) -> dict[str, list[str]]:
+        """The keys of the attempts running now, by worker."""
         ...
 
     async def aclose(self) -> None: ...
@@ -123,7 +131,8 @@ class ClusterBackend:
             raise
         except WorkerLost as lost:
             return Outcome(ok=False, crashed=True, reason=f"WorkerCrashed: the {self.cluster.name} worker "
-                           f"{lost.where} running it was lost", worker_address=lost.where)
+                           f"{lost.where} running it was lost",
+                           worker_address=None if lost.where.startswith("(") else lost.where)
         except Exception as error:  # the engine could not run it (the payload would not load there ...)
             info = ErrorInfo.from_exception(error)
             return Outcome(ok=False, reason=f"{self.cluster.name} could not run it: {info}", error=info)
@@ -131,6 +140,26 @@ class ClusterBackend:
 
     def stopped_outcome(self, attempt: Attempt) -> Outcome | None:
         return self._stopped.pop((attempt.task.id, attempt.number), None)
+
+    async def settle(self, run_ids: Sequence[str], *, bound: float = SETTLE_BOUND) -> None:
+        """Wait until no attempt of these (killed) runs still runs on a worker, asking them to
+        stop; refuse to go on (`ConfigError`) if one still runs after ``bound`` seconds."""
+        from ..errors import ConfigError
+
+        prefixes = tuple(f"phalanx-{run_id}-" for run_id in run_ids)
+        deadline = asyncio.get_running_loop().time() + bound
+        while True:
+            left = {worker: [key for key in keys if key.startswith(prefixes)]
+                    for worker, keys in (await self.cluster.running()).items()}
+            left = {worker: keys for worker, keys in left.items() if keys}
+            if not left:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                worker, keys = next(iter(left.items()))
+                raise ConfigError(f"an attempt of the killed run still runs on {self.cluster.name} worker "
+                                  f"{worker} ({keys[0]}) after {bound:g}s: not resuming while it does")
+            await self.cluster.stop([key for keys in left.values() for key in keys])
+            await asyncio.sleep(SETTLE_POLL)
 
     async def aclose(self) -> None:
         await self.cluster.aclose()
@@ -147,8 +176,9 @@ class ClusterBackend:
                 task = replace(task, action=coroutine_runner(task.action))
 
         def dumps(task: Any) -> bytes:
-            return cloudpickle.dumps(RemoteAttempt(key, task, attempt.number, attempt.run_id, self._grace,
+            blob: bytes = cloudpickle.dumps(RemoteAttempt(key, task, attempt.number, attempt.run_id, self._grace,
                                                    attempt.instances, self._callables))
+            return blob
 
         try:
             return _Sent(dumps(task))
@@ -192,32 +222,33 @@ class ClusterBackend:
 
     async def _stop(self, key: str, attempt: Attempt, answer: asyncio.Future[RemoteOutcome]) -> None:
         """Have the attempt stopped on its worker and wait (bounded) for it to say so; a second
-        cancellation while waiting gives up waiting."""
+        cancellation while waiting gives up waiting (the request still goes out)."""
         try:
-            await self._request_stop(key)
+            await asyncio.shield(self._request_stop(key))
             async with asyncio.timeout(self._grace + STOP_BOUND):
                 remote = await asyncio.shield(answer)
         except (asyncio.CancelledError, TimeoutError, Exception):
+            # Cancelled again (stop at once), or no answer in time: the engine cancels the
+            # task too, which the attempt's worker sees as its task no longer wanted.
             answer.cancel()
             self.cluster.forget(key)
             return
         self._stopped[(attempt.task.id, attempt.number)] = replace(
             self._received(attempt, remote, None), ok=False)
 
-    async def _request_stop(self, key: str) -> None:
-        """Stop requests made in the same step (fail-fast stops many) go out as one."""
+    def _request_stop(self, key: str) -> asyncio.Future[None]:
+        """Stop requests made in the same step (fail-fast stops many) go out as one message,
+        sent by a task of its own: a caller cancelled meanwhile does not hold it back."""
         self._pending_stops.append(key)
         if self._stopping is None:
-            self._stopping = asyncio.get_running_loop().create_future()
-            await asyncio.sleep(0)
-            keys, self._pending_stops = self._pending_stops, []
-            done, self._stopping = self._stopping, None
-            try:
-                await self.cluster.stop(keys)
-            finally:
-                done.set_result(None)
-        else:
-            await asyncio.shield(self._stopping)
+            self._stopping = asyncio.ensure_future(self._send_stops())
+        return self._stopping
+
+    async def _send_stops(self) -> None:
+        await asyncio.sleep(0)  # the rest of this step's stops
+        keys, self._pending_stops = self._pending_stops, []
+        self._stopping = None
+        await self.cluster.stop(keys)
 
     # ------------------------------------------------------------------ receiving
 
@@ -226,8 +257,10 @@ class ClusterBackend:
         outcome = remote.outcome
         changes: dict[str, Any] = {"worker_address": remote.worker_address}
         if remote.stdout is not None or remote.stderr is not None:
+            os.makedirs(attempt.run_dir, exist_ok=True)  # a --log-dir not made yet: nothing ran here to make it
             out_path, err_path = output_paths(str(attempt.run_dir), attempt.task.id, attempt.number)
-            for path, data, name in ((out_path, remote.stdout, "stdout_path"), (err_path, remote.stderr, "stderr_path")):
+            streams = ((out_path, remote.stdout, "stdout_path"), (err_path, remote.stderr, "stderr_path"))
+            for path, data, name in streams:
                 if data is not None:
                     _write(path, data)
                     changes[name] = path

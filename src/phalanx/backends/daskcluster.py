@@ -44,6 +44,9 @@ CONNECT_TIMEOUT = 30.0
 #: A Dask task's states in which it still runs on its worker.
 _RUNNING_STATES = frozenset({"executing", "long-running"})
 
+#: A worker's states (`distributed.core.Status` names) in which its tasks go on.
+_WORKING = frozenset({"running", "paused"})
+
 
 def dask_entry(payload: bytes) -> RemoteOutcome:
     """The Dask task: run the pickled `RemoteAttempt` on this worker with phalanx's runners."""
@@ -57,13 +60,24 @@ def dask_entry(payload: bytes) -> RemoteOutcome:
 
     def should_stop() -> bool:
         state = tasks.get(key)
-        return state is None or state.state not in _RUNNING_STATES
+        if state is None or state.state not in _RUNNING_STATES:
+            return True  # cancelled, or its client (phalanx) is gone
+        # A worker closing (stopped, or cut off from its scheduler) would otherwise let the
+        # command run on until its process exits.
+        return worker.status.name not in _WORKING
 
     return run_remote(remote, should_stop, worker.address)
 
 
 def _stop_here(keys: list[str]) -> int:
     return request_stop(keys)
+
+
+def _running_here() -> list[str]:
+    from ..remote import Node
+
+    node = Node.current
+    return [] if node is None else sorted(node.running)
 
 
 def _allowed_failures(dask_scheduler: Any) -> int:
@@ -79,7 +93,9 @@ class DaskCluster:
         self.client = client
         self._cluster = cluster  # ours to close (the embedded LocalCluster), or None
         self.address = address
+        self._identity: dict[str, Any] = {}  # the scheduler's view of its workers, as of the start
         self._futures: dict[str, Any] = {}
+        self._cancels: set[asyncio.Future[Any]] = set()  # cancellations on their way to the scheduler
 
     @classmethod
     async def start(cls, address: str | None, *, max_workers: int | None = None) -> DaskCluster:
@@ -99,14 +115,20 @@ class DaskCluster:
             with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _main_module_hidden():
                 cluster = await distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=threads, processes=True, asynchronous=True,
-                    dashboard_address=None, silence_logs=logging.CRITICAL,
+                    dashboard_address=":0", silence_logs=logging.CRITICAL,  # no fixed port to collide on
                 )
             client = await distributed.Client(cluster, asynchronous=True)
-            return cls(client, cluster, cluster.scheduler_address)
+            self = cls(client, cluster, cluster.scheduler_address)
+            await client.wait_for_workers(workers)
+            await self._refresh()
+            return self
         try:
-            client = await distributed.Client(address, asynchronous=True, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as error:
-            raise ConfigError(f"cannot reach the Dask scheduler at {address}: {error}") from None
+            # The connect timeout is Dask's own (distributed.comm.timeouts.connect, 30 s).
+            client = await distributed.Client(address, asynchronous=True)
+        except (OSError, TimeoutError, TypeError, RuntimeError, ValueError) as error:
+            # TLS set up on one side only shows as a TypeError or RuntimeError from the comm layer.
+            raise ConfigError(f"cannot reach the Dask scheduler at {address}: {type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else 'no detail'}") from None
         self = cls(client, None, address)
         try:
             allowed = await client.run_on_scheduler(_allowed_failures)
@@ -121,13 +143,33 @@ class DaskCluster:
             )
         try:
             await client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             await self.aclose()
             raise ConfigError(f"the Dask scheduler at {address} has no worker") from None
+        await self._refresh()
+        missing = await self._without_phalanx()
+        if missing:
+            await self.aclose()
+            raise ConfigError(f"the Dask worker {missing[0]} has no phalanx installed ({len(missing)} of "
+                              f"{len(self._workers())} workers): install the same phalanx as here on every worker")
         return self
 
+    async def _refresh(self) -> None:
+        """Ask the scheduler for its workers now (the client's own copy lags behind at first)."""
+        self._identity = await self.client.scheduler.identity(n_workers=-1)
+
+    async def _without_phalanx(self) -> list[str]:
+        """The workers that cannot import phalanx (their attempts would fail to load)."""
+        try:
+            versions = await self.client.get_versions(packages=["phalanx"])
+        except Exception:
+            return []  # a scheduler that will not say: the first attempt will
+        workers = versions.get("workers", {}) or {}
+        return sorted(address for address, info in workers.items()
+                      if not ((info or {}).get("packages") or {}).get("phalanx"))
+
     def _workers(self) -> list[Mapping[str, Any]]:
-        return list(self.client.scheduler_info(n_workers=-1)["workers"].values())
+        return list((self._identity.get("workers") or {}).values())
 
     @property
     def slots(self) -> int:
@@ -137,6 +179,7 @@ class DaskCluster:
         return [dict(worker.get("resources") or {}) for worker in self._workers()]
 
     async def submit(self, key: str, payload: bytes, resources: Mapping[str, float], order: int) -> RemoteOutcome:
+        from distributed.client import FutureCancelledError
         from distributed.scheduler import KilledWorker
 
         future = self.client.submit(dask_entry, payload, key=key, pure=False, retries=0, priority=-order,
@@ -147,6 +190,10 @@ class DaskCluster:
         except KilledWorker as lost:
             worker = lost.last_worker
             raise WorkerLost(str(getattr(worker, "address", worker))) from None
+        except FutureCancelledError as cancelled:
+            if "connection-lost" in str(cancelled.reason):  # the scheduler is gone, and the attempt with it
+                raise WorkerLost(f"(scheduler {self.address} lost)") from None
+            raise
         finally:
             self._futures.pop(key, None)
         return result
@@ -155,10 +202,17 @@ class DaskCluster:
         with contextlib.suppress(Exception):
             await self.client.run(_stop_here, keys, on_error="ignore")
 
+    async def running(self) -> dict[str, list[str]]:
+        answers = await self.client.run(_running_here, on_error="ignore")
+        return {str(worker): list(keys) for worker, keys in answers.items() if isinstance(keys, list)}
+
     def forget(self, key: str) -> None:
         future = self._futures.pop(key, None)
         if future is not None:
-            future.cancel()
+            cancelling = future.cancel()  # a coroutine, with an asynchronous client
+            if asyncio.iscoroutine(cancelling):
+                self._cancels.add(task := asyncio.ensure_future(cancelling))
+                task.add_done_callback(self._cancels.discard)
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):

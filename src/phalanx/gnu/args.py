@@ -85,6 +85,8 @@ class MapOptions:
     rate_key: str | None = None  # --rate-key TEMPLATE: jobs with different keys are limited apart ({model})
     no_journal: bool = False  # --no-journal (phalanx's own): leave the run out of the run journal
     max_output: int | None = None  # --max-output SIZE (phalanx's own): each job's stdout and stderr kept to SIZE
+    backend: str = "local"  # --backend local|dask|ray (phalanx's own): where the jobs run
+    scheduler: str | None = None  # --scheduler ADDRESS (phalanx's own): the cluster to connect to
     help: bool = False
     version: bool = False
 
@@ -257,6 +259,12 @@ def _rate(option: str, *, weighted: bool = False) -> Callable[[str], RateLimit]:
     return parse
 
 
+def _backend(text: str) -> str:
+    if text not in ("local", "dask", "ray"):
+        raise UsageError(f"--backend must be local, dask or ray, not {text!r}")
+    return text
+
+
 def _delimiter(text: str) -> str:
     delimiter = unquote_printf(text)
     if not delimiter:
@@ -291,6 +299,7 @@ _VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
     "--rate-tokens": ("rate_tokens", _rate("--rate-tokens", weighted=True)), "--rate-cost": ("rate_cost", str),
     "--rate-key": ("rate_key", str), "--max-output": ("max_output", _output_cap),
     "--redact": ("redact", _redact), "--load": ("load", _load), "--memfree": ("memfree", _memfree),
+    "--backend": ("backend", _backend), "--scheduler": ("scheduler", str),
 }
 
 
@@ -344,6 +353,11 @@ def parse_map_args(argv: Sequence[str]) -> MapOptions:
     _parse_sources(words[i:], options)
     if options.tagstring in ("", "0"):
         options.tagstring = None  # Perl: false, so GNU drops it (``$opt::tagstring ||= ...``)
+    if options.backend != "local" and (options.pipe or options.ungroup):
+        raise UsageError(f"--backend {options.backend} runs the jobs on other machines: "
+                         f"{'--pipe' if options.pipe else '-u'} needs them here")
+    if options.scheduler is not None and options.backend == "local":
+        raise UsageError("--scheduler needs --backend dask or --backend ray")
     if options.resume_failed:
         options.resume = True
     if options.resume and options.joblog is None:

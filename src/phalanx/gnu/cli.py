@@ -73,6 +73,9 @@ phalanx's own (GNU parallel has none of these):
   --max-output SIZE         keep at most SIZE (10MB, 1GiB; 0: no cap) of each job's
                             stdout, and as much of its stderr: the first and the last
                             half; the rest is dropped, with a warning on stderr per job
+  --backend dask|ray        run the jobs on a Dask (or Ray) cluster: the one --scheduler
+                            ADDRESS (or $PHALANX_DASK_SCHEDULER) names, else one started
+                            here for the run; output comes back grouped per job
   --redact NAME             show the value of environment variable NAME (or a pattern,
                             '*_SECRET'; repeatable) as *** in the joblog, the --results
                             files, the journal and warnings (values of 4 characters or

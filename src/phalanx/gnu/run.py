@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from ..backends.base import Attempt, Outcome
+from ..backends.base import Attempt, Backend, Outcome
 from ..backends.command import CommandBackend
 from ..backends.outputs import OutputFiles
 from ..errors import PhalanxError
@@ -185,10 +185,19 @@ class MapRun:
         async def run_jobs() -> RunReport:
             spawned = None if journal is None else journal.attempt_spawned
             # No marker line where --max-output cuts: standard output holds the job's own bytes only.
-            backend = _MapBackend(
-                self, CommandBackend(grace=GRACE_SECONDS, on_spawn=spawned, cut_marker=False, guard=guard,
-                                     outputs=self._output_files())
-            )
+            nonlocal workers
+            inner: Backend
+            if options.backend != "local":
+                from ..backends.cluster import open_cluster_backend
+
+                inner = await open_cluster_backend(options.backend, options.scheduler, tasks, grace=GRACE_SECONDS,
+                                                   max_workers=workers if options.jobs is not None else None)
+                if options.jobs is None:
+                    workers = inner.cluster.slots
+            else:
+                inner = CommandBackend(grace=GRACE_SECONDS, on_spawn=spawned, cut_marker=False, guard=guard,
+                                       outputs=self._output_files())
+            backend = _MapBackend(self, inner)
             return await run_session(
                 Graph(tasks),
                 backend_for=lambda task: backend,
@@ -206,6 +215,8 @@ class MapRun:
 
         try:
             report = asyncio.run(run_jobs())
+        except PhalanxError as error:  # the cluster: unreachable, or no worker for a job
+            return usage_error(error)
         except OSError as error:  # a sink could not write (a full disk, a file-size limit)
             return unwritable(error)
         except ValueError as error:  # a file where a folder goes
@@ -604,7 +615,7 @@ class _MapBackend:
     """The command backend, with each job's command and environment rendered for its slot
     when the template uses ``{%}`` (the slot is known only when the job starts)."""
 
-    def __init__(self, run: MapRun, inner: CommandBackend) -> None:
+    def __init__(self, run: MapRun, inner: Backend) -> None:
         self._run = run
         self._inner = inner
 

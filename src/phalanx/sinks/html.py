@@ -5,7 +5,9 @@ The page needs nothing but itself: its CSS and script are inline and it loads no
 job or opened years later from disk. It has the run's summary (counts by status, wall
 time, parallelism, lower bound, critical path), a timeline with one row per worker slot
 and one bar per attempt (the critical path outlined), and a table of the tasks with
-status filters, each task's output beneath it in a ``<details>`` block.
+status filters, each task's output beneath it in a ``<details>`` block. A task that ran on
+a cluster worker (``--backend dask``) names that worker's address in its row, its last
+attempt's bar and the bar's tooltip; a run on this machine shows none of that.
 
 Two halves, so the page can also be made without a run:
 
@@ -85,6 +87,8 @@ class AttemptSpan:
         status: the task's status (a `Status` value) for its last attempt, `RETRIED` for an
             attempt that failed and was tried again, `UNFINISHED` for one that never ended.
         reason: why it did not succeed, if it did not.
+        worker_address: the cluster worker it ran on (``tcp://10.0.0.5:40123``), when its
+            end said so (a task's last attempt); None on this machine.
     """
 
     task_id: str
@@ -94,6 +98,7 @@ class AttemptSpan:
     end: float
     status: str
     reason: str | None = None
+    worker_address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,7 @@ class TaskEntry:
         stdout, stderr: the end of its output.
         traceback: the traceback of the exception a callable raised, or "".
         data: what the task reported (``PHALANX_RESULT_FILE`` or a returned mapping).
+        worker_address: the cluster worker its last attempt ran on, or None (this machine).
     """
 
     task_id: str
@@ -142,6 +148,7 @@ class TaskEntry:
     stderr: Output = field(default_factory=Output)
     traceback: str = ""
     data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    worker_address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +244,7 @@ def task_entry(result: TaskResult, stdout: Output, stderr: Output) -> TaskEntry:
         stderr=stderr,
         traceback=result.error.traceback if result.error is not None else "",
         data=dict(result.data),
+        worker_address=result.worker_address if result.attempts else None,
     )
 
 
@@ -311,7 +319,7 @@ class HtmlReportSink:
             self._end_attempt(event.task_id, event.at, RETRIED, event.reason)
         elif isinstance(event, TaskFinished):
             result = event.result
-            self._end_attempt(result.task_id, event.at, result.status.value, result.reason)
+            self._end_attempt(result.task_id, event.at, result.status.value, result.reason, result.worker_address)
             self._tasks[result.task_id] = task_entry(
                 result, self._kept(result.stdout_path, result.stdout_tail),
                 self._kept(result.stderr_path, result.stderr_tail),
@@ -330,13 +338,16 @@ class HtmlReportSink:
             )
             self._write(data)
 
-    def _end_attempt(self, task_id: str, at: float, status: str, reason: str | None) -> None:
+    def _end_attempt(
+        self, task_id: str, at: float, status: str, reason: str | None, worker_address: str | None = None
+    ) -> None:
         running = self._running.pop(task_id, None)
         if running is None:
             return  # never started: skipped, or cancelled before it started
         attempt, slot, start = running
         reason = None if status == Status.SUCCEEDED.value else reason
-        self._attempts.append(AttemptSpan(task_id, attempt, slot, start, max(at, start), status, reason))
+        span = AttemptSpan(task_id, attempt, slot, start, max(at, start), status, reason, worker_address)
+        self._attempts.append(span)
 
     def _kept(self, path: str | None, tail: str) -> Output:
         """The end of one stream, within what is left of the budget."""
@@ -620,6 +631,8 @@ def _timeline(data: ReportData, critical: set[str]) -> str:
             took = attempt.end - attempt.start
             label = _LABELS.get(attempt.status, attempt.status)
             facts = [attempt.task_id, f"attempt {attempt.attempt}", _seconds(took), label]
+            if attempt.worker_address is not None:
+                facts.append(f"on {attempt.worker_address}")
             title = _DOT.join([*facts, attempt.reason] if attempt.reason else facts)
             classes = "bar critical" if on_path else "bar"
             out.append(
@@ -673,11 +686,15 @@ def _task_rows(task: TaskEntry, order: int, rank: int, critical: bool) -> str:
     duration = _seconds(task.duration) if task.attempts else ""
     slot = "" if task.slot is None else str(task.slot)
     path = ' <span class="on-path" title="on the critical path">critical path</span>' if critical else ""
+    if task.worker_address is not None:  # a cluster run: where the task ran, under its id
+        address = _esc(task.worker_address)
+        path += f'<div class="where" title="the cluster worker it ran on">on <code>{address}</code></div>'
     tid = _esc(task.task_id)
+    where = "" if task.worker_address is None else f' data-worker-address="{_esc(task.worker_address)}"'
     out = [
         f'<tbody class="task-group" data-task="{tid}" data-status="{status}" data-order="{order}" '
         f'data-rank="{rank}" data-attempts="{task.attempts}" data-slot="{task.slot if task.slot is not None else -1}" '
-        f'data-start="{task.start if task.start is not None else -1}" data-duration="{task.duration}">\n',
+        f'data-start="{task.start if task.start is not None else -1}" data-duration="{task.duration}"{where}>\n',
         f'<tr class="task" data-task="{tid}" data-status="{status}">'
         f'<td><span class="badge s-{"flaky" if task.flaky else status}">{_esc(label)}</span></td>'
         f'<td class="id"><code>{tid}</code>{path}</td><td class="num">{task.attempts}</td>'
@@ -729,12 +746,20 @@ def _script_data(data: ReportData) -> dict[str, Any]:
         "lower_bound": data.lower_bound,
         "critical_path": list(data.critical_path),
         "counts": dict(data.counts),
-        "attempts": [
-            {"task": a.task_id, "attempt": a.attempt, "slot": a.slot, "start": round(a.start, 6),
-             "end": round(a.end, 6), "status": a.status, "reason": a.reason}
-            for a in data.attempts
-        ],
+        "attempts": [_attempt_data(a) for a in data.attempts],
     }
+
+
+def _attempt_data(attempt: AttemptSpan) -> dict[str, Any]:
+    """One bar's details for the script; ``worker_address`` only for a cluster worker, so a
+    run on this machine gives the page it always did."""
+    out: dict[str, Any] = {
+        "task": attempt.task_id, "attempt": attempt.attempt, "slot": attempt.slot, "start": round(attempt.start, 6),
+        "end": round(attempt.end, 6), "status": attempt.status, "reason": attempt.reason,
+    }
+    if attempt.worker_address is not None:
+        out["worker_address"] = attempt.worker_address
+    return out
 
 
 _CSS = """
@@ -829,6 +854,8 @@ td{padding:7px 10px;vertical-align:top;border-top:1px solid #eaeef2}
 tr.output td{border-top:0;padding-top:0}
 .id code{word-break:break-all}
 .why{color:var(--muted);word-break:break-word}
+.where{color:var(--muted);font-size:12px;margin-top:2px}
+.where code{word-break:break-all}
 .badge{display:inline-block;min-width:74px;text-align:center;font-size:11.5px;font-weight:600;color:#fff;
 background:var(--c);border-radius:12px;padding:1px 8px}
 .badge.s-skipped,.badge.s-cancelled,.badge.s-flaky{color:var(--fg)}
@@ -891,6 +918,7 @@ _JS = """
     tip.replaceChildren();
     line(a.task, "b");
     line("attempt " + a.attempt + " \\u00b7 " + a.status.replace("_", " ") + " \\u00b7 slot " + a.slot);
+    if (a.worker_address) line("on " + a.worker_address, "dim");
     line(seconds(a.end - a.start) + "  (" + seconds(a.start) + " \\u2192 " + seconds(a.end) + ")", "dim");
     if (a.reason) line(a.reason, "dim");
     if (data.critical_path.includes(a.task) && bar.classList.contains("critical")) line("on the critical path", "dim");

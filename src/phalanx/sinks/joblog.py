@@ -2,14 +2,15 @@
 
 The nine columns and their formats are GNU parallel's exactly, so tools that read its
 joblogs read ours: ``Seq Host Starttime JobRuntime Send Receive Exitval Signal Command``;
-Host ``:`` is this machine; Starttime is Unix time with 3 decimals; JobRuntime is
-``%10.3f``; a job phalanx killed (timeout, halt) has Exitval -1 and Signal 15; a job that
-died of a signal by itself has Exitval 0 and that signal (GNU's ``$? >> 8`` and
-``$? & 127``). A job phalanx stopped because phalanx itself was interrupted (SIGINT) or
-terminated (SIGTERM) did not finish: it gets no line, so ``--resume`` runs it again, as
-GNU parallel does. A newline in the command is written as NUL, as GNU does, so that one
-job is always one line. Each line is written and flushed before the next job's line, so a
-kill -9 of phalanx leaves every finished job's line complete.
+Host ``:`` is this machine (a job run on a cluster worker, ``--backend dask``, has that
+worker's address, as GNU parallel names the ``--sshlogin`` a job ran on); Starttime is Unix
+time with 3 decimals; JobRuntime is ``%10.3f``; a job phalanx killed (timeout, halt) has
+Exitval -1 and Signal 15; a job that died of a signal by itself has Exitval 0 and that
+signal (GNU's ``$? >> 8`` and ``$? & 127``). A job phalanx stopped because phalanx itself
+was interrupted (SIGINT) or terminated (SIGTERM) did not finish: it gets no line, so
+``--resume`` runs it again, as GNU parallel does. A newline in the command is written as
+NUL, as GNU does, so that one job is always one line. Each line is written and flushed
+before the next job's line, so a kill -9 of phalanx leaves every finished job's line complete.
 
 This module also holds what every record-keeping sink shares: `Records` (where whole
 records go, small ones in one write, large ones assembled in a private temporary file
@@ -289,11 +290,18 @@ class JoblogSink:
         start = self._started_at + end - result.duration
         receive = _size(result.stdout_path)
         command = command.replace("\n", "\0")  # one job, one line
-        line = f"{seq}\t:\t{start:.3f}\t{result.duration:10.3f}\t0\t{receive}\t{exitval}\t{signal}\t{command}\n"
+        host = ":" if result.worker_address is None else _field(result.worker_address)
+        line = f"{seq}\t{host}\t{start:.3f}\t{result.duration:10.3f}\t0\t{receive}\t{exitval}\t{signal}\t{command}\n"
         self._records.write(line.encode("utf-8", "surrogateescape"))
 
     def close(self) -> None:
         self._records.close()
+
+
+def _field(text: str) -> str:
+    """``text`` as one joblog field: no tab or line end can split the line (an address has
+    none, but the line must stay nine fields whatever a backend reports)."""
+    return "".join(" " if char in "\t\n\r" else char for char in text) or ":"
 
 
 def _size(path: str | None) -> int:

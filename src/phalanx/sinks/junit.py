@@ -12,7 +12,10 @@ One ``<testsuites>`` holding one ``<testsuite>``, one ``<testcase>`` per task:
 - ``<system-out>`` / ``<system-err>``: the end of the task's output (the last `TAIL` bytes
   of each stream), made XML-safe (characters XML 1.0 forbids, such as NUL or a lone
   surrogate, are dropped: a file holding them is not XML, and viewers refuse all of it);
-- ``<properties>``: status, attempts, worker, exit code and signal when there are any.
+- ``<properties>``: status, attempts, worker, exit code and signal when there are any, and
+  ``worker_address`` for a task that ran on a cluster worker (``--backend dask``). Per test
+  case, not the suite's ``hostname``: a cluster run's tasks run on many hosts, and the
+  attribute names one.
 
 Tasks that write JUnit themselves (a test runner's ``--junitxml``): the caller's
 ``junit_files(task_id)`` names those files; after the task ends they are read and their
@@ -452,8 +455,8 @@ def _task_case(
     properties = ET.SubElement(case, "properties")
     _property(properties, "status", result.status.value)
     _property(properties, "attempts", result.attempts)
-    for name, value in (("worker", result.worker), ("exit_code", result.exit_code), ("signal", result.signal),
-                        ("blocked_by", result.blocked_by)):
+    for name, value in (("worker", result.worker), ("worker_address", result.worker_address),
+                        ("exit_code", result.exit_code), ("signal", result.signal), ("blocked_by", result.blocked_by)):
         if value is not None:
             _property(properties, name, value)
     for source in sources:

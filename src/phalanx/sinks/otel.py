@@ -11,11 +11,13 @@ Every attempt is a child span named after its task, from the attempt's start to 
 where the attempts really ran, whatever the exporter's delay). Attributes:
 ``phalanx.task.id``, ``phalanx.task.attempt``, ``phalanx.task.worker`` (the slot),
 ``phalanx.task.status`` (a terminal status, or ``retried`` for an attempt that failed and
-ran again), and when known ``phalanx.task.exit_code``, ``phalanx.task.signal`` and
-``phalanx.task.reason``. Failed, timed-out and crashed attempts, and retried ones, have
-status ERROR with the reason; others keep the status UNSET, as OpenTelemetry asks of
-instrumentation. A task that never ran (skipped, cancelled before it started) has no span of
-its own: it is an event on the root span, so the span count is the attempts plus one.
+ran again), and when known ``phalanx.task.exit_code``, ``phalanx.task.signal``,
+``phalanx.task.reason`` and ``phalanx.task.worker_address`` (the cluster worker a task's
+last attempt ran on, ``--backend dask``). Failed, timed-out and crashed attempts, and
+retried ones, have status ERROR with the reason; others keep the status UNSET, as
+OpenTelemetry asks of instrumentation. A task that never ran (skipped, cancelled before it
+started) has no span of its own: it is an event on the root span, so the span count is the
+attempts plus one.
 
 Without a tracer provider the sink builds one: OTLP over HTTP (protobuf), configured the
 standard way by the ``OTEL_EXPORTER_OTLP_*`` variables (endpoint, headers, timeout,
@@ -156,6 +158,8 @@ class OtelSink:
             span.set_attribute("phalanx.task.signal", result.signal)
         if result.reason:
             span.set_attribute("phalanx.task.reason", result.reason)
+        if result.worker_address is not None:
+            span.set_attribute("phalanx.task.worker_address", result.worker_address)
         if result.status in _FAILURES:
             span.set_status(self._error(result.reason or result.status.value))
         span.end(end_time=self._ns(at))

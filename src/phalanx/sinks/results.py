@@ -156,7 +156,9 @@ def complete_csv_records(source: BinaryIO, delimiter: str = ",") -> int:
 
 
 class CsvResults:
-    """GNU parallel's CSV: Seq,Host,Starttime,JobRuntime,Send,Receive,Exitval,Signal,Command,V1..Vn,Stdout,Stderr."""
+    """GNU parallel's CSV: Seq,Host,Starttime,JobRuntime,Send,Receive,Exitval,Signal,Command,V1..Vn,Stdout,Stderr.
+
+    Host is ``:`` (this machine), or the cluster worker's address for a job run on one."""
 
     def __init__(self, records: Records, describe: Describe, arity: int, *, delimiter: str = ",") -> None:
         # A sink owns its file from the run's start to its end (close()); a file resumed
@@ -192,7 +194,8 @@ class CsvResults:
         exitval, signal = exit_columns(result)
         start = self._started_at + (result.end or 0.0) - result.duration
         with JobOutput(result.stdout_path) as stdout, JobOutput(result.stderr_path) as stderr:
-            head = [info.seq, ":", f"{start:.3f}", f"{result.duration:.3f}", 0, stdout.size, exitval, signal,
+            host = ":" if result.worker_address is None else result.worker_address  # as the joblog's Host
+            head = [info.seq, host, f"{start:.3f}", f"{result.duration:.3f}", 0, stdout.size, exitval, signal,
                     info.command, *info.args, *[""] * (self._arity - len(info.args))]
             write_record(self._file, self._row(head, (stdout, stderr)))
 
@@ -268,6 +271,8 @@ class JsonlResults:
             }
             if result.output_cut is not None:  # phalanx's own: --max-output cut the output
                 record["note"] = result.note
+            if result.worker_address is not None:  # a cluster worker ran it (--backend dask)
+                record["worker_address"] = result.worker_address
             if info.names:
                 record["named"] = dict(zip(info.names, info.args, strict=False))
             record.update(info.extra)

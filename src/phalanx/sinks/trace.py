@@ -9,7 +9,8 @@ worker slot, named ``slot N``, so the timeline shows what each slot did and wher
 idle. Every attempt is one complete event (``"ph": "X"``) on its slot's track, from its
 `TaskStarted` to its `TaskRetrying` or `TaskFinished`: named after the task, its category
 the attempt's status (``succeeded``, ``failed``, ..., or ``retried`` for an attempt that
-failed and ran again), its args ``attempt``, ``status``, ``exit_code`` and ``reason``.
+failed and ran again), its args ``attempt``, ``status``, ``exit_code`` and ``reason``, and
+``worker_address`` for a task's last attempt that ran on a cluster worker (``--backend dask``).
 Tasks that hold no slot (``resources = {slots = 0}``) may run side by side, and slices on
 one track must not overlap, so they get tracks of their own after the slots (``no slot N``),
 reused as they free up.
@@ -136,8 +137,10 @@ class TraceSink:
             running = self._open.pop(result.task_id, None)
             if running is not None:
                 status, code = result.status.value, result.exit_code
-                signal: tuple[tuple[str, Any], ...] = () if result.signal is None else (("signal", result.signal),)
-                self._end(result.task_id, running, event.at, status, code, result.reason, signal)
+                extra: tuple[tuple[str, Any], ...] = () if result.signal is None else (("signal", result.signal),)
+                if result.worker_address is not None:
+                    extra += (("worker_address", result.worker_address),)
+                self._end(result.task_id, running, event.at, status, code, result.reason, extra)
             else:
                 args = (
                     ("status", result.status.value),

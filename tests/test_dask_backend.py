@@ -1,0 +1,328 @@
+"""The Dask backend beyond the conformance suite: what only a cluster has.
+
+A real ``LocalCluster(n_workers=2, processes=True)`` (the conformance suite's `TestCluster`),
+started once for the module: a worker process killed from outside mid-task, phalanx itself
+killed (-9) mid-run and resumed against the same cluster, fail-fast, worker resources, the
+scheduler's own retries refused, output shipped back bounded, and `examples/ci.toml` giving
+the same statuses as a local run. Synchronisation is by marker files (`conformance_support`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import phalanx
+from conformance_support import (
+    BACKENDS,
+    BOUND,
+    HERE,
+    TestCluster,
+    descendants,
+    mark,
+    started_pid,
+    subprocess_env,
+    wait_for,
+    wait_gone,
+    wait_no_descendants,
+)
+
+ROOT = HERE.parent
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> Iterator[str]:
+    yield TestCluster.address()
+    TestCluster.close()
+
+
+@pytest.fixture
+def flags(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "flags"
+    directory.mkdir()
+    yield directory
+    mark(directory / "release")
+
+
+@pytest.fixture
+def no_leftovers(flags: Path) -> Iterator[None]:
+    before = set(descendants())
+    yield
+    assert not wait_no_descendants(before), "processes left behind"
+
+
+def job_command(spec: list[Any]) -> str:
+    """A shell command running one conformance job (``block`` writes its pid, waits for release)."""
+    return shlex.join([sys.executable, "-S", str(HERE / "conformance_support.py"), json.dumps(spec)])
+
+
+def statuses(results: list[Any]) -> list[str]:
+    return [result.status.value for result in results]
+
+
+# ---------------------------------------------------------------------------- losing a worker
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_a_dask_worker_killed_mid_task_costs_exactly_that_task(flags: Path) -> None:
+    backend = BACKENDS["dask-command"]
+    specs: list[Any] = [["value", i] for i in range(6)]
+    specs[2] = ["block", str(flags), "victim"]
+    handle = backend.start(specs, ordered=False)
+    stream = handle.stream()
+    others = [next(stream) for _ in range(5)]  # everything else is done: only the victim runs
+    victim = started_pid(flags, "victim")
+    worker = psutil.Process(victim).ppid()  # the Dask worker whose phalanx node started the command
+    assert worker in TestCluster.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    (lost,) = list(stream)
+    assert statuses(others) == ["succeeded"] * 5
+    assert lost.task_id == "2" and lost.status is phalanx.Status.CRASHED
+    assert lost.reason.startswith("WorkerCrashed: the Dask worker tcp://")
+    assert lost.worker_address is not None and lost.worker_address in lost.reason
+    assert not wait_gone([victim]), "the command outlived its worker"  # the node's watchdog ended it
+    assert not (flags / "finished-victim").exists()
+    TestCluster.wait_for_workers(2)  # the nanny starts a new one
+
+
+def test_a_lost_worker_runs_its_task_again_only_if_its_retries_say_so(flags: Path, cluster: str) -> None:
+    # Dask's own retries are off: the task crashed once, and ran again only because of retries=1.
+    mark(flags / "release")
+    first = phalanx.Task("t", "echo $PHALANX_ATTEMPT >> " + shlex.quote(str(flags / "attempts")) + "; kill -9 $PPID",
+                         retry=phalanx.RetryPolicy(count=1, initial=0))
+    report = phalanx.run([first], backend="dask", scheduler=cluster)
+    assert report["t"].status is phalanx.Status.CRASHED and report["t"].attempts == 2
+    assert (flags / "attempts").read_text().split() == ["1", "2"]
+    TestCluster.wait_for_workers(2)
+
+
+# ---------------------------------------------------------------------------- losing phalanx
+
+
+def task_file(directory: Path, flags: Path) -> Path:
+    path = directory / "phalanx.toml"
+    path.write_text(
+        "[tasks.quick]\n"
+        "cmd = 'echo quick'\n"
+        "[tasks.slow]\n"
+        f"cmd = {json.dumps(job_command(['block', str(flags), 'slow']))}\n"
+        "[tasks.after]\n"
+        "cmd = 'echo after'\n"
+        "deps = ['slow']\n"
+    )
+    return path
+
+
+def test_kill_9_of_phalanx_stops_its_tasks_on_the_workers_and_resume_finishes_the_run(
+    tmp_path: Path, flags: Path, cluster: str
+) -> None:
+    path = task_file(tmp_path, flags)
+    command = [sys.executable, "-m", "phalanx", "run", str(path), "--backend", "dask", "--scheduler", cluster]
+    first = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        slow = started_pid(flags, "slow")
+    finally:
+        first.kill()  # SIGKILL: phalanx gets no chance to stop anything itself
+        first.communicate(timeout=BOUND)
+    # The scheduler forgets a dead client's tasks; the worker sees it and kills the group.
+    assert not wait_gone([slow]), "the task outlived phalanx on its worker"
+    assert not (flags / "finished-slow").exists()
+    mark(flags / "release")
+    (flags / "started-slow").unlink()
+    again = subprocess.run([*command, "--resume", "--json"], cwd=tmp_path, env=subprocess_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    results = {r["task_id"]: r for r in json.loads(again.stdout)["results"]}
+    # quick was done (the journal says so); slow and after run now, slow a second time only now.
+    assert set(results) == {"slow", "after"}
+    assert {r["status"] for r in results.values()} == {"succeeded"}
+    assert wait_for(flags / "started-slow")
+    assert int((flags / "started-slow").read_text().split()[0]) != slow
+
+
+# ---------------------------------------------------------------------------- fail-fast
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_fail_fast_stops_what_runs_on_the_workers_and_cancels_the_rest(flags: Path, cluster: str) -> None:
+    started = shlex.quote(str(flags / "started-slow"))
+    tasks = [
+        phalanx.Task("slow", job_command(["block", str(flags), "slow"])),
+        phalanx.Task("fails", f"while [ ! -e {started} ]; do sleep 0.01; done; exit 1"),
+        phalanx.Task("after", "echo after", deps=("slow",)),
+        phalanx.Task("later", "echo later", deps=("fails",)),
+    ]
+    report = phalanx.run(tasks, backend="dask", scheduler=cluster, max_workers=2, fail_fast=True, grace=0.5)
+    assert report["fails"].status is phalanx.Status.FAILED
+    assert report["slow"].status is phalanx.Status.CANCELLED
+    assert report["after"].status in (phalanx.Status.CANCELLED, phalanx.Status.SKIPPED)
+    assert report["later"].status is phalanx.Status.SKIPPED
+    assert not wait_gone([started_pid(flags, "slow")])
+    assert not (flags / "finished-slow").exists()
+
+
+# ---------------------------------------------------------------------------- worker resources
+
+
+@pytest.fixture(scope="module")
+def db_cluster() -> Iterator[str]:
+    """A second cluster whose one worker offers ``db = 1``."""
+    import logging
+
+    import dask
+    import distributed
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        local = distributed.LocalCluster(n_workers=1, threads_per_worker=4, processes=True, resources={"db": 1},
+                                         dashboard_address=":0", silence_logs=logging.CRITICAL)
+    try:
+        yield str(local.scheduler_address)
+    finally:
+        local.close()
+
+
+def resource_file(directory: Path, flags: Path, extra: str = "") -> Path:
+    path = directory / "phalanx.toml"
+    log = shlex.quote(str(flags / "log"))
+    path.write_text(
+        'worker_resources = ["db", "gpu"]\n'
+        + "".join(
+            f"[tasks.migrate{i}]\ncmd = \"echo start >> {log}; sleep 0.3; echo end >> {log}\"\n"
+            "resources = { db = 1 }\n"
+            for i in range(3)
+        )
+        + extra
+    )
+    return path
+
+
+def test_worker_resources_go_to_dask_which_runs_one_db_task_at_a_time(
+    tmp_path: Path, flags: Path, db_cluster: str
+) -> None:
+    path = resource_file(tmp_path, flags)
+    done = subprocess.run([sys.executable, "-m", "phalanx", "run", str(path), "--backend", "dask", "--scheduler",
+                           db_cluster, "-j", "4"], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # phalanx would start all three at once (-j 4, no [resources]); the worker's db = 1 does not.
+    assert (flags / "log").read_text().split() == ["start", "end"] * 3
+
+
+def test_a_worker_resource_no_worker_offers_is_refused_before_anything_runs(
+    tmp_path: Path, flags: Path, db_cluster: str
+) -> None:
+    path = resource_file(tmp_path, flags, "[tasks.train]\ncmd = 'echo train'\nresources = { gpu = 1 }\n")
+    done = subprocess.run([sys.executable, "-m", "phalanx", "run", str(path), "--backend", "dask", "--scheduler",
+                           db_cluster], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "task 'train' needs worker resource 'gpu' = 1, and no worker offers it" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (flags / "log").exists()  # nothing ran
+
+
+def test_a_worker_resource_is_not_counted_by_phalanx_when_running_here(tmp_path: Path, flags: Path) -> None:
+    path = resource_file(tmp_path, flags)
+    done = subprocess.run([sys.executable, "-m", "phalanx", "run", str(path), "-j", "3"], cwd=tmp_path,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted((flags / "log").read_text().split()) == ["end"] * 3 + ["start"] * 3
+
+
+# ---------------------------------------------------------------------------- the scheduler
+
+
+def test_a_scheduler_that_retries_tasks_itself_is_refused() -> None:
+    import distributed
+
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as local, \
+            pytest.raises(phalanx.ConfigError, match="ALLOWED_FAILURES=0"):
+        phalanx.run([phalanx.Task("t", "true")], backend="dask", scheduler=local.scheduler_address)
+
+
+def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "phalanx.toml").write_text("[tasks.t]\ncmd = 'true'\n")
+    with socket_bound() as port:
+        done = subprocess.run([sys.executable, "-m", "phalanx", "run", "--backend", "dask", "--scheduler",
+                               f"tcp://127.0.0.1:{port}"], cwd=tmp_path, env={**subprocess_env(),
+                              "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}, capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+class socket_bound:
+    """A port nobody answers on (bound, never listening)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def test_the_scheduler_address_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, cluster: str) -> None:
+    monkeypatch.setenv("PHALANX_DASK_SCHEDULER", cluster)
+    report = phalanx.run({"t": "true"}, backend="dask")
+    from distributed import Client
+
+    with Client(cluster) as client:
+        addresses = set(client.scheduler_info(n_workers=-1)["workers"])
+    assert report["t"].ok and report["t"].worker_address in addresses
+
+
+# ---------------------------------------------------------------------------- output and results
+
+
+def test_output_and_the_result_file_come_back_from_the_worker(tmp_path: Path, cluster: str) -> None:
+    big = "head -c 5000000 /dev/zero | tr '\\0' x; echo '{\"rows\": 7}' > \"$PHALANX_RESULT_FILE\"; echo oops >&2"
+    report = phalanx.run({"big": big}, backend="dask", scheduler=cluster, log_dir=tmp_path)
+    result = report["big"]
+    assert result.ok and result.data == {"rows": 7} and result.stderr_tail == "oops\n"
+    assert result.stdout_path is not None and Path(result.stdout_path).parent == tmp_path
+    kept = Path(result.stdout_path).read_bytes()
+    half = 2 << 20
+    assert kept.startswith(b"x" * half) and kept.endswith(b"x" * half)
+    assert b"[phalanx: 805696 bytes of output left out on the worker]" in kept
+
+
+def test_callables_run_on_the_workers_warm_processes(cluster: str) -> None:
+    values = list(phalanx.map(abs, range(-500, 0), backend="dask", scheduler=cluster))
+    assert values == list(range(500, 0, -1))
+
+
+# ---------------------------------------------------------------------------- the example
+
+
+def test_the_ci_example_gives_the_same_statuses_on_dask(tmp_path: Path, cluster: str) -> None:
+    statuses = {}
+    for name, extra in (("local", []), ("dask", ["--backend", "dask", "--scheduler", cluster])):
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "ci.toml").write_text((ROOT / "examples" / "ci.toml").read_text())
+        done = subprocess.run([sys.executable, "-m", "phalanx", "run", "ci.toml", "-j", "4", "--json", *extra],
+                              cwd=directory, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        results = json.loads(done.stdout)["results"]
+        statuses[name] = (done.returncode, {r["task_id"]: r["status"] for r in results},
+                          {r["task_id"]: r["data"] for r in results})
+        if name == "dask":
+            assert all(r["worker_address"].startswith("tcp://") for r in results)
+    assert statuses["dask"] == statuses["local"]
+    assert len(statuses["local"][1]) == 15
