@@ -107,6 +107,34 @@ def test_a_lost_worker_runs_its_task_again_only_if_its_retries_say_so(flags: Pat
     TestCluster.wait_for_workers(2)
 
 
+def dask_worker_of(pid: int) -> int:
+    """The Dask worker process a process runs under (its nearest ancestor that is one)."""
+    workers = TestCluster.worker_pids()
+    for ancestor in psutil.Process(pid).parents():
+        if ancestor.pid in workers:
+            return ancestor.pid
+    raise AssertionError(f"{pid} runs under no Dask worker")
+
+
+def test_a_batch_of_callables_lost_with_its_worker_runs_again_elsewhere(flags: Path, cluster: str) -> None:
+    from conformance_support import job
+
+    specs: list[Any] = [["value", i] for i in range(6)]
+    specs[1] = ["block", str(flags), "victim"]
+    with phalanx.Executor(2, backend="dask", scheduler=cluster) as executor:
+        results = executor.map(job, specs, batch_size=3, as_results=True)
+        first = started_pid(flags, "victim")
+        (flags / "started-victim").unlink()
+        os.kill(dask_worker_of(first), signal.SIGKILL)
+        second = started_pid(flags, "victim")  # the batch again, on the other worker
+        mark(flags / "release")
+        results = list(results)
+    assert statuses(results) == ["succeeded"] * 6
+    assert [r.value for r in results] == [0, "victim", 4, 6, 8, 10]
+    assert second != first and not wait_gone([first])
+    TestCluster.wait_for_workers(2)
+
+
 # ---------------------------------------------------------------------------- losing phalanx
 
 

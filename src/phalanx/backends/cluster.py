@@ -119,24 +119,34 @@ class ClusterBackend:
     async def run(self, attempt: Attempt) -> Outcome:
         task = attempt.task
         key = f"phalanx-{attempt.run_id}-{task.id}-{attempt.number}"
-        sent = self._payload(key, attempt)
-        if isinstance(sent, Outcome):
-            return sent
-        resources = {name: amount for name, amount in task.resources.items() if name in self._worker_resources}
-        answer = asyncio.ensure_future(self.cluster.submit(key, sent.payload, resources, next(self._order)))
-        try:
-            remote = await asyncio.shield(answer)
-        except asyncio.CancelledError:
-            await self._stop(key, attempt, answer)
-            raise
-        except WorkerLost as lost:
-            return Outcome(ok=False, crashed=True, reason=f"WorkerCrashed: the {self.cluster.name} worker "
-                           f"{lost.where} running it was lost",
-                           worker_address=None if lost.where.startswith("(") else lost.where)
-        except Exception as error:  # the engine could not run it (the payload would not load there ...)
-            info = ErrorInfo.from_exception(error)
-            return Outcome(ok=False, reason=f"{self.cluster.name} could not run it: {info}", error=info)
-        return self._received(attempt, remote, sent)
+        # A batch of callables whose worker is lost runs again elsewhere, once: its items run
+        # in the worker's warm processes, so none of them killed it (an item that crashes
+        # costs its warm process, not the worker); as on this machine's process backend, an
+        # item runs at least once. Anything else lost with its worker is the task's to retry.
+        again = isinstance(task.action, Batch)
+        while True:
+            sent = self._payload(key, attempt)
+            if isinstance(sent, Outcome):
+                return sent
+            resources = {name: amount for name, amount in task.resources.items() if name in self._worker_resources}
+            answer = asyncio.ensure_future(self.cluster.submit(key, sent.payload, resources, next(self._order)))
+            try:
+                remote = await asyncio.shield(answer)
+            except asyncio.CancelledError:
+                await self._stop(key, attempt, answer)
+                raise
+            except WorkerLost as lost:
+                scheduler_lost = lost.where.startswith("(")
+                if again and not scheduler_lost:
+                    again, key = False, key + "-again"
+                    continue
+                return Outcome(ok=False, crashed=True, reason=f"WorkerCrashed: the {self.cluster.name} worker "
+                               f"{lost.where} running it was lost",
+                               worker_address=None if scheduler_lost else lost.where)
+            except Exception as error:  # the engine could not run it (the payload would not load there ...)
+                info = ErrorInfo.from_exception(error)
+                return Outcome(ok=False, reason=f"{self.cluster.name} could not run it: {info}", error=info)
+            return self._received(attempt, remote, sent)
 
     def stopped_outcome(self, attempt: Attempt) -> Outcome | None:
         return self._stopped.pop((attempt.task.id, attempt.number), None)
