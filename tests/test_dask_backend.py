@@ -32,7 +32,6 @@ from conformance_support import (
     mark,
     started_pid,
     subprocess_env,
-    wait_for,
     wait_gone,
     wait_no_descendants,
 )

@@ -63,6 +63,7 @@ Examples:
   phalanx run --memory 2GB         # a memory limit for tasks that set none (--cpus too)
   phalanx run --max-output 10MB    # each task's stdout and stderr: head and tail, 10 MB
   phalanx run --fail-fast --json > report.json
+  phalanx run --backend dask       # on a Dask LocalCluster (--scheduler tcp://HOST:8786: a real one)
 """
 
 PLAN_EXAMPLES = """

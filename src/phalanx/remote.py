@@ -93,7 +93,7 @@ def request_stop(keys: list[str]) -> int:
     coordinator's behalf). Returns how many of them run here now."""
     _stop_requested.update(keys)
     node = Node.current
-    return 0 if node is None else sum(1 for key in keys if key in node.running)
+    return 0 if node is None else len(set(keys).intersection(node.running_keys()))
 
 
 def run_remote(remote: RemoteAttempt, should_stop: Callable[[], bool], where: str = "") -> RemoteOutcome:
@@ -141,13 +141,14 @@ class Node:
         self._users: dict[Path, int] = {}  # a run's directory here -> its attempts running here
         self._free_slots: list[int] = []
         self._slots_made = 0
-        self.running: set[str] = set()
+        self.running: set[str] = set()  # the keys of the attempts running here (under the lock)
 
     # ------------------------------------------------------------------ one attempt
 
     def run(self, remote: RemoteAttempt, should_stop: Callable[[], bool], where: str) -> RemoteOutcome:
         slot = self._take_slot()
-        self.running.add(remote.key)
+        with self._state_lock:
+            self.running.add(remote.key)
         run_dir = self._dir / remote.run_id
         attempt = Attempt(remote.task, remote.number, slot, remote.run_id, run_dir, remote.instances)
         self._enter(run_dir)
@@ -172,11 +173,17 @@ class Node:
                     raise
             return self._shipped(outcome, stopped, where)
         finally:
-            self.running.discard(remote.key)
+            with self._state_lock:
+                self.running.discard(remote.key)
             _stop_requested.discard(remote.key)
             with self._state_lock:
                 self._free_slots.append(slot)
             self._leave(run_dir)
+
+    def running_keys(self) -> list[str]:
+        """The keys of the attempts running here now (any thread may ask)."""
+        with self._state_lock:
+            return sorted(self.running)
 
     def _enter(self, run_dir: Path) -> None:
         """A run's directory here exists while any of its attempts runs here."""

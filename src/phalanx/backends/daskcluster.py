@@ -77,7 +77,7 @@ def _running_here() -> list[str]:
     from ..remote import Node
 
     node = Node.current
-    return [] if node is None else sorted(node.running)
+    return [] if node is None else node.running_keys()
 
 
 def _allowed_failures(dask_scheduler: Any) -> int:
