@@ -155,6 +155,8 @@ def _is_helper(process: psutil.Process) -> bool:
     workers = TestCluster.worker_pids()
     if process.pid in workers or (process.ppid() in workers and "phalanx.watchdog" in command):
         return True
+    if TestRay.started and _is_ray_process(process, command):
+        return True
     # A warm worker's keeper (`phalanx._worker`): the warm workers of a Dask worker's node
     # stay between runs (warm), and each keeps its keeper as long as it lives.
     return workers != set() and command == "/bin/sh -c read _; kill -KILL 0" and _is_helper(process.parent())
@@ -268,6 +270,54 @@ class TestCluster:
             cls._cluster = None
 
 
+def _is_ray_process(process: psutil.Process, command: str) -> bool:
+    """One of the tests' Ray's own processes (they come and go as Ray pleases): its daemons
+    and workers, and the watchdog of a worker's phalanx node (it lives as long as its worker)."""
+    import psutil
+
+    if command.startswith("ray::") or f"{os.sep}ray{os.sep}" in command:
+        return True
+    if "phalanx.watchdog" in command:
+        try:
+            return " ".join(process.parent().cmdline()).startswith("ray::")
+        except (psutil.Error, AttributeError):
+            return False
+    return False
+
+
+class TestRay:
+    """The Ray the conformance suite runs the ``ray`` backends on: a local Ray initialised in
+    the test process (phalanx uses a process's own Ray as it is; scripts connect by address)."""
+
+    started = False
+
+    @classmethod
+    def address(cls) -> str:
+        import ray
+
+        if not ray.is_initialized():
+            import logging
+
+            from phalanx.backends.raycluster import RUNTIME_ENV
+
+            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                     runtime_env=RUNTIME_ENV)
+            cls.started = True
+        return str(ray.get_runtime_context().gcs_address)
+
+    @classmethod
+    def close(cls) -> None:
+        if cls.started:
+            import ray
+
+            ray.shutdown()
+            cls.started = False
+
+
+def cluster_address(engine: str) -> str:
+    return TestCluster.address() if engine == "dask" else TestRay.address()
+
+
 # ---------------------------------------------------------------------------- adapters
 
 
@@ -290,7 +340,7 @@ class PythonBackend:
 
     kind = "python"
 
-    def __init__(self, name: str, backend: Literal["processes", "threads", "dask"], **options: Any) -> None:
+    def __init__(self, name: str, backend: Literal["processes", "threads", "dask", "ray"], **options: Any) -> None:
         self.name = name
         self.backend = backend
         self._options = options
@@ -298,13 +348,13 @@ class PythonBackend:
     @property
     def options(self) -> dict[str, Any]:
         """The executor options this adapter adds (the tests' cluster's address for Dask)."""
-        if self.backend == "dask":
-            return {**self._options, "scheduler": TestCluster.address()}
+        if self.backend in ("dask", "ray"):
+            return {**self._options, "scheduler": cluster_address(self.backend)}
         return self._options
 
     @property
     def processes(self) -> bool:
-        return self.backend in ("processes", "dask")
+        return self.backend in ("processes", "dask", "ray")
 
     @property
     def isolate(self) -> bool:
@@ -359,7 +409,7 @@ class CommandBackend:
         """What `phalanx.run` is given to run on the cluster (nothing to run here)."""
         if self.cluster is None:
             return {}
-        return {"backend": self.cluster, "scheduler": TestCluster.address()}
+        return {"backend": self.cluster, "scheduler": cluster_address(self.cluster)}
 
     def task(self, index: int, spec: Spec, timeout: float | None) -> Any:
         import phalanx
@@ -444,6 +494,8 @@ BACKENDS: dict[str, Any] = {
     "command": CommandBackend(),
     "dask": PythonBackend("dask", "dask"),
     "dask-command": CommandBackend("dask"),
+    "ray": PythonBackend("ray", "ray"),
+    "ray-command": CommandBackend("ray"),
 }
 
 

@@ -1,5 +1,7 @@
 """One conformance suite, run against every backend: threads, processes, processes with
-``isolate=True``, and commands (``phalanx.run``).
+``isolate=True``, and commands (``phalanx.run``); and the cluster backends, callables and
+commands each, on a Dask ``LocalCluster(n_workers=2, processes=True)`` and on a local Ray
+started by the suite (``dask``, ``dask-command``, ``ray``, ``ray-command``).
 
 Each case is written once, as job *specs* (see `conformance_support`), and runs on every
 backend through its adapter. Where a case cannot mean the same thing on every backend, it
@@ -18,7 +20,15 @@ early. A backend's documented behaviour is then a case of its own, with its id:
   ``signal``), not ``crashed`` (kept for a worker phalanx runs dying under an item); their
   traceback is their stderr; ``phalanx.run`` never raises for a task; their arguments are
   strings (nothing is pickled: a non-string is refused when the task is made); every
-  command is a fresh process.
+  command is a fresh process;
+* the cluster backends run callables on their workers' warm processes and commands through
+  phalanx's command runner there, so they behave as ``processes`` and ``command`` do, with
+  two cases of their own: which warm process serves a batch depends on the worker the
+  engine picks, so ``max_tasks_per_worker``'s recycling order is a local case, and a warm
+  process is found for a kill from outside through the executor (``active_tasks``) only
+  locally. Killing an engine's worker, and phalanx itself, is in ``test_dask_backend`` and
+  ``test_ray_backend``. Their engines' own processes (Dask's workers, Ray's daemons and
+  workers, and what lives as long as they do) are helpers, like the forkserver.
 
 How workers get the jobs: `conformance_support` registers itself with cloudpickle to be
 pickled by value, so worker processes never import anything from ``tests/``. (They could:
@@ -57,6 +67,7 @@ from conformance_support import (
     BOUND,
     POLL,
     TestCluster,
+    TestRay,
     alive,
     descendants,
     forkserver_pid,
@@ -72,12 +83,14 @@ from conformance_support import (
 
 
 @pytest.fixture(scope="module", autouse=True)
-def dask_cluster() -> Iterator[None]:
-    """The Dask cluster of the ``dask`` backends, started before any case takes its "before"
-    for the leftover check (its workers live as long as the module's cases)."""
+def clusters() -> Iterator[None]:
+    """The Dask cluster and the Ray of the cluster backends, started before any case takes
+    its "before" for the leftover check (their processes live as long as the module's cases)."""
     TestCluster.address()
+    TestRay.address()
     yield
     TestCluster.close()
+    TestRay.close()
 
 
 @pytest.fixture(params=list(BACKENDS))
@@ -130,10 +143,10 @@ def crash_in_thread_script(spec: str) -> str:
 
 # ---------------------------------------------------------------------------- backends
 
-PYTHON = ("threads", "processes", "processes-isolate", "dask")  # callables: Executor / phalanx.map
-WORKERS = ("processes", "processes-isolate", "dask")  # callables in warm worker processes (on a Dask worker's, too)
+PYTHON = ("threads", "processes", "processes-isolate", "dask", "ray")  # callables: Executor / phalanx.map
+WORKERS = ("processes", "processes-isolate", "dask", "ray")  # callables in warm worker processes (here or remote)
 LOCAL_WORKERS = ("processes", "processes-isolate")  # warm worker processes of this process's own
-COMMANDS = ("command", "dask-command")  # phalanx.run with command tasks, here and on a Dask cluster
+COMMANDS = ("command", "dask-command", "ray-command")  # phalanx.run with command tasks, here and on clusters
 
 
 def on(*names: str) -> pytest.MarkDecorator:
@@ -255,7 +268,7 @@ def test_timeout_stops_the_command_and_its_siblings_complete(backend: Any, flags
 
 
 @pytest.mark.usefixtures("no_leftovers")
-@on("processes", "dask")
+@on("processes", "dask", "ray")
 def test_timeout_replaces_the_worker_and_its_siblings_complete_on_the_new_one(backend: Any, flags: Path) -> None:
     results, ran_it = run_timing_out(backend, flags)
     assert_stopped(results, ran_it, flags)
