@@ -84,7 +84,11 @@ class Executor:
 
     Args:
         max_workers: workers (and scheduler slots); default: `optimal_workers`.
-        backend: ``"processes"`` (warm worker processes) or ``"threads"``.
+        backend: ``"processes"`` (warm worker processes), ``"threads"``, or a cluster:
+            ``"dask"`` (batches run on a Dask cluster's workers, in warm processes there)
+            or ``"ray"``; the cluster is ``scheduler``, else the one its environment
+            variable names (``PHALANX_DASK_SCHEDULER``, ``PHALANX_RAY_ADDRESS``), else a
+            local one started for this executor. ``max_workers`` defaults to its slots.
         start_method: ``"auto"`` (forkserver on Linux), ``"forkserver"``, ``"spawn"``, ``"fork"``.
         initializer, initargs: run once in each worker process (import heavy modules
             there); with threads, once, when the executor starts.
@@ -106,6 +110,8 @@ class Executor:
         results: a ``.csv`` or ``.jsonl`` file getting one row per call or map item as it
             ends (status, attempts, duration, error, the fields returned); one writer owns
             it, whichever threads submit. ``fsync``: also fsync each row.
+        scheduler: with ``backend="dask"`` or ``"ray"``, the cluster to connect to
+            (``tcp://HOST:8786``; a Ray ``HOST:6379``).
 
     ``async def`` functions are accepted too: they run on the executor's own event loop
     (its thread), not in a worker.

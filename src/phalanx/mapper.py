@@ -491,6 +491,10 @@ def map(
     ``attempts``, ``duration``, ``error``, then the fields ``fn`` returned (a dict);
     ``fsync=True`` also fsyncs each row.
 
+    ``backend="dask"`` (or ``"ray"``) runs the batches on a cluster's workers, in warm
+    processes there, with the same per-item results; ``scheduler`` names the cluster (else
+    one is started for the map). See `Executor`.
+
     Raises:
         ConfigError: an option is invalid (named in the message), at the call, before
             anything starts.
