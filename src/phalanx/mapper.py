@@ -55,6 +55,11 @@ TARGET_BATCH_SECONDS = 0.02
 #: The largest automatic batch.
 MAX_BATCH = 100_000
 
+#: A batch's fixed cost (its time beyond its items' own: shipping, queueing, a cluster's
+#: round trip) is kept to a tenth of it at most: where that cost is large (Dask: tens of
+#: milliseconds a task) batches aim at ten times it rather than at `TARGET_BATCH_SECONDS`.
+OVERHEAD_SHARE = 0.1
+
 #: Batches kept in flight per worker, so that no worker waits for its next batch.
 BATCHES_PER_WORKER = 2
 
@@ -63,15 +68,16 @@ class _Delivery:
     """What the loop hands the reader: a batch's items that are final, and whether more of
     the same batch will follow (after a retry)."""
 
-    __slots__ = ("attempts", "final", "result", "retried", "seconds_per_item")
+    __slots__ = ("attempts", "final", "overhead", "result", "retried", "seconds_per_item")
 
     def __init__(self, result: BatchResult, retried: frozenset[int], attempts: int, final: bool,
-                 seconds_per_item: float | None) -> None:
+                 seconds_per_item: float | None, overhead: float = 0.0) -> None:
         self.result = result
         self.retried = retried  # offsets that run again: not final here
         self.attempts = attempts
         self.final = final
         self.seconds_per_item = seconds_per_item
+        self.overhead = overhead  # seconds of the batch's time not spent in its items
 
 
 class PartialBatches:
@@ -164,6 +170,7 @@ class MapRun:
         self._pulled = 0  # items read from the input so far
         self._exhausted = False
         self._per_item: float | None = None  # seconds per item, batch overhead included
+        self._overhead = 0.0  # a batch's fixed cost, seconds (see OVERHEAD_SHARE)
         self._batch_numbers = itertools.count(1)
         self._map_id = executor.next_id("map")
         # The loop's own state: the batches running, by task id.
@@ -197,6 +204,7 @@ class MapRun:
                 if delivery.seconds_per_item is not None:
                     measured = delivery.seconds_per_item
                     self._per_item = measured if self._per_item is None else (self._per_item + measured) / 2
+                    self._overhead = (self._overhead + delivery.overhead) / 2 if self._overhead else delivery.overhead
                 batch_result, retried, attempts = delivery.result, delivery.retried, delivery.attempts
                 positions = batch_result.positions
                 contiguous = (isinstance(positions, range) and positions.step == 1 and not retried
@@ -310,7 +318,8 @@ class MapRun:
             return self._fixed
         if self._task_timeout is not None or self._per_item is None:
             return 1  # probe first: one item a batch until a duration is measured
-        size = min(int(TARGET_BATCH_SECONDS / max(self._per_item, 1e-7)), MAX_BATCH)
+        target = max(TARGET_BATCH_SECONDS, self._overhead / OVERHEAD_SHARE)
+        size = min(int(target / max(self._per_item, 1e-7)), MAX_BATCH)
         if self._total is not None:
             # Guided: never more than a share of what is left, so the end stays balanced.
             share = (self._total - self._pulled) / (BATCHES_PER_WORKER * self._executor.max_workers)
@@ -369,10 +378,12 @@ class MapRun:
         batch = self._live.pop(result.task_id)
         value = result.value
         per_item = None
+        overhead = 0.0
         if isinstance(value, BatchResult):
             outcome = value
             if len(outcome) and not outcome.failures and result.attempts == 1:
                 per_item = result.duration / len(outcome)
+                overhead = max(0.0, result.duration - sum(outcome.durations))
         else:  # the batch as a whole did not run through (cancelled, timed out on threads, no worker)
             outcome = BatchResult.all_failed(batch.where, result.status, _batch_error(result, batch))
         outcome.worker = result.worker
@@ -381,7 +392,7 @@ class MapRun:
         executor.count(Status.SUCCEEDED, len(outcome) - len(outcome.failures))
         for item in outcome.failures.values():
             executor.count(item.status)
-        self._inbox.put(_Delivery(outcome, frozenset(), result.attempts, True, per_item))
+        self._inbox.put(_Delivery(outcome, frozenset(), result.attempts, True, per_item, overhead))
 
     def _write_rows(self, batch: Batch, outcome: BatchResult, attempts: int,
                     skip: frozenset[int] = frozenset()) -> None:

@@ -25,9 +25,11 @@ backends made on first use. Engines call `run_remote` from their task threads.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -47,6 +49,9 @@ POLL = 0.05
 
 #: The most of each output stream an attempt ships back: the head and the tail of a longer one.
 SHIPPED_BYTES = 4 << 20
+
+#: How many run directories a node keeps when no attempt uses them (each is made again if needed).
+_IDLE_RUN_DIRS = 4
 
 #: The attempts the coordinator has asked to stop (by key), not yet ended here.
 _stop_requested: set[str] = set()
@@ -139,6 +144,8 @@ class Node:
         self._processes: dict[CallableOptions, Any] = {}  # a ProcessBackend per set of options
         self._state_lock = threading.Lock()  # the engine's task threads share what follows
         self._users: dict[Path, int] = {}  # a run's directory here -> its attempts running here
+        self._idle: list[Path] = []  # run directories no attempt uses now, the latest last
+        atexit.register(shutil.rmtree, self._dir, True)  # the watchdog removes it if this process is killed
         self._free_slots: list[int] = []
         self._slots_made = 0
         self.running: set[str] = set()  # the keys of the attempts running here (under the lock)
@@ -190,6 +197,8 @@ class Node:
         with self._state_lock:
             count = self._users.get(run_dir, 0)
             if count == 0:
+                if run_dir in self._idle:
+                    self._idle.remove(run_dir)
                 run_dir.mkdir(exist_ok=True)
             self._users[run_dir] = count + 1
 
@@ -198,6 +207,11 @@ class Node:
             count = self._users.pop(run_dir) - 1
             if count:
                 self._users[run_dir] = count
+            elif len(self._users) < _IDLE_RUN_DIRS:
+                self._idle.append(run_dir)  # kept a while: a run's next attempt here needs it again
+                if len(self._idle) > _IDLE_RUN_DIRS:
+                    with contextlib.suppress(OSError):
+                        self._idle.pop(0).rmdir()
             else:
                 with contextlib.suppress(OSError):
                     run_dir.rmdir()  # the run's last attempt here has gone (its files with it)
@@ -256,13 +270,15 @@ class Node:
 
 
 def _take(path: str | None) -> bytes | None:
-    """A file's bytes (its head and tail past `SHIPPED_BYTES`), the file removed."""
+    """A file's bytes (its head and tail past `SHIPPED_BYTES`; None if empty), the file removed."""
     if path is None:
         return None
     try:
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
-            if size <= SHIPPED_BYTES:
+            if size == 0:
+                data = None  # nothing printed: nothing to ship, no file to write at home
+            elif size <= SHIPPED_BYTES:
                 data = file.read()
             else:
                 half = SHIPPED_BYTES // 2

@@ -96,6 +96,9 @@ class DaskCluster:
         self._identity: dict[str, Any] = {}  # the scheduler's view of its workers, as of the start
         self._futures: dict[str, Any] = {}
         self._cancels: set[asyncio.Future[Any]] = set()  # cancellations on their way to the scheduler
+        self._completed: Any = None  # a distributed.as_completed of the futures not yet answered
+        self._collector: asyncio.Future[None] | None = None
+        self._waiters: dict[str, asyncio.Future[RemoteOutcome]] = {}
 
     @classmethod
     async def start(cls, address: str | None, *, max_workers: int | None = None) -> DaskCluster:
@@ -186,7 +189,7 @@ class DaskCluster:
                                     resources=dict(resources) or None)
         self._futures[key] = future
         try:
-            result: RemoteOutcome = await future
+            result: RemoteOutcome = await self._result(future)
         except KilledWorker as lost:
             worker = lost.last_worker
             raise WorkerLost(str(getattr(worker, "address", worker))) from None
@@ -197,6 +200,68 @@ class DaskCluster:
         finally:
             self._futures.pop(key, None)
         return result
+
+    async def _result(self, future: Any) -> RemoteOutcome:
+        """The future's result, fetched with those of every other future that finished meanwhile:
+        awaiting each future fetches its result in a request of its own (about a millisecond of
+        the coordinator's time per attempt); one gather for all that finished together."""
+        from distributed import as_completed
+
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[RemoteOutcome] = loop.create_future()
+        self._waiters[future.key] = waiter
+        if self._completed is None:
+            self._completed = as_completed()
+        self._completed.add(future)
+        if self._collector is None or self._collector.done():
+            self._collector = asyncio.ensure_future(self._collect())
+        try:
+            return await waiter
+        finally:
+            self._waiters.pop(future.key, None)
+
+    async def _collect(self) -> None:
+        """Hand each finished future's result (or error) to its waiter, gathering in batches;
+        ends when nothing is pending (the next submit starts it again)."""
+        assert self._completed is not None
+        finished: list[Any] = []
+        async for future in self._completed:
+            finished.append(future)
+            if not self._completed.has_ready():
+                batch, finished = finished, []
+                await self._deliver(batch)
+        if finished:
+            await self._deliver(finished)
+
+    async def _deliver(self, futures: list[Any]) -> None:
+        done = [future for future in futures if future.status == "finished"]
+        results: list[Any] = []
+        if done:
+            try:
+                results = await self.client.gather(done)
+            except Exception:  # one result lost meanwhile: fetch them one by one, each with its own error
+                results = []
+        answered = set()
+        if len(results) == len(done):
+            for future, result in zip(done, results, strict=True):
+                self._settle(future.key, result, None)
+                answered.add(future.key)
+        for future in futures:
+            if future.key in answered:
+                continue
+            try:
+                self._settle(future.key, await future, None)
+            except BaseException as error:  # to its waiter, whatever it is (cancellation included)
+                self._settle(future.key, None, error)
+
+    def _settle(self, key: str, result: Any, error: BaseException | None) -> None:
+        waiter = self._waiters.get(key)
+        if waiter is None or waiter.done():
+            return
+        if error is None:
+            waiter.set_result(result)
+        else:
+            waiter.set_exception(error)
 
     async def stop(self, keys: list[str]) -> None:
         with contextlib.suppress(Exception):
