@@ -361,3 +361,38 @@ def test_the_ci_example_gives_the_same_statuses_on_dask(tmp_path: Path, cluster:
             assert all(r["worker_address"].startswith("tcp://") for r in results)
     assert statuses["dask"] == statuses["local"]
     assert len(statuses["local"][1]) == 15
+
+
+# ---------------------------------------------------------------------------- where the cluster is
+
+
+def test_the_task_files_dask_scheduler_is_used_after_the_environment(tmp_path: Path, cluster: str) -> None:
+    (tmp_path / "phalanx.toml").write_text(f'dask_scheduler = "{cluster}"\n[tasks.t]\ncmd = "true"\n')
+    env = {k: v for k, v in subprocess_env().items() if k != "PHALANX_DASK_SCHEDULER"}
+    done = subprocess.run([sys.executable, "-m", "phalanx", "run", "--backend", "dask", "--json"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(done.stdout)["results"]
+    assert result["worker_address"].startswith("tcp://127.0.0.1:")
+    # The environment comes first: a file naming a scheduler nobody answers on is not asked.
+    (tmp_path / "phalanx.toml").write_text('dask_scheduler = "tcp://127.0.0.1:9"\n[tasks.t]\ncmd = "true"\n')
+    done = subprocess.run([sys.executable, "-m", "phalanx", "run", "--backend", "dask"], cwd=tmp_path,
+                          env={**env, "PHALANX_DASK_SCHEDULER": cluster}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_phalanx_map_runs_its_jobs_on_the_cluster(tmp_path: Path, cluster: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "phalanx", "map", "--backend", "dask", "--scheduler", cluster, "-k",
+                           "--joblog", "log", "echo", "job", ":::", "a", "b", "c"], cwd=tmp_path, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "job a\njob b\njob c\n"
+    hosts = [line.split("\t")[1] for line in (tmp_path / "log").read_text().splitlines()[1:]]
+    assert len(hosts) == 3 and all(host.startswith("tcp://127.0.0.1:") for host in hosts)
+
+
+def test_phalanx_map_refuses_what_needs_the_jobs_here() -> None:
+    done = subprocess.run([sys.executable, "-m", "phalanx", "map", "--backend", "dask", "--pipe", "wc"],
+                          input="x\n", env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 255
+    assert "--backend dask runs the jobs on other machines: --pipe needs them here" in done.stderr
