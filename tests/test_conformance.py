@@ -84,23 +84,16 @@ from conformance_support import (
 
 @pytest.fixture(scope="module", autouse=True)
 def clusters() -> Iterator[None]:
-    """The Dask cluster of the cluster backends, started before any case takes its "before"
-    for the leftover check (its workers live as long as the module's cases); the Ray of the
-    ``ray`` backends, closed at the end."""
-    TestCluster.address()  # Ray starts with its first case (its processes are recognised as its own)
+    """The Dask cluster and the Ray of the cluster backends, started before any case takes
+    its "before" for the leftover check (their processes live as long as the module's cases)."""
+    TestCluster.address()
+    TestRay.address()
     yield
     TestCluster.close()
     TestRay.close()
 
 
-def _param(name: str) -> Any:
-    """A backend as a parameter, with its name as the id; the Ray backends in the slow tier
-    (a local Ray costs the default test line too much; CI runs the slow tier too)."""
-    marks = [pytest.mark.slow] if name.startswith("ray") else []
-    return pytest.param(name, marks=marks, id=name)
-
-
-@pytest.fixture(params=[_param(name) for name in BACKENDS])
+@pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> Any:
     return BACKENDS[request.param]
 
@@ -158,8 +151,7 @@ COMMANDS = ("command", "dask-command", "ray-command")  # phalanx.run with comman
 
 def on(*names: str) -> pytest.MarkDecorator:
     """A case for the named backends only: one case each, with the backend's name as its id."""
-    return pytest.mark.parametrize(
-        "backend", [pytest.param(BACKENDS[name], marks=_param(name).marks, id=name) for name in names])
+    return pytest.mark.parametrize("backend", [BACKENDS[name] for name in names], ids=names)
 
 
 # ---------------------------------------------------------------------------- ordering

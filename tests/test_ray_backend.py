@@ -53,9 +53,6 @@ else:
 
 SUPPORT = str(HERE / "conformance_support.py")
 
-# The slow tier: a local Ray costs the default test line too much (CI runs both tiers).
-pytestmark = pytest.mark.slow
-
 #: Seconds a phalanx process gets to start, connect to Ray and have a new worker start a command.
 STARTUP = 60.0
 
