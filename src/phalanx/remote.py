@@ -28,6 +28,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import itertools
 import os
 import shutil
 import socket
@@ -54,7 +55,11 @@ SHIPPED_BYTES = 4 << 20
 _IDLE_RUN_DIRS = 4
 
 #: The attempts the coordinator has asked to stop (by key), not yet ended here.
-_stop_requested: set[str] = set()
+_stop_requested: dict[str, None] = {}  # an ordered set: the oldest go first past the cap
+
+#: How many stop requests a worker keeps for attempts it is not running: a request reaches
+#: every worker, and only the one that runs (or will start) the attempt clears it.
+_STOP_REQUESTS_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +101,9 @@ class RemoteOutcome:
 def request_stop(keys: list[str]) -> int:
     """Ask this process's attempts with these keys to stop (the engine calls it here on the
     coordinator's behalf). Returns how many of them run here now."""
-    _stop_requested.update(keys)
+    _stop_requested.update(dict.fromkeys(keys))
+    for old in list(itertools.islice(_stop_requested, max(0, len(_stop_requested) - _STOP_REQUESTS_KEPT))):
+        _stop_requested.pop(old, None)
     node = Node.current
     return 0 if node is None else len(set(keys).intersection(node.running_keys()))
 
@@ -182,7 +189,7 @@ class Node:
         finally:
             with self._state_lock:
                 self.running.discard(remote.key)
-            _stop_requested.discard(remote.key)
+            _stop_requested.pop(remote.key, None)
             with self._state_lock:
                 self._free_slots.append(slot)
             self._leave(run_dir)
